@@ -1,0 +1,5 @@
+import sys
+
+from flashevolve.cli import main
+
+sys.exit(main())

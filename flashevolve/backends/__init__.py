@@ -1,0 +1,43 @@
+"""Backends: where LLM requests go.
+
+Factories (imported lazily so the core never needs a network SDK or a server binary):
+
+- :func:`openai` -- any OpenAI-compatible endpoint (OpenAI, a running vLLM, a running server).
+- :func:`local` -- the embedded llama.cpp ``llama-server`` (CPU, no API key).
+- :func:`vllm` -- a managed ``vllm serve`` subprocess (GPU only) or an attached URL.
+- :func:`simulated` -- the serving *simulator* (a workload model on a virtual clock, not an LLM).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flashevolve.backends.base import LLM, ChatRequest, ChatResult, LLMError
+
+
+def openai(base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
+           **kwargs: Any) -> LLM:
+    from flashevolve.backends.openai_compat import OpenAICompatLLM
+
+    return OpenAICompatLLM(base_url, model, api_key_env=api_key_env, **kwargs)
+
+
+def local(**kwargs: Any) -> LLM:
+    from flashevolve.backends.local import local as _local
+
+    return _local(**kwargs)
+
+
+def vllm(**kwargs: Any) -> LLM:
+    from flashevolve.backends.vllm import vllm as _vllm
+
+    return _vllm(**kwargs)
+
+
+def simulated(**kwargs: Any) -> LLM:
+    from flashevolve.backends.sim import simulated as _simulated
+
+    return _simulated(**kwargs)
+
+
+__all__ = ["LLM", "ChatRequest", "ChatResult", "LLMError", "local", "openai", "simulated", "vllm"]

@@ -1,0 +1,55 @@
+"""The LLM Protocol every backend implements, and the request/result records it speaks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    messages: list[dict[str, str]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    #: Which stage sent it ("rollout", "propose", "gate", "validate", "patch", ...).  Backends use
+    #: it only for accounting; the serving simulator also draws output lengths per stage.
+    stage: str = ""
+    item_id: str = ""
+    role: str = "task"  # "task" or "reflection": which model slot the runtime routed it to
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChatResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    finish_reason: str = "stop"
+    model: str = ""
+
+
+class LLMError(Exception):
+    """A request failed for good (after retries, or not retryable)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """An asynchronous chat-completion backend.
+
+    ``complete`` must honour cancellation: cancelling the awaiting task aborts the request so the
+    server stops spending compute on it (speculative completion relies on that).
+    """
+
+    model: str
+    endpoint: str  # a short label for events ("http://127.0.0.1:8080/v1", "sim:vllm-h100")
+
+    async def complete(self, request: ChatRequest) -> ChatResult: ...
+
+    async def aclose(self) -> None: ...

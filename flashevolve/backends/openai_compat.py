@@ -1,0 +1,141 @@
+"""OpenAI-compatible async backend (vLLM, OpenAI, llama-server, flashevolve's own servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from typing import Any
+
+from flashevolve.backends.base import ChatRequest, ChatResult, LLMError
+from flashevolve.runtime.clock import Clock, LoopClock
+
+#: HTTP statuses worth retrying: rate limits and server-side trouble.
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class OpenAICompatLLM:
+    """Chat completions over real HTTP with the official ``openai`` client.
+
+    - ``max_concurrency`` caps requests in flight to this endpoint (a semaphore, per instance).
+    - Retries with exponential backoff and jitter on 429/5xx and connection errors; the backoff
+      sleeps on the injectable clock.
+    - Cancelling the caller's task closes the HTTP connection, which vLLM and llama-server treat
+      as an abort.
+    - The API key is read from ``api_key_env`` (or given directly) and never logged: ``repr`` and
+      ``describe`` leave it out.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        max_concurrency: int = 16,
+        timeout_s: float = 300.0,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        default_max_tokens: int | None = None,
+        extra_body: dict[str, Any] | None = None,
+        clock: Clock | None = None,
+        seed: int = 0,
+    ) -> None:
+        import openai  # imported here so the core imports without the SDK being reachable
+
+        if api_key is None and api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise LLMError(
+                    f"environment variable {api_key_env} is empty or unset; export your API key "
+                    f"there (the key is never written to logs or run directories)"
+                )
+        self.model = model
+        self.endpoint = base_url.rstrip("/")
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.default_max_tokens = default_max_tokens
+        self.extra_body = dict(extra_body or {})
+        self.clock = clock or LoopClock()
+        self._rng = random.Random(seed)
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._openai = openai
+        self._client = openai.AsyncOpenAI(
+            base_url=self.endpoint,
+            api_key=api_key or "not-needed",
+            max_retries=0,  # we retry ourselves, on our clock, with our accounting
+            timeout=timeout_s,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatLLM(endpoint={self.endpoint!r}, model={self.model!r})"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "openai-compatible", "endpoint": self.endpoint, "model": self.model,
+                "max_concurrency": self.max_concurrency}
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        attempt = 0
+        while True:
+            try:
+                async with self._sem:
+                    return await self._once(request)
+            except LLMError as err:
+                if not err.retryable or attempt >= self.max_retries:
+                    raise
+                delay = self.backoff_s * (2**attempt) * (0.5 + self._rng.random())
+                attempt += 1
+                await self.clock.sleep(delay)
+
+    async def _once(self, request: ChatRequest) -> ChatResult:
+        openai = self._openai
+        kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages}
+        max_tokens = request.max_tokens or self.default_max_tokens
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        # Our own servers use the stage to model output lengths; other servers ignore the header.
+        headers = {"X-Flashevolve-Stage": request.stage} if request.stage else None
+        t0 = self.clock.now()
+        try:
+            resp = await self._client.chat.completions.create(**kwargs, extra_headers=headers)
+        except openai.APIStatusError as err:
+            raise LLMError(
+                f"{self.endpoint} answered HTTP {err.status_code}: {_short(err.message)}",
+                status=err.status_code,
+                retryable=err.status_code in RETRYABLE_STATUS,
+            ) from err
+        except openai.APITimeoutError as err:
+            raise LLMError(f"{self.endpoint} timed out", retryable=True) from err
+        except openai.APIConnectionError as err:
+            raise LLMError(
+                f"cannot reach {self.endpoint}: is the server running? ({_short(str(err))})",
+                retryable=True,
+            ) from err
+        latency = self.clock.now() - t0
+        choice = resp.choices[0] if resp.choices else None
+        text = (choice.message.content if choice and choice.message else None) or ""
+        usage = resp.usage
+        return ChatResult(
+            text=text,
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            latency_s=latency,
+            finish_reason=(choice.finish_reason if choice else None) or "stop",
+            model=resp.model or self.model,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,115 @@
+"""Append-only event log: in memory for frames, on disk (JSON lines) for durability."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+
+from flashevolve.events.schema import SCHEMA, Event, Kind
+
+Listener = Callable[[Event], None]
+
+
+class EventLog:
+    """Every event of a run, in order.
+
+    Writes go to an in-memory list and, when ``path`` is given, to a JSON-lines file flushed per
+    line, so a killed process loses at most the line being written.  Reads from another thread
+    (a notebook reading frames while the run goes on) take a snapshot under a lock.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, clock: Any = None) -> None:
+        self._events: list[Event] = []
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self.clock = clock
+        self.path = Path(path) if path is not None else None
+        self._fh: IO[str] | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8", buffering=1)
+
+    # -- writing -----------------------------------------------------------------------------
+    def emit(self, kind: Kind | str, **fields: Any) -> Event:
+        if self.clock is not None:
+            fields.setdefault("ts", self.clock.now())
+            fields.setdefault("wall", self.clock.wall())
+        event = Event(kind=str(kind), **fields)
+        self.append(event)
+        return event
+
+    def append(self, event: Event) -> None:
+        with self._lock:
+            self._events.append(event)
+            if self._fh is not None:
+                self._fh.write(json.dumps(event.to_dict(), default=_jsonable) + "\n")
+        for listener in self._listeners:
+            listener(event)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+    # -- reading -----------------------------------------------------------------------------
+    def snapshot(self) -> list[Event]:
+        with self._lock:
+            return list(self._events)
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def __iter__(self):
+        return iter(self.snapshot())
+
+    def of_kind(self, *kinds: str) -> list[Event]:
+        wanted = {str(k) for k in kinds}
+        return [e for e in self.snapshot() if e.kind in wanted]
+
+    def frame(self) -> pl.DataFrame:
+        return events_to_frame(self.snapshot())
+
+    @staticmethod
+    def read(path: str | Path) -> list[Event]:
+        """Load events from a JSON-lines log; a torn last line (killed writer) is skipped."""
+        events: list[Event] = []
+        with Path(path).open(encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(raw.get("data"), str):
+                    raw["data"] = json.loads(raw["data"])
+                events.append(Event(**raw))
+        return events
+
+
+def events_to_frame(events: Iterable[Event]) -> pl.DataFrame:
+    rows = []
+    for e in events:
+        row = e.to_dict()
+        if row["data"] is not None:
+            row["data"] = json.dumps(row["data"], default=_jsonable, sort_keys=True)
+        rows.append(row)
+    if not rows:
+        return pl.DataFrame(schema=SCHEMA)
+    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
