@@ -23,8 +23,10 @@ class EventLog:
     (a notebook reading frames while the run goes on) take a snapshot under a lock.
     """
 
-    def __init__(self, path: str | Path | None = None, *, clock: Any = None) -> None:
-        self._events: list[Event] = []
+    def __init__(self, path: str | Path | None = None, *, clock: Any = None,
+                 history: list[Event] | None = None) -> None:
+        # ``history``: events of an earlier session of the same run (resume); already on disk.
+        self._events: list[Event] = list(history or [])
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self.clock = clock

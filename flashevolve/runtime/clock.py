@@ -40,7 +40,9 @@ class Clock(Protocol):
 class LoopClock:
     """Reads run time from the running asyncio loop (real or virtual)."""
 
-    def __init__(self) -> None:
+    def __init__(self, offset: float = 0.0) -> None:
+        # ``offset`` lets a resumed run continue the time axis of the run it resumes.
+        self.offset = offset
         self._t0: float | None = None
         self._w0 = time.perf_counter()
 
@@ -52,10 +54,10 @@ class LoopClock:
         loop_time = asyncio.get_running_loop().time()
         if self._t0 is None:
             self._t0 = loop_time
-        return loop_time - self._t0
+        return self.offset + loop_time - self._t0
 
     def wall(self) -> float:
-        return time.perf_counter() - self._w0
+        return self.offset + time.perf_counter() - self._w0
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))

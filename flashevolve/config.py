@@ -1,0 +1,59 @@
+"""The run configuration, validated at the boundary with messages that name the field."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flashevolve.errors import ConfigError
+from flashevolve.runtime.budget import Budget
+
+
+class RunConfig(BaseModel):
+    """Scalar settings of an :class:`~flashevolve.Evolver` (objects are passed beside it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["sync", "async"] = "async"
+    seed: int = 0
+    budget: Budget = Field(default_factory=Budget)
+    workers: dict[str, int] = Field(default_factory=dict)
+    max_in_flight: int = Field(default=16, ge=1)
+    staleness_counter: Literal["pool", "frontier"] = "pool"
+    rng: Literal["per-stage", "shared"] = "per-stage"
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, value: dict[str, int]) -> dict[str, int]:
+        for stage, n in value.items():
+            if int(n) < 1:
+                raise ValueError(f"stage {stage!r} needs at least 1 worker, got {n}")
+        return value
+
+
+def coerce_budget(budget: Any) -> Budget:
+    """Accept a Budget, a dict, or a number of seconds."""
+    if budget is None:
+        return Budget()
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, int | float):
+        return validated(Budget, {"seconds": float(budget)}, "budget")
+    if isinstance(budget, dict):
+        return validated(Budget, budget, "budget")
+    raise ConfigError(
+        f"budget must be a number of seconds, a dict or flashevolve.Budget, not {type(budget).__name__}"
+    )
+
+
+def validated(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+    """Validate ``data`` and turn pydantic's errors into one readable ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or where
+            lines.append(f"{where}.{loc}: {e['msg']} (got {e.get('input')!r})")
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None

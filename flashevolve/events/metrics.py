@@ -1,0 +1,134 @@
+"""The metrics of PAPER.md section 6, defined once, computed from the event frame.
+
+- proposal: a new artifact produced by the propose stage (``proposal_made``).
+- validation sweep: one full validation-set evaluation of a proposal (``validation_finished``,
+  the seed's sweep excluded).
+- accepted proposal: passed the gate and was admitted for good (``admitted``, seed excluded;
+  a speculative admission counts when it is confirmed, never when it is rolled back).
+- best validation score over time: running maximum over admissions (a step function).
+- tokens per proposal / per accepted proposal: all prompt + completion tokens of the run divided
+  by the count; wasted tokens: completion tokens of requests cancelled before they finished
+  (as far as the backend reports them).
+- backend concurrency: requests in flight, a step function of time; mean is time-weighted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from flashevolve.events.schema import Kind
+
+
+def _count(df: pl.DataFrame, kind: str) -> int:
+    return int(df.filter(pl.col("kind") == kind).height)
+
+
+def _non_seed(df: pl.DataFrame, kind: str) -> pl.DataFrame:
+    sub = df.filter(pl.col("kind") == kind)
+    if sub.is_empty():
+        return sub
+    is_seed = pl.col("data").fill_null("").str.contains('"seed": true') | pl.col(
+        "data").fill_null("").str.contains('"origin": "seed"')
+    return sub.filter(~is_seed)
+
+
+def run_duration(df: pl.DataFrame) -> float:
+    """Run-clock seconds from ``run_started`` to ``run_finished`` (or the last event)."""
+    if df.is_empty():
+        return 0.0
+    starts = df.filter(pl.col("kind") == Kind.RUN_STARTED)["ts"]
+    ends = df.filter(pl.col("kind") == Kind.RUN_FINISHED)["ts"]
+    t0 = float(starts.min()) if len(starts) else float(df["ts"].min())
+    t1 = float(ends.max()) if len(ends) else float(df["ts"].max())
+    return max(0.0, t1 - t0)
+
+
+def concurrency_series(df: pl.DataFrame) -> pl.DataFrame:
+    """Backend requests in flight after each request event: columns ``ts``, ``in_flight``."""
+    kinds = [Kind.REQUEST_STARTED, Kind.REQUEST_FINISHED, Kind.REQUEST_FAILED,
+             Kind.REQUEST_CANCELLED]
+    return (df.filter(pl.col("kind").is_in([str(k) for k in kinds]))
+              .select("ts", "in_flight").drop_nulls())
+
+
+def concurrency_stats(df: pl.DataFrame, duration: float | None = None) -> tuple[float, int]:
+    """(time-weighted mean, peak) of backend concurrency over the run."""
+    series = concurrency_series(df)
+    if series.is_empty():
+        return 0.0, 0
+    t0 = float(df["ts"].min())
+    end = t0 + (duration if duration is not None else run_duration(df))
+    ts = series["ts"].to_list() + [end]
+    level = series["in_flight"].to_list()
+    area = sum(max(0.0, ts[i + 1] - ts[i]) * level[i] for i in range(len(level)))
+    span = max(1e-9, end - t0)
+    return area / span, int(max(level))
+
+
+def best_score_series(df: pl.DataFrame) -> pl.DataFrame:
+    """Best admitted validation score so far, at each admission: ``ts``, ``best_score``."""
+    adm = df.filter(pl.col("kind") == Kind.ADMITTED).select("ts", "score").drop_nulls()
+    return adm.with_columns(pl.col("score").cum_max().alias("best_score")).select("ts",
+                                                                                   "best_score")
+
+
+def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
+    """Every headline number of a run, keyed as ``Evolver.summary()`` and ``--json`` report."""
+    duration = run_duration(df) if duration is None else duration
+    minutes = max(duration / 60.0, 1e-9)
+    proposals = _count(df, Kind.PROPOSAL_MADE)
+    sweeps = _non_seed(df, Kind.VALIDATION_FINISHED).height
+    accepted = _non_seed(df, Kind.ADMITTED).height
+    finished = df.filter(pl.col("kind") == Kind.REQUEST_FINISHED)
+    prompt_tokens = int(finished["prompt_tokens"].fill_null(0).sum()) if finished.height else 0
+    completion_tokens = int(finished["completion_tokens"].fill_null(0).sum()) if finished.height else 0
+    tokens = prompt_tokens + completion_tokens
+    cancelled = df.filter(pl.col("kind") == Kind.REQUEST_CANCELLED)
+    wasted = int(cancelled["completion_tokens"].fill_null(0).sum()) if cancelled.height else 0
+    best = best_score_series(df)
+    seed = _seed_score(df)
+    mean_conc, peak_conc = concurrency_stats(df, duration)
+    stale = df.filter(pl.col("kind") == Kind.STALE_DETECTED)
+    decisions = dict.fromkeys(("accept", "discard", "patch", "merged"), 0)
+    for d in stale["decision"].drop_nulls().to_list():
+        decisions[d] = decisions.get(d, 0) + 1
+    gate_pass, gate_fail = _count(df, Kind.GATE_PASSED), _count(df, Kind.GATE_FAILED)
+    return {
+        "duration_s": duration,
+        "proposals": proposals,
+        "proposals_per_min": proposals / minutes,
+        "validations": sweeps,
+        "validations_per_min": sweeps / minutes,
+        "accepted": accepted,
+        "accepted_per_min": accepted / minutes,
+        "best_score": float(best["best_score"].max()) if best.height else None,
+        "seed_score": seed,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "tokens": tokens,
+        "tokens_per_proposal": tokens / proposals if proposals else None,
+        "tokens_per_accepted": tokens / accepted if accepted else None,
+        "wasted_tokens": wasted,
+        "requests": finished.height,
+        "failed_requests": _count(df, Kind.REQUEST_FAILED),
+        "mean_concurrency": mean_conc,
+        "peak_concurrency": peak_conc,
+        "gate_pass_rate": gate_pass / (gate_pass + gate_fail) if gate_pass + gate_fail else None,
+        "rejected_proposals": _count(df, Kind.PROPOSAL_REJECTED),
+        "stale_seen": stale.height,
+        "stale_accepted": decisions["accept"],
+        "stale_patched": decisions["patch"],
+        "stale_discarded": decisions["discard"],
+        "stale_merged": decisions["merged"],
+        "errors": _count(df, Kind.ERROR),
+    }
+
+
+def _seed_score(df: pl.DataFrame) -> float | None:
+    adm = df.filter(pl.col("kind") == Kind.ADMITTED)
+    if adm.is_empty():
+        return None
+    seeds = adm.filter(pl.col("data").fill_null("").str.contains('"origin": "seed"'))
+    return float(seeds["score"][0]) if seeds.height else None

@@ -1,0 +1,390 @@
+"""The public entry point: ``Evolver`` wires task -> workflow -> runtime -> backend -> pool ->
+events, runs in the caller's loop, in a background thread (notebooks), or on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from flashevolve.artifacts import Artifact
+from flashevolve.backends.base import LLM
+from flashevolve.config import RunConfig, coerce_budget, validated
+from flashevolve.errors import ConfigError
+from flashevolve.events import metrics
+from flashevolve.events.log import EventLog
+from flashevolve.events.schema import Event, Kind
+from flashevolve.policies.staleness import make_policy
+from flashevolve.pool import ArtifactPool
+from flashevolve.runtime.budget import BudgetTracker
+from flashevolve.runtime.clock import LoopClock, run_virtual
+from flashevolve.runtime.context import StageContext
+from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
+from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, normalize_workers
+from flashevolve.workflows.base import make_workflow
+
+TERMINAL = ("finished", "stopped", "failed")
+
+
+class Evolver:
+    """Evolve a task's artifact with a workflow (GEPA by default) against an LLM backend.
+
+    ``backend`` is an :class:`~flashevolve.backends.LLM`, a dict ``{"task": llm, "reflection":
+    llm}``, or a string: ``"local"`` (embedded llama-server) or ``"sim"``/``"sim:<profile>"`` (the
+    serving simulator).  Backends made from strings are owned and closed by the evolver.
+    """
+
+    def __init__(self, task: Any, backend: Any = None, *, workflow: Any = "gepa",
+                 mode: str = "async", staleness: Any = None, budget: Any = None, seed: int = 0,
+                 run_dir: str | Path | None = None, workers: dict[str, int] | None = None,
+                 max_in_flight: int = 16, reflection_backend: LLM | None = None,
+                 speculation: Any = None, control: Any = None, name: str | None = None,
+                 staleness_counter: str = "pool", rng: str = "per-stage", resume: bool = False,
+                 **workflow_options: Any) -> None:
+        self.task = _resolve_task(task)
+        self.workflow = make_workflow(workflow, **workflow_options)
+        aliases = getattr(self.workflow, "worker_aliases", {})
+        self.config: RunConfig = validated(RunConfig, {
+            "mode": mode, "seed": seed, "budget": coerce_budget(budget),
+            "workers": normalize_workers(workers, aliases), "max_in_flight": max_in_flight,
+            "staleness_counter": staleness_counter, "rng": rng,
+        }, "Evolver")
+        self.policy = make_policy(staleness)
+        self.speculation = speculation
+        self.control = control
+        self.name = name or f"{self.config.mode}"
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.resume = resume
+        self._backend_spec = backend
+        self._reflection_spec = reflection_backend
+        self.pool = ArtifactPool([ex.id for ex in self.task.val])
+        self._log = EventLog()
+        self.runtime: Runtime | None = None
+        self.state = "created"
+        self._counts = {"proposals": 0, "accepted": 0}
+        self._stale = dict.fromkeys(("accept", "discard", "patch", "merged"), 0)
+        self._best: float | None = None
+        self._clock: LoopClock | None = None
+        self._in_flight = InFlight()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+        self._artifacts_fh: Any = None
+
+    # -- running ---------------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        """Run to the budget (or ``stop()``); returns :meth:`summary`."""
+        if self.state in ("running", "paused"):
+            raise RuntimeError("this evolver is already running")
+        task_llm, reflection_llm, owned = self._open_backends()
+        offset, history, iteration = self._prepare_run_dir()
+        self._clock = clock = LoopClock(offset)
+        clock.start()
+        path = self.run_dir / "events.jsonl" if self.run_dir else None
+        self._log = log = EventLog(path, clock=clock, history=history)
+        log.subscribe(self._on_event)
+        tracker = BudgetTracker(self.config.budget)
+        self._in_flight = InFlight()
+        ctx = StageContext(
+            task=self.task, pool=self.pool, log=log, clock=clock,
+            task_llm=InstrumentedLLM(task_llm, "task", log, self._in_flight),
+            reflection_llm=InstrumentedLLM(reflection_llm, "reflection", log, self._in_flight),
+            tracker=tracker, seed=self.config.seed, rng_mode=self.config.rng,
+            settings={"resume_iteration": iteration}, speculation=self.speculation,
+        )
+        tracker.tokens = 0
+        self._tracker = tracker
+        for llm in (ctx.task_llm, ctx.reflection_llm):
+            llm.on_tokens = lambda n: setattr(tracker, "tokens", tracker.tokens + n)
+        b = self.config.budget
+        seconds = None if b.seconds is None else offset + b.seconds
+        self.runtime = Runtime(self.workflow, ctx, RuntimeConfig(
+            mode=self.config.mode, workers=self.config.workers,
+            max_in_flight=self.config.max_in_flight,
+            staleness_counter=self.config.staleness_counter, seconds=seconds,
+        ), self.policy, controller=self.control)
+        ctx.settings["runtime"] = self.runtime
+        ctx.emit(Kind.RUN_STARTED, data={
+            "mode": self.config.mode, "workflow": self.workflow.name, "task": self.task.name,
+            "seed": self.config.seed, "name": self.name, "resumed": bool(history),
+            "simulated": str(task_llm.endpoint).startswith("sim:"),
+            "backend": {"endpoint": task_llm.endpoint, "model": task_llm.model},
+            "reflection_backend": {"endpoint": reflection_llm.endpoint,
+                                   "model": reflection_llm.model},
+            "workers": dict(self.runtime.targets), "max_in_flight": self.runtime.max_in_flight,
+            "staleness": self.policy.name, "budget": b.model_dump(exclude_none=True),
+        })
+        self.state = "running"
+        try:
+            await self.runtime.run()
+            self.state = "finished" if self.state != "stopped" else "stopped"
+        except BaseException as err:
+            self.state = "failed" if not isinstance(err, asyncio.CancelledError) else "stopped"
+            ctx.emit(Kind.ERROR, reason=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            ctx.emit(Kind.RUN_FINISHED, reason=self.runtime.stop_reason,
+                     data={"state": self.state})
+            self._write_outputs()
+            log.close()
+            if self._artifacts_fh:
+                self._artifacts_fh.close()
+                self._artifacts_fh = None
+            for llm in owned:
+                await llm.aclose()
+        return self.summary()
+
+    def run_virtual(self) -> dict[str, Any]:
+        """Run on virtual time (for the serving simulator): a 30-minute budget takes seconds."""
+        return run_virtual(self.run())
+
+    def run_sync(self) -> dict[str, Any]:
+        """Blocking run; works inside a running notebook kernel (runs in a worker thread)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run())
+        self.start()
+        return self.wait()
+
+    # -- background running (notebooks) --------------------------------------------------------
+    def start(self) -> Evolver:
+        """Run in a background thread with its own event loop; returns at once."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("this evolver is already running in the background")
+        self._error = None
+        ready = threading.Event()
+
+        def target() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            ready.set()
+            try:
+                loop.run_until_complete(self.run())
+            except BaseException as err:  # surfaced by wait()
+                self._error = err
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=target, name=f"flashevolve-{self.name}",
+                                        daemon=True)
+        self.state = "running"
+        self._thread.start()
+        ready.wait()
+        return self
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the background run ends; re-raises its exception with its traceback."""
+        if self._thread is None:
+            raise RuntimeError("nothing to wait for: call start() first")
+        try:
+            self._thread.join(timeout)
+        except KeyboardInterrupt:
+            self.stop(graceful=False)
+            self._thread.join(30)
+            raise
+        if self._thread.is_alive():
+            raise TimeoutError(f"the run is still going after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self.summary()
+
+    def stop(self, graceful: bool = False) -> None:
+        """Stop the run: new work stops at once; in-flight work finishes only if ``graceful``."""
+        self._call(lambda rt: rt.request_stop("stopped by user", graceful=graceful))
+        self.state = "stopped" if self.state in ("running", "paused") else self.state
+
+    def pause(self) -> None:
+        self._call(lambda rt: rt.pause())
+        self.state = "paused"
+
+    def resume_run(self) -> None:
+        self._call(lambda rt: rt.resume())
+        self.state = "running"
+
+    def _call(self, fn: Any) -> None:
+        rt = self.runtime
+        if rt is None:
+            return
+        loop = self._loop
+        if loop is not None and loop.is_running() and threading.current_thread() is not self._thread:
+            loop.call_soon_threadsafe(fn, rt)
+        else:
+            fn(rt)
+
+    # -- results ---------------------------------------------------------------------------------
+    @property
+    def events(self) -> pl.DataFrame:
+        """Every event so far, as a Polars frame (a consistent snapshot, safe while running)."""
+        return self._log.frame()
+
+    def event_list(self) -> list[Event]:
+        return self._log.snapshot()
+
+    @property
+    def best(self) -> Artifact:
+        return self.pool.best().artifact
+
+    def summary(self) -> dict[str, Any]:
+        out = metrics.summary(self.events)
+        out.update({"name": self.name, "mode": self.config.mode, "task": self.task.name,
+                    "workflow": self.workflow.name, "staleness": self.policy.name,
+                    "best_artifact_id": self.pool.best().id if len(self.pool) else None})
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """Live numbers for dashboards; cheap, safe to call from another thread."""
+        elapsed = 0.0
+        if self._clock is not None and self.state in ("running", "paused"):
+            try:
+                elapsed = self._clock.wall()
+            except RuntimeError:
+                elapsed = 0.0
+        elif len(self._log):
+            elapsed = self._log.snapshot()[-1].ts
+        minutes = max(elapsed / 60.0, 1e-9)
+        rt = self.runtime
+        return {
+            "name": self.name, "mode": self.config.mode, "state": self.state,
+            "elapsed_s": elapsed,
+            "stages": rt.status()["stages"] if rt else {},
+            "in_flight": self._in_flight.count,
+            "proposals": self._counts["proposals"], "accepted": self._counts["accepted"],
+            "proposals_per_min": self._counts["proposals"] / minutes,
+            "accepted_per_min": self._counts["accepted"] / minutes,
+            "best_score": self._best, "stale": dict(self._stale),
+            "pool_version": self.pool.pool_version, "frontier_version": self.pool.frontier_version,
+        }
+
+    # -- internals -------------------------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        self._count(event)
+        if event.kind == Kind.ADMITTED:
+            self._persist_admission(event)
+        elif event.kind == Kind.SPECULATION_ROLLED_BACK:
+            self._persist({"tombstone": event.artifact_id, "ts": event.ts})
+
+    def _count(self, event: Event) -> None:
+        """Live counters for status(); also replayed over the history on resume."""
+        kind = event.kind
+        if kind == Kind.PROPOSAL_MADE:
+            self._counts["proposals"] += 1
+        elif kind == Kind.ADMITTED:
+            if (event.data or {}).get("origin") != "seed":
+                self._counts["accepted"] += 1
+            if event.score is not None and (self._best is None or event.score > self._best):
+                self._best = event.score
+        elif kind == Kind.STALE_DETECTED and event.decision:
+            self._stale[event.decision] = self._stale.get(event.decision, 0) + 1
+
+    def _persist_admission(self, event: Event) -> None:
+        if event.artifact_id not in self.pool:
+            return
+        rec = self.pool.get(event.artifact_id)
+        self._persist({"artifact": rec.artifact.to_dict(), "val_scores": rec.val_scores,
+                       "score": rec.mean_score, "ts": event.ts,
+                       "patched_from": list(rec.patched_from),
+                       "next_component": rec.next_component})
+
+    def _persist(self, row: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        if self._artifacts_fh is None:
+            self._artifacts_fh = (self.run_dir / "artifacts.jsonl").open("a", buffering=1)
+        self._artifacts_fh.write(json.dumps(row) + "\n")
+
+    def _prepare_run_dir(self) -> tuple[float, list[Event], int]:
+        """Create the run directory, or reload it when resuming: (time offset, events, iter)."""
+        if self.run_dir is None:
+            return 0.0, [], 0
+        events_path = self.run_dir / "events.jsonl"
+        if events_path.exists() and not self.resume and not len(self.pool):
+            raise ConfigError(
+                f"{self.run_dir} already holds a run; pass resume=True (--resume) to continue "
+                f"it, or choose another run directory"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.resume and events_path.exists()):
+            return 0.0, [], 0
+        history = EventLog.read(events_path)
+        if not len(self.pool):
+            self._restore_pool()
+        offset = max((e.ts for e in history), default=0.0)
+        iteration = sum(1 for e in history if e.kind == Kind.PARENT_SELECTED)
+        for e in history:
+            self._count(e)
+        return offset, history, iteration
+
+    def _restore_pool(self) -> None:
+        path = self.run_dir / "artifacts.jsonl" if self.run_dir else None
+        if path is None or not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed process
+            if "tombstone" in row:
+                if row["tombstone"] in self.pool:
+                    self.pool.tombstone(row["tombstone"])
+                continue
+            art = Artifact.from_dict(row["artifact"])
+            self.pool.admit(art, row["val_scores"], ts=row.get("ts", 0.0),
+                            patched_from=row.get("patched_from", ()),
+                            next_component=row.get("next_component", 0))
+
+    def _write_outputs(self) -> None:
+        if self.run_dir is None:
+            return
+        if len(self.pool):
+            best = self.pool.best()
+            (self.run_dir / "best.json").write_text(json.dumps(
+                {"id": best.id, "score": best.mean_score, "components": dict(best.artifact.components)},
+                indent=2))
+        (self.run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=2,
+                                                              default=str))
+
+    def _open_backends(self) -> tuple[LLM, LLM, list[LLM]]:
+        spec, owned = self._backend_spec, []
+        reflection = self._reflection_spec
+        if isinstance(spec, dict):
+            reflection = spec.get("reflection", reflection)
+            spec = spec.get("task")
+        if isinstance(spec, str):
+            spec = _backend_from_string(spec, self.config.seed)
+            owned.append(spec)
+        if spec is None:
+            raise ConfigError("Evolver needs a backend: an LLM object, 'local', or 'sim[:profile]'")
+        if isinstance(reflection, str):
+            reflection = _backend_from_string(reflection, self.config.seed)
+            owned.append(reflection)
+        self._backend_spec, self._reflection_spec = spec, reflection  # reuse on resume
+        return spec, reflection or spec, owned
+
+
+def _backend_from_string(spec: str, seed: int) -> LLM:
+    from flashevolve import backends
+
+    name, _, arg = spec.partition(":")
+    if name == "local":
+        return backends.local()
+    if name == "sim":
+        return backends.simulated(profile=arg or "vllm-h100-qwen3-8b", seed=seed)
+    raise ConfigError(f"unknown backend {spec!r}; use 'local', 'sim[:profile]' or an LLM object")
+
+
+def _resolve_task(task: Any) -> Any:
+    if isinstance(task, str):
+        from flashevolve.tasks import get_task
+
+        return get_task(task)
+    for attr in ("train", "val", "seed_artifact", "rollout"):
+        if not hasattr(task, attr):
+            raise ConfigError(f"task object lacks {attr!r}: implement flashevolve.tasks.Task")
+    return task

@@ -1,0 +1,262 @@
+"""The artifact pool: one record per candidate, per-instance validation scores, two version
+counters, and parent selection.
+
+``pool_version`` moves on every admission (and tombstone); ``frontier_version`` moves only when the
+Pareto front -- the set of candidates that are best on at least one validation instance --
+changes.  Work items are stamped with both, and staleness can be measured against either.
+
+Determinism note: nothing here iterates over a ``set`` of strings in a way that affects results
+(string hashing is salted per process), so equal seeds give equal runs across processes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from flashevolve.artifacts import Artifact
+
+ACTIVE, SPECULATIVE, TOMBSTONED = "active", "speculative", "tombstoned"
+
+
+@dataclass(slots=True)
+class CandidateRecord:
+    artifact: Artifact
+    index: int
+    val_scores: dict[str, float]
+    admitted_at: float
+    pool_version: int  # pool_version right after this admission
+    status: str = ACTIVE
+    patched_from: tuple[str, ...] = ()
+    next_component: int = 0  # GEPA's round-robin pointer over component names
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.artifact.id
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        return self.artifact.parents
+
+    @property
+    def mean_score(self) -> float:
+        if not self.val_scores:
+            return 0.0
+        return sum(self.val_scores.values()) / len(self.val_scores)
+
+    @property
+    def alive(self) -> bool:
+        return self.status != TOMBSTONED
+
+
+class ArtifactPool:
+    """Candidates in admission order, with their validation scores and the Pareto front."""
+
+    def __init__(self, val_ids: Sequence[str]) -> None:
+        if not val_ids:
+            raise ValueError("the pool needs at least one validation instance id")
+        self.val_ids: list[str] = list(val_ids)
+        self.records: list[CandidateRecord] = []
+        self._by_id: dict[str, CandidateRecord] = {}
+        self.pool_version = 0
+        self.frontier_version = 0
+        self._front_key: tuple = ()
+
+    # -- membership ----------------------------------------------------------------------------
+    def __contains__(self, artifact_id: str) -> bool:
+        return artifact_id in self._by_id
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, artifact_id: str) -> CandidateRecord:
+        return self._by_id[artifact_id]
+
+    def alive(self) -> list[CandidateRecord]:
+        return [r for r in self.records if r.alive]
+
+    def admit(
+        self,
+        artifact: Artifact,
+        val_scores: Mapping[str, float],
+        *,
+        ts: float,
+        speculative: bool = False,
+        patched_from: Sequence[str] = (),
+        next_component: int = 0,
+    ) -> CandidateRecord | None:
+        """Add a candidate; returns ``None`` (and changes nothing) for a duplicate text."""
+        if artifact.id in self._by_id:
+            return None
+        unknown = set(val_scores) - set(self.val_ids)
+        if unknown:
+            raise ValueError(f"scores for unknown validation ids: {sorted(unknown)[:5]}")
+        self.pool_version += 1
+        record = CandidateRecord(
+            artifact=artifact,
+            index=len(self.records),
+            val_scores=dict(val_scores),
+            admitted_at=ts,
+            pool_version=self.pool_version,
+            status=SPECULATIVE if speculative else ACTIVE,
+            patched_from=tuple(patched_from),
+            next_component=next_component,
+        )
+        self.records.append(record)
+        self._by_id[artifact.id] = record
+        self._refresh_front()
+        return record
+
+    def confirm(self, artifact_id: str, val_scores: Mapping[str, float]) -> CandidateRecord:
+        """A speculative candidate's full scores landed and it stays."""
+        record = self._by_id[artifact_id]
+        record.val_scores = dict(val_scores)
+        record.status = ACTIVE
+        self._refresh_front()
+        return record
+
+    def tombstone(self, artifact_id: str) -> CandidateRecord:
+        """Roll back a candidate: it stays in the record (lineage) but leaves selection."""
+        record = self._by_id[artifact_id]
+        record.status = TOMBSTONED
+        self.pool_version += 1
+        self._refresh_front()
+        return record
+
+    # -- views ---------------------------------------------------------------------------------
+    def best(self) -> CandidateRecord:
+        """Highest mean validation score among live candidates; ties go to the earliest."""
+        live = self.alive()
+        if not live:
+            raise LookupError("the pool is empty: evaluate and admit the seed first")
+        return max(live, key=lambda r: (r.mean_score, -r.index))
+
+    def history_since(self, version: int) -> list[CandidateRecord]:
+        """Candidates admitted after pool version ``version`` (what a stale item missed)."""
+        return [r for r in self.records if r.pool_version > version]
+
+    def instance_fronts(self) -> dict[str, list[int]]:
+        """For every validation instance, the indices of live candidates with the top score.
+
+        Ties are kept.  Instances nobody has been scored on yet have an empty front.
+        """
+        fronts: dict[str, list[int]] = {}
+        for vid in self.val_ids:
+            best = None
+            members: list[int] = []
+            for r in self.records:
+                if not r.alive or vid not in r.val_scores:
+                    continue
+                s = r.val_scores[vid]
+                if best is None or s > best:
+                    best, members = s, [r.index]
+                elif s == best:
+                    members.append(r.index)
+            fronts[vid] = members
+        return fronts
+
+    def _refresh_front(self) -> None:
+        key = tuple(tuple(m) for m in self.instance_fronts().values())
+        if key != self._front_key:
+            self._front_key = key
+            self.frontier_version += 1
+
+
+# -- parent selection ----------------------------------------------------------------------------
+
+
+def prune_dominated(fronts: Mapping[str, list[int]], mean: Mapping[int, float]) -> dict[str, list[int]]:
+    """GEPA's pruning of the instance fronts.
+
+    Candidates that appear on some front are visited by ascending mean score (stable by index);
+    repeatedly, the first one whose every front also holds another surviving candidate is
+    dropped.  What remains are candidates that are the sole survivor on at least one front.
+    """
+    on_front: list[int] = []
+    for members in fronts.values():
+        for idx in members:
+            if idx not in on_front:
+                on_front.append(idx)
+    order = sorted(on_front, key=lambda i: (mean[i], i))
+    dropped: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for cand in order:
+            if cand in dropped:
+                continue
+            survivors = [i for i in order if i not in dropped and i != cand]
+            if all(
+                any(other in survivors for other in members)
+                for members in fronts.values()
+                if cand in members
+            ):
+                dropped.add(cand)
+                changed = True
+                break
+    return {vid: [i for i in members if i not in dropped] for vid, members in fronts.items()}
+
+
+class ParentSelector(Protocol):
+    name: str
+
+    def select(self, pool: ArtifactPool, rng: random.Random) -> CandidateRecord: ...
+
+
+class ParetoSelector:
+    """GEPA's default: sample a pruned-front survivor with weight = number of fronts it is on."""
+
+    name = "pareto"
+
+    def select(self, pool: ArtifactPool, rng: random.Random) -> CandidateRecord:
+        by_index = {r.index: r for r in pool.alive()}
+        fronts = pool.instance_fronts()
+        pruned = prune_dominated(fronts, {i: r.mean_score for i, r in by_index.items()})
+        weights: dict[int, int] = {}
+        for members in pruned.values():
+            for idx in members:
+                weights[idx] = weights.get(idx, 0) + 1
+        if not weights:
+            return pool.best()
+        tickets = [idx for idx in sorted(weights) for _ in range(weights[idx])]
+        return by_index[rng.choice(tickets)]
+
+
+class BestSelector:
+    """Always the current best (ties to the earliest admitted)."""
+
+    name = "best"
+
+    def select(self, pool: ArtifactPool, rng: random.Random) -> CandidateRecord:
+        return pool.best()
+
+
+class EpsilonGreedySelector:
+    """The best with probability 1 - epsilon, otherwise a uniformly random live candidate."""
+
+    name = "epsilon_greedy"
+
+    def __init__(self, epsilon: float = 0.1) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError("epsilon must be in [0, 1]")
+        self.epsilon = epsilon
+
+    def select(self, pool: ArtifactPool, rng: random.Random) -> CandidateRecord:
+        if rng.random() < self.epsilon:
+            return rng.choice(pool.alive())
+        return pool.best()
+
+
+SELECTORS = {"pareto": ParetoSelector, "best": BestSelector, "epsilon_greedy": EpsilonGreedySelector}
+
+
+def make_selector(spec: str | ParentSelector) -> ParentSelector:
+    if not isinstance(spec, str):
+        return spec
+    try:
+        return SELECTORS[spec]()
+    except KeyError:
+        raise ValueError(f"unknown parent selector {spec!r}; choose one of {sorted(SELECTORS)}") from None

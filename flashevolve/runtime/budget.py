@@ -1,0 +1,43 @@
+"""Budgets: when a run stops.  Validated at the boundary; counted from events."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Budget(BaseModel):
+    """Stop conditions; the first one reached stops the run.
+
+    ``seconds`` is run-clock time (virtual under the simulator) and stops hard: work still in
+    flight is cancelled and its tokens counted as wasted.  The count budgets stop the creation of
+    new work and let what is in flight finish (like GEPA, which checks only between iterations).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float | None = Field(default=None, gt=0, description="run-clock seconds")
+    proposals: int | None = Field(default=None, gt=0)
+    metric_calls: int | None = Field(default=None, gt=0, description="task rollouts scored")
+    tokens: int | None = Field(default=None, gt=0, description="prompt + completion tokens")
+
+    def is_unbounded(self) -> bool:
+        return all(v is None for v in (self.seconds, self.proposals, self.metric_calls, self.tokens))
+
+
+class BudgetTracker:
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.proposals = 0
+        self.metric_calls = 0
+        self.tokens = 0
+
+    def exhausted(self) -> str | None:
+        """The reason a count budget is used up, or None."""
+        b = self.budget
+        if b.proposals is not None and self.proposals >= b.proposals:
+            return f"proposal budget reached ({self.proposals}/{b.proposals})"
+        if b.metric_calls is not None and self.metric_calls >= b.metric_calls:
+            return f"metric-call budget reached ({self.metric_calls}/{b.metric_calls})"
+        if b.tokens is not None and self.tokens >= b.tokens:
+            return f"token budget reached ({self.tokens}/{b.tokens})"
+        return None

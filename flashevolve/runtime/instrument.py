@@ -1,0 +1,80 @@
+"""The runtime's view of a backend: every request becomes events, tokens are counted."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from flashevolve.backends.base import LLM, ChatRequest, ChatResult, LLMError
+from flashevolve.events.log import EventLog
+from flashevolve.events.schema import Kind
+
+
+class InFlight:
+    """Backend requests in flight, shared by every instrumented LLM of one run."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.peak = 0
+
+
+class InstrumentedLLM:
+    """Wraps an :class:`LLM` so that requests show up in the event log.
+
+    Backends stay ignorant of events; this wrapper stamps ``role`` (task or reflection), emits
+    ``request_started`` / ``request_finished`` / ``request_failed`` / ``request_cancelled`` with
+    the backend-wide in-flight count, and feeds token usage to the budget tracker.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, inner: LLM, role: str, log: EventLog, in_flight: InFlight,
+                 on_tokens=None) -> None:
+        self.inner = inner
+        self.role = role
+        self.log = log
+        self.in_flight = in_flight
+        self.on_tokens = on_tokens
+        self.model = inner.model
+        self.endpoint = inner.endpoint
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        request.role = self.role
+        rid = f"r{next(self._ids)}"
+        self.in_flight.count += 1
+        self.in_flight.peak = max(self.in_flight.peak, self.in_flight.count)
+        self.log.emit(Kind.REQUEST_STARTED, stage=request.stage, item_id=request.item_id,
+                      request_id=rid, role=self.role, endpoint=self.endpoint,
+                      in_flight=self.in_flight.count)
+        t0 = self.log.clock.now() if self.log.clock else 0.0
+        try:
+            result = await self.inner.complete(request)
+        except asyncio.CancelledError:
+            self.in_flight.count -= 1
+            self.log.emit(Kind.REQUEST_CANCELLED, stage=request.stage, item_id=request.item_id,
+                          request_id=rid, role=self.role, endpoint=self.endpoint,
+                          in_flight=self.in_flight.count, reason="cancelled",
+                          latency_s=self._since(t0))
+            raise
+        except LLMError as err:
+            self.in_flight.count -= 1
+            self.log.emit(Kind.REQUEST_FAILED, stage=request.stage, item_id=request.item_id,
+                          request_id=rid, role=self.role, endpoint=self.endpoint,
+                          in_flight=self.in_flight.count, reason=str(err),
+                          latency_s=self._since(t0))
+            raise
+        self.in_flight.count -= 1
+        self.log.emit(Kind.REQUEST_FINISHED, stage=request.stage, item_id=request.item_id,
+                      request_id=rid, role=self.role, endpoint=self.endpoint,
+                      in_flight=self.in_flight.count, prompt_tokens=result.prompt_tokens,
+                      completion_tokens=result.completion_tokens, latency_s=self._since(t0),
+                      data={"finish_reason": result.finish_reason} if result.finish_reason != "stop" else None)
+        if self.on_tokens is not None:
+            self.on_tokens(result.prompt_tokens + result.completion_tokens)
+        return result
+
+    def _since(self, t0: float) -> float:
+        return (self.log.clock.now() - t0) if self.log.clock else 0.0
+
+    async def aclose(self) -> None:  # the owner of the inner backend closes it
+        return None

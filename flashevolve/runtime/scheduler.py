@@ -1,0 +1,314 @@
+"""The scheduler: one bounded queue and one worker pool per stage, a job source, and the policies.
+
+``mode="sync"`` is the same machinery with one worker per stage and one job in flight: each step
+passes through every stage before the next begins, which is exactly the classic loop with a
+barrier after each stage (requests *inside* a stage still run concurrently).  ``mode="async"``
+lets many jobs overlap with per-stage worker counts and a bound on jobs in flight.
+
+Throughput then is about ``min_s K_s / E[t_s]`` instead of ``sum_s max(request time)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flashevolve.events.schema import Kind
+from flashevolve.policies.staleness import DISCARD, MERGED, PATCH, StalenessPolicy
+from flashevolve.runtime.context import StageContext
+from flashevolve.runtime.items import StageSpec, WorkItem
+
+
+@dataclass
+class RuntimeConfig:
+    mode: str = "async"
+    workers: dict[str, int] = field(default_factory=dict)
+    max_in_flight: int = 16  # jobs (proposal lines) in the pipeline at once
+    staleness_counter: str = "pool"  # which lag makes an item stale: "pool" or "frontier"
+    seconds: float | None = None  # hard run-clock deadline
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"mode must be 'sync' or 'async', not {self.mode!r}")
+        if self.staleness_counter not in ("pool", "frontier"):
+            raise ValueError("staleness_counter must be 'pool' or 'frontier'")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+
+
+class Runtime:
+    def __init__(self, workflow: Any, ctx: StageContext, config: RuntimeConfig,
+                 policy: StalenessPolicy, controller: Any = None) -> None:
+        self.workflow = workflow
+        self.ctx = ctx
+        self.config = config
+        self.policy = policy
+        self.controller = controller
+        self.specs: dict[str, StageSpec] = {s.name: s for s in workflow.stages()}
+        self.entry = workflow.stages()[0].name
+        sync = config.mode == "sync"
+        self.max_in_flight = 1 if sync else config.max_in_flight
+        self.targets: dict[str, int] = {}
+        for name, spec in self.specs.items():
+            n = 1 if sync else int(config.workers.get(name, spec.default_workers))
+            if n < 1:
+                raise ValueError(f"stage {name!r} needs at least one worker, got {n}")
+            self.targets[name] = n
+        unknown = set(config.workers) - set(self.specs)
+        if unknown:
+            raise ValueError(
+                f"workers given for unknown stages {sorted(unknown)}; this workflow's stages are "
+                f"{list(self.specs)}"
+            )
+        self.state = "created"
+        self.stop_reason: str | None = None
+        self._workers: dict[str, dict[asyncio.Task, bool]] = {n: {} for n in self.specs}
+        self._busy: dict[str, int] = dict.fromkeys(self.specs, 0)
+        self._done_count: dict[str, int] = dict.fromkeys(self.specs, 0)
+        self._job_items: dict[str, int] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    # -- control (call from the loop's thread) ------------------------------------------------
+    def request_stop(self, reason: str, *, graceful: bool = True) -> None:
+        """Stop making new jobs; with ``graceful=False`` also cancel the work in flight."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.ctx.emit(Kind.BUDGET_STOP, reason=reason, data={"graceful": graceful})
+        self._stop_source.set()
+        if not graceful or not self._job_items:
+            self._finished.set()
+
+    def pause(self) -> None:
+        self._resume.clear()
+        self.state = "paused"
+
+    def resume(self) -> None:
+        self._resume.set()
+        self.state = "running"
+
+    def set_workers(self, stage: str, n: int, reason: str = "") -> None:
+        """Grow or shrink a stage's worker pool (idle workers retire at once, busy ones after
+        their item)."""
+        n = max(1, int(n))
+        old = self.targets[stage]
+        if n == old:
+            return
+        self.targets[stage] = n
+        self.ctx.emit(Kind.WORKERS_CHANGED, stage=stage, workers=n, reason=reason,
+                      data={"from": old})
+        if self.state in ("running", "paused"):
+            self._reconcile(stage)
+
+    def queue_depth(self, stage: str) -> int:
+        return self._queues[stage].qsize() if hasattr(self, "_queues") else 0
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "stages": {
+                name: {"queue_depth": self.queue_depth(name), "workers": self.targets[name],
+                       "busy": self._busy[name], "done": self._done_count[name]}
+                for name in self.specs
+            },
+            "jobs_in_flight": len(self._job_items),
+        }
+
+    # -- the run ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        ctx = self.ctx
+        self._queues: dict[str, asyncio.Queue] = {n: asyncio.Queue() for n in self.specs}
+        self._slots = asyncio.Semaphore(self.max_in_flight)
+        self._stop_source = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._resume = asyncio.Event()
+        self._resume.set()
+        self.state = "running"
+        try:
+            await self.workflow.initialize(ctx)
+            for name in self.specs:
+                self._reconcile(name)
+            self._tasks.append(asyncio.create_task(self._source(), name="flashevolve-source"))
+            if self.config.seconds is not None:
+                self._tasks.append(asyncio.create_task(self._deadline(self.config.seconds)))
+            if self.controller is not None:
+                self._tasks.append(asyncio.create_task(self.controller.run(self)))
+            await self._finished.wait()
+        finally:
+            await self._shutdown()
+
+    async def _deadline(self, seconds: float) -> None:
+        remaining = seconds - self.ctx.now()
+        if remaining > 0:
+            await self.ctx.clock.sleep(remaining)
+        self.request_stop(f"time budget reached ({seconds:g} s)", graceful=False)
+
+    async def _shutdown(self) -> None:
+        tasks = list(self._tasks)
+        for pool in self._workers.values():
+            tasks.extend(pool)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for name, q in getattr(self, "_queues", {}).items():
+            while not q.empty():
+                item: WorkItem = q.get_nowait()
+                self.ctx.emit(Kind.ITEM_DROPPED, stage=name, item_id=item.item_id,
+                              reason="run stopped while queued")
+        self._job_items.clear()
+        self.state = "stopped"
+
+    async def _source(self) -> None:
+        ctx = self.ctx
+        while not self._stop_source.is_set():
+            await self._resume.wait()
+            await self._slots.acquire()
+            if self._stop_source.is_set():
+                self._slots.release()
+                break
+            reason = ctx.tracker.exhausted()
+            if reason is not None:
+                self._slots.release()
+                self.request_stop(reason, graceful=True)
+                break
+            payload = await self.workflow.make_job(ctx)
+            if payload is None:  # nothing to do right now; the workflow said so
+                self._slots.release()
+                await ctx.clock.sleep(0.1)
+                continue
+            job_id = ctx.new_id("j")
+            self._job_items[job_id] = 0
+            self._enqueue(WorkItem(
+                item_id=ctx.new_id("i"), stage=self.entry, payload=payload,
+                version_stamp=ctx.pool.pool_version, frontier_stamp=ctx.pool.frontier_version,
+                created_at=ctx.now(), job_id=job_id,
+            ))
+
+    def _enqueue(self, item: WorkItem) -> None:
+        item.enqueued_at = self.ctx.now()
+        self._job_items[item.job_id] = self._job_items.get(item.job_id, 0) + 1
+        q = self._queues[item.stage]
+        q.put_nowait(item)  # unbounded by design: the job bound caps what is in flight
+        self.ctx.emit(Kind.ITEM_ENQUEUED, stage=item.stage, item_id=item.item_id,
+                      version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp,
+                      data={"queue_depth": q.qsize(), "job_id": item.job_id})
+
+    def _item_finished(self, item: WorkItem) -> None:
+        left = self._job_items.get(item.job_id, 0) - 1
+        if left > 0:
+            self._job_items[item.job_id] = left
+            return
+        self._job_items.pop(item.job_id, None)
+        self._slots.release()
+        if self._stop_source.is_set() and not self._job_items:
+            self._finished.set()
+
+    # -- workers ------------------------------------------------------------------------------
+    def _reconcile(self, stage: str) -> None:
+        pool = self._workers[stage]
+        for t in [t for t in pool if t.done()]:
+            del pool[t]
+        while len(pool) < self.targets[stage]:
+            task = asyncio.create_task(self._worker(stage), name=f"flashevolve-{stage}")
+            pool[task] = False
+        excess = len(pool) - self.targets[stage]
+        for task, busy in list(pool.items()):
+            if excess <= 0:
+                break
+            if not busy:  # idle: waiting on the queue, safe to cancel (no item is lost)
+                task.cancel()
+                del pool[task]
+                excess -= 1
+
+    async def _worker(self, stage: str) -> None:
+        me = asyncio.current_task()
+        q = self._queues[stage]
+        pool = self._workers[stage]
+        while True:
+            if len(pool) > self.targets[stage] and not pool.get(me, False):
+                pool.pop(me, None)  # retire: the stage was shrunk while this worker was busy
+                return
+            item: WorkItem = await q.get()
+            await self._resume.wait()
+            pool[me] = True
+            self._busy[stage] += 1
+            try:
+                await self._process(stage, item)
+            finally:
+                self._busy[stage] -= 1
+                if me in pool:
+                    pool[me] = False
+                self._item_finished(item)
+
+    async def _process(self, stage: str, item: WorkItem) -> None:
+        ctx, spec = self.ctx, self.specs[stage]
+        lag = ctx.pool.pool_version - item.version_stamp
+        flag = ctx.pool.frontier_version - item.frontier_stamp
+        ctx.emit(Kind.ITEM_DEQUEUED, stage=stage, item_id=item.item_id,
+                 version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp,
+                 lag=lag, frontier_lag=flag,
+                 data={"queue_depth": self._queues[stage].qsize(),
+                       "wait_s": ctx.now() - item.enqueued_at})
+        stale = (lag if self.config.staleness_counter == "pool" else flag) > 0
+        checked = spec.check_staleness and stale and not item.patched
+        if checked and not await self._apply_staleness(stage, item, lag, flag):
+            return
+        t0 = ctx.now()
+        try:
+            outputs = await spec.handler(item, ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # one bad item must not take the run down
+            ctx.emit(Kind.ERROR, stage=stage, item_id=item.item_id,
+                     reason=f"{type(err).__name__}: {err}",
+                     data={"traceback": traceback.format_exc(limit=8)})
+            outputs = []
+        self._done_count[stage] += 1
+        ctx.emit(Kind.ITEM_DONE, stage=stage, item_id=item.item_id, latency_s=ctx.now() - t0,
+                 data={"outputs": len(outputs)})
+        for next_stage, payload in outputs:
+            if next_stage not in self.specs:
+                raise ValueError(f"stage {stage!r} emitted to unknown stage {next_stage!r}")
+            self._enqueue(WorkItem(
+                item_id=ctx.new_id("i"), stage=next_stage, payload=payload,
+                version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp,
+                created_at=item.created_at, job_id=item.job_id, patched=item.patched,
+            ))
+
+    async def _apply_staleness(self, stage: str, item: WorkItem, lag: int, flag: int) -> bool:
+        """Ask the policy about a stale item; returns False when the item is dropped."""
+        ctx = self.ctx
+        view = self.workflow.stale_view(item, ctx, lag=lag, frontier_lag=flag)
+        decision = await self.policy.decide(view, ctx)
+        result_id = None
+        if decision.action == PATCH and decision.artifact is not None:
+            result_id = decision.artifact.id
+        elif decision.action == MERGED:
+            result_id = decision.merged_into
+        elif view.artifact is not None:
+            result_id = view.artifact.id
+        ctx.emit(Kind.STALE_DETECTED, stage=stage, item_id=item.item_id, artifact_id=result_id,
+                 version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp, lag=lag,
+                 frontier_lag=flag, decision=decision.action, reason=decision.reason,
+                 data={"policy": self.policy.name, **decision.data})
+        if decision.action in (DISCARD, MERGED):
+            ctx.emit(Kind.ITEM_DROPPED, stage=stage, item_id=item.item_id,
+                     reason=f"stale: {decision.action}")
+            return False
+        if decision.action == PATCH:
+            item.payload = self.workflow.apply_patch(item, decision, ctx)
+            item.version_stamp = ctx.pool.pool_version
+            item.frontier_stamp = ctx.pool.frontier_version
+            item.patched = True
+        return True
+
+
+def normalize_workers(workers: Mapping[str, int] | None, aliases: Mapping[str, tuple[str, ...]]
+                      ) -> dict[str, int]:
+    """Expand stage aliases (e.g. ``evaluate`` -> ``gate`` and ``validate``)."""
+    out: dict[str, int] = {}
+    for key, n in (workers or {}).items():
+        for stage in aliases.get(key, (key,)):
+            out[stage] = int(n)
+    return out
