@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import weakref
 from typing import Any
 
 from flashevolve.backends.base import ChatRequest, ChatResult, LLMError
+from flashevolve.backends.retry import call_with_retries
 from flashevolve.runtime.clock import Clock, LoopClock
 
 #: HTTP statuses worth retrying: rate limits and server-side trouble.
@@ -60,14 +62,13 @@ class OpenAICompatLLM:
         self.extra_body = dict(extra_body or {})
         self.clock = clock or LoopClock()
         self._rng = random.Random(seed)
-        self._sem = asyncio.Semaphore(max_concurrency)
         self._openai = openai
-        self._client = openai.AsyncOpenAI(
-            base_url=self.endpoint,
-            api_key=api_key or "not-needed",
-            max_retries=0,  # we retry ourselves, on our clock, with our accounting
-            timeout=timeout_s,
-        )
+        self._api_key = api_key or "not-needed"
+        self._timeout_s = timeout_s
+        # The HTTP client and the semaphore belong to one event loop; a backend object is often
+        # used from several (a preflight check, then one loop per background run), so each loop
+        # gets its own pair.  Dead loops drop out of the weak map by themselves.
+        self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM(endpoint={self.endpoint!r}, model={self.model!r})"
@@ -77,19 +78,34 @@ class OpenAICompatLLM:
                 "max_concurrency": self.max_concurrency}
 
     async def complete(self, request: ChatRequest) -> ChatResult:
-        attempt = 0
-        while True:
-            try:
-                async with self._sem:
-                    return await self._once(request)
-            except LLMError as err:
-                if not err.retryable or attempt >= self.max_retries:
-                    raise
-                delay = self.backoff_s * (2**attempt) * (0.5 + self._rng.random())
-                attempt += 1
-                await self.clock.sleep(delay)
+        async def attempt() -> ChatResult:
+            client, sem = self._loop_state()
+            async with sem:  # released during backoff so others can use the slot
+                return await self._once(client, request)
 
-    async def _once(self, request: ChatRequest) -> ChatResult:
+        return await call_with_retries(
+            attempt,
+            max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
+            rng=self._rng,
+            sleep=self.clock.sleep,
+        )
+
+    def _loop_state(self) -> tuple[Any, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        state = self._per_loop.get(loop)
+        if state is None:
+            client = self._openai.AsyncOpenAI(
+                base_url=self.endpoint,
+                api_key=self._api_key,
+                max_retries=0,  # we retry ourselves, on our clock, with our accounting
+                timeout=self._timeout_s,
+            )
+            state = (client, asyncio.Semaphore(self.max_concurrency))
+            self._per_loop[loop] = state
+        return state
+
+    async def _once(self, client: Any, request: ChatRequest) -> ChatResult:
         openai = self._openai
         kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages}
         max_tokens = request.max_tokens or self.default_max_tokens
@@ -105,7 +121,7 @@ class OpenAICompatLLM:
         headers = {"X-Flashevolve-Stage": request.stage} if request.stage else None
         t0 = self.clock.now()
         try:
-            resp = await self._client.chat.completions.create(**kwargs, extra_headers=headers)
+            resp = await client.chat.completions.create(**kwargs, extra_headers=headers)
         except openai.APIStatusError as err:
             raise LLMError(
                 f"{self.endpoint} answered HTTP {err.status_code}: {_short(err.message)}",
@@ -133,7 +149,14 @@ class OpenAICompatLLM:
         )
 
     async def aclose(self) -> None:
-        await self._client.close()
+        """Close this loop's HTTP client (clients of finished loops went with their loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        state = self._per_loop.pop(loop, None)
+        if state is not None:
+            await state[0].close()
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks on the serving simulator: throughput configurations and orchestrator overhead."""

@@ -1,0 +1,195 @@
+"""``flashevolve run``: evolve a task in one or more modes and compare them side by side."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from flashevolve.commands.common import (
+    add_backend_arguments,
+    format_table,
+    make_backend,
+    parse_workers,
+    run_preflight,
+)
+from flashevolve.errors import ConfigError
+
+NAME = "run"
+HELP = "evolve a task (GEPA) in sync and/or async mode and compare them"
+
+SUMMARY_ROWS = [
+    ("proposals_per_min", "proposals/min", ".2f"),
+    ("accepted_per_min", "accepted/min", ".3f"),
+    ("validations_per_min", "val sweeps/min", ".2f"),
+    ("seed_score", "seed val score", ".3f"),
+    ("best_score", "best val score", ".3f"),
+    ("proposals", "proposals", "d"),
+    ("accepted", "accepted", "d"),
+    ("tokens", "tokens", "d"),
+    ("tokens_per_accepted", "tokens/accepted", ".0f"),
+    ("mean_concurrency", "mean concurrency", ".1f"),
+    ("peak_concurrency", "peak concurrency", "d"),
+    ("stale_seen", "stale items", "d"),
+    ("errors", "errors", "d"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="ifeval-lite",
+                   help="built-in task name (see --list-tasks) or a task file (.jsonl/.json)")
+    p.add_argument("--task-kind", default=None,
+                   help="for task files: aime, hotpotqa, hover, humaneval or prompt")
+    p.add_argument("--mode", default="sync,async", help="comma list of sync and/or async")
+    p.add_argument("--minutes", type=float, default=3.0, help="run-clock budget per mode")
+    p.add_argument("--out", default=None, help="run directory (default runs/<task>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue a stopped run from its run directory for --minutes more")
+    p.add_argument("--json", default=None, help="also write the per-mode summary here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--staleness", default="full", help="full, guarded or reflective")
+    p.add_argument("--workers", default=None,
+                   help="async worker counts, e.g. rollout=4,propose=2,evaluate=4")
+    p.add_argument("--max-in-flight", type=int, default=None,
+                   help="async: proposals in flight at once (default: 2 x backend slots)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--list-tasks", action="store_true", help="list built-in tasks and exit")
+    add_backend_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flashevolve.tasks import available_tasks
+
+    if args.list_tasks:
+        print("\n".join(available_tasks()))
+        return 0
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("sync", "async")]
+    if bad or not modes:
+        raise ConfigError(f"--mode takes sync and/or async, got {args.mode!r}")
+    if args.minutes <= 0:
+        raise ConfigError("--minutes must be positive")
+    task = _load_task(args)
+    out = Path(args.resume or args.out or f"runs/{task.name}")
+    if args.resume and not out.exists():
+        raise ConfigError(f"--resume {out}: no such run directory")
+    workers = parse_workers(args.workers)
+    backend = make_backend(args)
+    simulated = str(backend.endpoint).startswith("sim:")
+    try:
+        if not simulated:
+            run_preflight(backend)
+        print(f"task {task.name}: {len(task.train)} train / {len(task.val)} val examples; "
+              f"backend {backend.endpoint} ({backend.model}); {args.minutes:g} min per mode"
+              + (" [SIMULATED backend, virtual time]" if simulated else ""))
+        summaries: dict[str, dict[str, Any]] = {}
+        evolvers = {}
+        for mode in modes:
+            evolver = _make_evolver(task, backend, mode, args, out, workers)
+            evolvers[mode] = evolver
+            summaries[mode] = _run_one(evolver, args.minutes, simulated)
+    finally:
+        _close(backend)
+    print()
+    print(_side_by_side(summaries))
+    for mode, ev in evolvers.items():
+        print(f"\nbest {mode} artifact ({ev.pool.best().mean_score:.3f}):")
+        for name, text in ev.best.components.items():
+            print(f"  [{name}] {text[:400]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summaries, indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
+    if not args.no_report:
+        from flashevolve.views.report import write_report
+
+        path = write_report(out / "report.html", {m: ev.events for m, ev in evolvers.items()},
+                            title=f"flashevolve run: {task.name}")
+        print(f"\nreport: {path}")
+    print(f"run directory: {out}")
+    return 0
+
+
+def _load_task(args: argparse.Namespace) -> Any:
+    from flashevolve.tasks import get_task, load_task_file
+
+    if Path(args.task).suffix in (".json", ".jsonl"):
+        return load_task_file(args.task, kind=args.task_kind)
+    return get_task(args.task)
+
+
+def _make_evolver(task: Any, backend: Any, mode: str, args: argparse.Namespace, out: Path,
+                  workers: dict[str, int]) -> Any:
+    from flashevolve import Evolver
+
+    slots = getattr(backend, "max_concurrency", 8) or 8
+    kwargs: dict[str, Any] = {}
+    if mode == "async":
+        kwargs["workers"] = workers or {"rollout": 2, "propose": 2, "evaluate": 2}
+        kwargs["max_in_flight"] = args.max_in_flight or max(4, 2 * slots)
+    run_dir = out / mode
+    resume = bool(args.resume) and (run_dir / "events.jsonl").exists()
+    return Evolver(task, backend, mode=mode, staleness=args.staleness, seed=args.seed,
+                   budget={"seconds": args.minutes * 60}, run_dir=run_dir, name=mode,
+                   resume=resume, eval_concurrency=slots if mode == "sync" else
+                   max(1, slots // 2), **kwargs)
+
+
+def _run_one(evolver: Any, minutes: float, simulated: bool) -> dict[str, Any]:
+    if simulated:
+        return evolver.run_virtual()
+    from tqdm import tqdm
+
+    total = minutes * 60
+    evolver.start()
+    with tqdm(total=round(total), desc=f"{evolver.name:>5}", unit="s",
+              bar_format="{desc}: {bar} {n:.0f}/{total:.0f}s {postfix}") as bar:
+        done = threading.Event()
+        while not done.is_set():
+            st = evolver.status()
+            bar.n = min(total, st["elapsed_s"])
+            best = st["best_score"]
+            bar.set_postfix_str(f"proposals {st['proposals']} accepted {st['accepted']} "
+                                f"best {best if best is None else round(best, 3)}")
+            if st["state"] in ("finished", "stopped", "failed") or not evolver._thread.is_alive():
+                done.set()
+            else:
+                time.sleep(0.5)
+        bar.n = total
+        bar.refresh()
+    return evolver.wait()
+
+
+def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
+    modes = list(summaries)
+    rows = []
+    for key, label, fmt in SUMMARY_ROWS:
+        row = {"metric": label}
+        for m in modes:
+            row[m] = summaries[m].get(key)
+        rows.append((row, fmt))
+    cols = [("metric", "metric", "")] + [(m, m, "") for m in modes]
+    table_rows = []
+    for row, fmt in rows:
+        table_rows.append({k: (v if k == "metric" or v is None else format(v, fmt))
+                           for k, v in row.items()})
+    text = format_table(table_rows, cols)
+    if "sync" in summaries and "async" in summaries:
+        s, a = summaries["sync"]["proposals_per_min"], summaries["async"]["proposals_per_min"]
+        if s:
+            text += f"\n\nasync / sync proposals per minute: {a / s:.2f}x"
+    return text
+
+
+def _close(backend: Any) -> None:
+    import asyncio
+
+    close = getattr(backend, "close", None)
+    if callable(close):
+        close()
+    else:
+        with contextlib.suppress(Exception):
+            asyncio.run(backend.aclose())

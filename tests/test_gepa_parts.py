@@ -1,0 +1,52 @@
+"""GEPA building blocks: the epoch sampler and the strict reflection parser."""
+
+import random
+from collections import Counter
+
+from flashevolve.tasks.base import Example, Rollout
+from flashevolve.workflows.gepa import EpochSampler
+from flashevolve.workflows.reflection import (
+    build_reflection_prompt,
+    parse_fenced,
+    reflective_records,
+)
+
+
+def test_epoch_sampler_covers_every_item_each_epoch_and_pads_with_least_used():
+    sampler = EpochSampler(7, 3, random.Random(0))
+    epoch0 = [i for it in range(3) for i in sampler.batch(it)]
+    assert len(epoch0) == 9 and set(epoch0) == set(range(7))
+    counts = Counter(epoch0)
+    assert sorted(counts.values()) == [1, 1, 1, 1, 1, 2, 2]
+    epoch1 = [i for it in range(3, 6) for i in sampler.batch(it)]
+    assert set(epoch1) == set(range(7))
+    # the two padded in epoch 0 are not the padding again in epoch 1
+    padded0 = {i for i, c in counts.items() if c == 2}
+    padded1 = {i for i, c in Counter(epoch1).items() if c == 2}
+    assert not padded0 & padded1
+
+
+def test_epoch_sampler_is_seeded():
+    a = [EpochSampler(10, 3, random.Random(4)).batch(i) for i in range(5)]
+    b = [EpochSampler(10, 3, random.Random(4)).batch(i) for i in range(5)]
+    assert a == b
+
+
+def test_parse_takes_text_between_first_and_last_fence():
+    answer = "Sure.\n```text\nLine one.\n```\nsome words\n```\nLine two.\n```\nThanks"
+    assert parse_fenced(answer).text == "Line one.\n```\nsome words\n```\nLine two."
+
+
+def test_parse_rejects_missing_unclosed_and_empty_blocks():
+    assert parse_fenced("just prose").reason == "no fenced block in the reflection answer"
+    assert "never closed" in parse_fenced("```\nhalf an instruction that got cut").reason
+    assert parse_fenced("```\n   \n```").reason == "the fenced block is empty"
+    assert parse_fenced("").text is None
+
+
+def test_reflection_prompt_carries_records_and_the_current_text():
+    examples = [Example("e1", {"prompt": "Say hi"})]
+    rollouts = [Rollout("e1", "HELLO", 0.0, "expected lowercase")]
+    prompt = build_reflection_prompt("instruction", "Be nice.", reflective_records(examples, rollouts))
+    assert "Be nice." in prompt and "Say hi" in prompt and "expected lowercase" in prompt
+    assert "# Example 1" in prompt and "```" in prompt
