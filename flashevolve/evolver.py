@@ -59,6 +59,11 @@ class Evolver:
         self.name = name or f"{self.config.mode}"
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume = resume
+        if self.run_dir is not None and (self.run_dir / "events.jsonl").exists() and not resume:
+            raise ConfigError(
+                f"{self.run_dir} already holds a run; pass resume=True (--resume) to continue "
+                f"it, or choose another run directory"
+            )
         self._backend_spec = backend
         self._reflection_spec = reflection_backend
         self.pool = ArtifactPool([ex.id for ex in self.task.val])
@@ -304,11 +309,6 @@ class Evolver:
         if self.run_dir is None:
             return 0.0, [], 0
         events_path = self.run_dir / "events.jsonl"
-        if events_path.exists() and not self.resume and not len(self.pool):
-            raise ConfigError(
-                f"{self.run_dir} already holds a run; pass resume=True (--resume) to continue "
-                f"it, or choose another run directory"
-            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not (self.resume and events_path.exists()):
             return 0.0, [], 0

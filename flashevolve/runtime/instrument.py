@@ -11,11 +11,12 @@ from flashevolve.events.schema import Kind
 
 
 class InFlight:
-    """Backend requests in flight, shared by every instrumented LLM of one run."""
+    """Backend requests in flight (and request ids), shared by the instrumented LLMs of a run."""
 
     def __init__(self) -> None:
         self.count = 0
         self.peak = 0
+        self.ids = itertools.count()  # per run, so equal runs give equal request ids
 
 
 class InstrumentedLLM:
@@ -25,8 +26,6 @@ class InstrumentedLLM:
     ``request_started`` / ``request_finished`` / ``request_failed`` / ``request_cancelled`` with
     the backend-wide in-flight count, and feeds token usage to the budget tracker.
     """
-
-    _ids = itertools.count()
 
     def __init__(self, inner: LLM, role: str, log: EventLog, in_flight: InFlight,
                  on_tokens=None) -> None:
@@ -40,7 +39,7 @@ class InstrumentedLLM:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         request.role = self.role
-        rid = f"r{next(self._ids)}"
+        rid = f"r{next(self.in_flight.ids)}"
         self.in_flight.count += 1
         self.in_flight.peak = max(self.in_flight.peak, self.in_flight.count)
         self.log.emit(Kind.REQUEST_STARTED, stage=request.stage, item_id=request.item_id,

@@ -1,0 +1,199 @@
+"""Runtime behaviour on the serving simulator (virtual time: nothing here sleeps)."""
+
+import asyncio
+import json
+
+import polars as pl
+import pytest
+
+from flashevolve import Evolver, run_virtual
+from flashevolve.backends.sim import SimulatedTask, WorkloadContent, simulated
+from flashevolve.errors import ConfigError
+from flashevolve.events.schema import Kind
+
+ASYNC = {"workers": {"rollout": 4, "propose": 4, "evaluate": 4}, "max_in_flight": 16}
+
+
+def make(mode="async", minutes=10.0, seed=0, **kw):
+    kw = {**(ASYNC if mode == "async" else {}), **kw}
+    return Evolver(SimulatedTask(n_train=30, n_val=20, seed=seed), simulated(seed=seed),
+                   mode=mode, budget=kw.pop("budget", minutes * 60), seed=seed, **kw)
+
+
+def kinds(ev, kind):
+    return ev.events.filter(pl.col("kind") == kind)
+
+
+def test_sync_runs_one_job_at_a_time_and_never_sees_staleness():
+    ev = make("sync")
+    ev.run_virtual()
+    deq = kinds(ev, Kind.ITEM_DEQUEUED)
+    assert deq.height > 0 and set(deq["lag"].to_list()) == {0}
+    assert kinds(ev, Kind.STALE_DETECTED).height == 0
+    # one job at a time: every enqueue into the entry stage happens after the previous job ended
+    assert ev.status()["stages"]["rollout"]["workers"] == 1
+
+
+def test_async_stamps_and_lags_are_consistent():
+    ev = make("async")
+    ev.run_virtual()
+    deq = kinds(ev, Kind.ITEM_DEQUEUED)
+    assert (deq["lag"] == deq["pool_version"] - deq["version_stamp"]).all()
+    assert (deq["frontier_lag"] == deq["frontier_version"] - deq["frontier_stamp"]).all()
+    assert deq["lag"].max() > 0  # overlapping steps do produce stale work
+    stale = kinds(ev, Kind.STALE_DETECTED)
+    assert stale.height > 0 and (stale["lag"] > 0).all()
+    assert set(stale["decision"].to_list()) == {"accept"}  # FullAsync is the default
+    assert stale.filter(pl.col("stage") != "gate").height == 0
+
+
+def test_pools_are_valid_after_sync_and_async_runs_on_the_same_seed():
+    for mode in ("sync", "async"):
+        ev = make(mode, seed=3)
+        summary = ev.run_virtual()
+        pool = ev.pool
+        assert pool.pool_version == len(pool) == summary["accepted"] + 1
+        val_ids = {ex.id for ex in ev.task.val}
+        for rec in pool.records:
+            assert set(rec.val_scores) == val_ids
+            assert all(p in pool for p in rec.parents)
+        admitted = kinds(ev, Kind.ADMITTED)["artifact_id"].to_list()
+        assert admitted == [r.id for r in pool.records]
+        assert ev.best.id == pool.best().id
+
+
+def test_async_makes_more_proposals_per_minute_than_sync():
+    s = make("sync", minutes=20).run_virtual()
+    a = make("async", minutes=20).run_virtual()
+    assert a["proposals_per_min"] > 3 * s["proposals_per_min"]
+    assert a["mean_concurrency"] > s["mean_concurrency"]
+
+
+def test_same_seed_gives_identical_event_frames_apart_from_wall_time():
+    a, b = make("async", minutes=5, seed=7), make("async", minutes=5, seed=7)
+    a.run_virtual()
+    b.run_virtual()
+    fa, fb = a.events.drop("wall"), b.events.drop("wall")
+    assert fa.height > 100 and fa.equals(fb)
+
+
+class MalformedReflections(WorkloadContent):
+    """Every reflection is cut off: an opening fence and no closing one."""
+
+    def reflect(self, text, rng, *, truncated=False):
+        return "Here is the improved instruction:\n```\nAlways answer carefully and"
+
+
+def test_a_malformed_reflection_never_becomes_an_artifact():
+    ev = Evolver(SimulatedTask(n_train=30, n_val=20), simulated(content=MalformedReflections()),
+                 mode="async", budget=300, **ASYNC)
+    summary = ev.run_virtual()
+    rejected = kinds(ev, Kind.PROPOSAL_REJECTED)
+    assert rejected.height > 0 and summary["proposals"] == 0
+    assert all("never closed" in r for r in rejected["reason"].to_list())
+    assert len(ev.pool) == 1 and ev.pool.records[0].artifact.origin == "seed"
+
+
+def test_proposal_budget_stops_gracefully_without_leaking_tasks():
+    async def main():
+        ev = make("async", budget={"proposals": 5})
+        summary = await ev.run()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return ev, summary, others
+
+    ev, summary, leftovers = run_virtual(main)
+    assert leftovers == []
+    assert summary["proposals"] >= 5
+    stop = kinds(ev, Kind.BUDGET_STOP)
+    assert stop.height == 1 and "proposal budget" in stop["reason"][0]
+    # graceful: nothing in flight was cut off
+    assert kinds(ev, Kind.REQUEST_CANCELLED).height == 0
+
+
+def test_time_budget_cancels_in_flight_requests_and_ends_on_time():
+    ev = make("async", minutes=3)
+    summary = ev.run_virtual()
+    assert summary["duration_s"] == pytest.approx(180.0)
+    assert kinds(ev, Kind.REQUEST_CANCELLED).height > 0
+    started = kinds(ev, Kind.REQUEST_STARTED).height
+    ended = sum(kinds(ev, k).height for k in (Kind.REQUEST_FINISHED, Kind.REQUEST_FAILED,
+                                               Kind.REQUEST_CANCELLED))
+    assert started == ended  # every request is accounted for
+
+
+def test_metric_call_budget_counts_every_scored_example():
+    ev = make("async", budget={"metric_calls": 300})
+    ev.run_virtual()
+    scored = kinds(ev, Kind.REQUEST_FINISHED).filter(pl.col("role") == "task").height
+    assert scored >= 300
+
+
+def test_worker_counts_can_change_while_running():
+    async def main():
+        ev = make("async", minutes=5)
+        task = asyncio.create_task(ev.run())
+        await asyncio.sleep(60)
+        ev.runtime.set_workers("validate", 1, reason="test")
+        await asyncio.sleep(60)
+        busy = ev.runtime.status()["stages"]["validate"]
+        await task
+        return ev, busy
+
+    ev, busy = run_virtual(main)
+    changed = kinds(ev, Kind.WORKERS_CHANGED)
+    assert changed["workers"].to_list() == [1] and changed["stage"].to_list() == ["validate"]
+    assert busy["workers"] == 1
+
+
+class CrashingTask(SimulatedTask):
+    def metric(self, example, output):
+        if example.id.endswith("3"):
+            raise ZeroDivisionError("evaluator bug")
+        return super().metric(example, output)
+
+
+def test_a_crashing_evaluator_scores_zero_and_the_run_goes_on():
+    ev = Evolver(CrashingTask(n_train=30, n_val=20), simulated(), mode="async", budget=300,
+                 **ASYNC)
+    summary = ev.run_virtual()
+    assert summary["proposals"] > 0 and summary["errors"] == 0
+    seed = ev.pool.records[0]
+    assert seed.val_scores["val-3"] == 0.0 and seed.val_scores["val-13"] == 0.0
+
+
+def test_events_and_summary_have_the_documented_columns_and_keys():
+    ev = make("async", minutes=2)
+    summary = ev.run_virtual()
+    for col in ("ts", "kind", "stage", "item_id", "artifact_id", "version_stamp", "pool_version",
+                "lag", "prompt_tokens", "completion_tokens", "latency_s", "decision", "reason"):
+        assert col in ev.events.columns
+    for key in ("proposals_per_min", "validations_per_min", "accepted_per_min", "best_score",
+                "tokens_per_accepted"):
+        assert key in summary
+
+
+def test_run_directory_resume_keeps_admitted_artifacts(tmp_path):
+    first = make("async", minutes=10, run_dir=tmp_path)
+    first.run_virtual()
+    admitted = [r.id for r in first.pool.records]
+    lines = (tmp_path / "artifacts.jsonl").read_text().splitlines()
+    assert [json.loads(x)["artifact"]["id"] for x in lines] == admitted
+    with pytest.raises(ConfigError, match="resume"):
+        make("async", minutes=1, run_dir=tmp_path)
+    # a torn last line, as a killed process leaves it, is tolerated
+    with (tmp_path / "events.jsonl").open("a") as fh:
+        fh.write('{"kind": "item_enq')
+    second = make("async", minutes=5, run_dir=tmp_path, resume=True)
+    second.run_virtual()
+    assert [r.id for r in second.pool.records][: len(admitted)] == admitted
+    assert second.events["ts"].max() > first.events["ts"].max()
+    assert (tmp_path / "best.json").exists() and (tmp_path / "summary.json").exists()
+
+
+def test_bad_configuration_names_the_field():
+    with pytest.raises(ConfigError, match="mode"):
+        make("fast")
+    with pytest.raises(ConfigError, match="budget.seconds"):
+        make("async", budget={"seconds": -1})
+    with pytest.raises(ValueError, match="unknown stages"):
+        make("async", workers={"rolout": 2}).run_virtual()
