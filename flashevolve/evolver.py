@@ -79,12 +79,20 @@ class Evolver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._error: BaseException | None = None
         self._artifacts_fh: Any = None
+        self._active = False
 
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
         """Run to the budget (or ``stop()``); returns :meth:`summary`."""
-        if self.state in ("running", "paused"):
+        if self._active:
             raise RuntimeError("this evolver is already running")
+        self._active = True
+        try:
+            return await self._run()
+        finally:
+            self._active = False
+
+    async def _run(self) -> dict[str, Any]:
         task_llm, reflection_llm, owned = self._open_backends()
         offset, history, iteration = self._prepare_run_dir()
         self._clock = clock = LoopClock(offset)

@@ -1,0 +1,394 @@
+"""flashevolve's one OpenAI-compatible HTTP server (aiohttp): the scripted test server and serve-sim.
+
+A server is a *responder* behind ``/v1/chat/completions``; a responder is a content model (what
+text to answer) times a latency model (when to answer):
+
+- :class:`ScriptedResponder` -- scripted text (a list, a function of the request, or the
+  simulator's workload content model) after a seeded per-request latency.  This is the project's
+  scripted test server: the core engine's tests and the benchmark run against it.
+- :class:`SimulatorResponder` -- the serving simulator (:class:`SimulatedLLM`) in real time,
+  optionally ``speed`` times faster; its rate limits answer HTTP 429 and the client retries.
+
+Other endpoints: ``/v1/models`` and ``/health``.  Non-streaming only.  Unknown request fields are
+accepted and ignored.  A client that disconnects cancels its handler (aiohttp
+``handler_cancellation``), which cancels the simulated request: a real abort, KV freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import itertools
+import json
+import math
+import random
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from flashevolve.backends.base import ChatRequest, LLMError
+from flashevolve.backends.sim.lengths import count_prompt_tokens, count_tokens
+from flashevolve.backends.sim.llm import SimulatedLLM, request_key
+from flashevolve.backends.sim.profiles import Profile
+from flashevolve.backends.sim.workload import ContentModel, WorkloadContent, infer_stage
+from flashevolve.errors import BackendError
+
+STAGE_HEADER = "X-Flashevolve-Stage"
+
+
+@dataclass(slots=True)
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "stop"
+
+
+class Responder(Protocol):
+    model: str
+
+    async def respond(self, request: ChatRequest) -> Reply:
+        """Answer one request; raise ``LLMError(status=...)`` to answer an HTTP error."""
+        ...
+
+
+# -- latency distributions for the scripted server --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FixedLatency:
+    seconds: float = 0.0
+
+    def sample(self, rng: random.Random) -> float:
+        return self.seconds
+
+
+@dataclass(frozen=True, slots=True)
+class LognormalLatency:
+    """Long-tailed latency: lognormal with the given mean, spread ``sigma``, capped at ``cap_s``."""
+
+    mean_s: float
+    sigma: float = 1.0
+    cap_s: float = math.inf
+
+    def sample(self, rng: random.Random) -> float:
+        mu = math.log(self.mean_s) - self.sigma**2 / 2
+        return min(self.cap_s, rng.lognormvariate(mu, self.sigma))
+
+
+Latency = FixedLatency | LognormalLatency
+ScriptFn = Callable[[ChatRequest], str]
+
+
+class ScriptedResponder:
+    """Deterministic scripted answers after a seeded per-request latency.
+
+    ``script``: ``None`` -> the simulator's workload content (a GEPA run makes real progress);
+    a list of strings -> answered in arrival order, cycling; a function of the request -> its
+    text; or any :class:`ContentModel`.  ``latency``: seconds (fixed) or a distribution.
+    ``error_fn(request, index)`` may return an HTTP status to fail that request with (e.g. 429),
+    for deliberate-error tests.  Latency and content are keyed by the request, not by arrival
+    order (except for list scripts), so concurrent runs stay repeatable.
+    """
+
+    def __init__(
+        self,
+        script: Sequence[str] | ScriptFn | ContentModel | None = None,
+        *,
+        latency: float | Latency = 0.0,
+        seed: int = 0,
+        model: str = "scripted",
+        error_fn: Callable[[ChatRequest, int], int | None] | None = None,
+    ) -> None:
+        if isinstance(script, str):
+            script = [script]
+        self.script = WorkloadContent() if script is None else script
+        self.latency: Latency = (
+            FixedLatency(float(latency)) if isinstance(latency, int | float) else latency
+        )
+        self.seed = seed
+        self.model = model
+        self.error_fn = error_fn
+        self._arrivals = itertools.count()
+        # read by tests from another thread (plain ints: safe enough for counters)
+        self.completed = self.cancelled = self.in_flight = 0
+
+    def _text(self, request: ChatRequest, index: int, rng: random.Random) -> str:
+        script = self.script
+        if hasattr(script, "respond"):
+            stage = request.stage or infer_stage(request.messages)
+            return script.respond(request.messages, stage, rng)  # type: ignore[union-attr]
+        if callable(script):
+            return str(script(request))
+        if not script:
+            return ""
+        return str(script[index % len(script)])
+
+    async def respond(self, request: ChatRequest) -> Reply:
+        index = next(self._arrivals)
+        if self.error_fn is not None:
+            status = self.error_fn(request, index)
+            if status is not None:
+                raise LLMError(f"scripted error {status}", status=status, retryable=status == 429)
+        key = request_key(self.seed, request, request.stage)
+        text = self._text(request, index, random.Random(f"text:{key}"))
+        self.in_flight += 1
+        try:
+            await asyncio.sleep(self.latency.sample(random.Random(f"latency:{key}")))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        self.completed += 1
+        return Reply(text, count_prompt_tokens(request.messages), count_tokens(text))
+
+
+class SimulatorResponder:
+    """The serving simulator in real time (``speed`` x faster).  429s go back to the client."""
+
+    def __init__(
+        self,
+        profile: str | Profile = "vllm-h100-qwen3-8b",
+        *,
+        seed: int = 0,
+        speed: float = 1.0,
+        content: ContentModel | None = None,
+    ) -> None:
+        self.llm = SimulatedLLM(profile, seed=seed, speed=speed, content=content, max_retries=0)
+        self.model = self.llm.model
+
+    async def respond(self, request: ChatRequest) -> Reply:
+        result = await self.llm.complete_once(request)
+        return Reply(
+            result.text, result.prompt_tokens, result.completion_tokens, result.finish_reason
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return self.llm.stats()
+
+
+# -- the HTTP server -----------------------------------------------------------------------------
+
+
+def _error(
+    status: int, message: str, *, kind: str, code: str | None = None, param: str | None = None
+) -> web.Response:
+    """An error body in OpenAI's shape, so official clients raise their usual exceptions."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status)
+
+
+def _parse_messages(raw: Any) -> list[dict[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("'messages' must be a non-empty list of {role, content} objects")
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ValueError(f"messages[{i}] must be an object with a string 'role'")
+        content = m.get("content")
+        if isinstance(content, list):  # multi-part content: keep the text parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content must be a string or a list of text parts")
+        messages.append({"role": m["role"], "content": content})
+    return messages
+
+
+def _optional_int(body: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"'{name}' must be a positive integer")
+            return value
+    return None
+
+
+class OpenAICompatServer:
+    """Serve a responder over OpenAI's chat-completions API on ``host:port`` (0 = any free port)."""
+
+    def __init__(self, responder: Responder, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.responder = responder
+        self.host = host
+        self.port = port
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+        self._ids = itertools.count(1)
+        self.requests = self.completed = self.cancelled = self.errors = self.in_flight = 0
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "completed": self.completed,
+            "cancelled": self.cancelled,
+            "errors": self.errors,
+            "in_flight": self.in_flight,
+        }
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        # handler_cancellation: a client disconnect cancels the handler, hence the request.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as err:
+            await runner.cleanup()
+            if err.errno == errno.EADDRINUSE:
+                raise BackendError(
+                    f"port {self.port} on {self.host} is already in use; pick another port "
+                    f"(or 0 for any free one)"
+                ) from None
+            raise BackendError(f"cannot listen on {self.host}:{self.port}: {err}") from None
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.port
+        self.base_url = f"http://{self.host}:{self.port}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "model": self.responder.model})
+
+    async def _models(self, _: web.Request) -> web.Response:
+        model = {
+            "id": self.responder.model,
+            "object": "model",
+            "created": 0,
+            "owned_by": "flashevolve",
+        }
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def _chat(self, http: web.Request) -> web.Response:
+        self.requests += 1
+        try:
+            body = await http.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self.errors += 1
+            return _error(400, "the request body is not valid JSON", kind="invalid_request_error")
+        try:
+            if not isinstance(body, dict):
+                raise ValueError("the request body must be a JSON object")
+            if body.get("stream"):
+                raise ValueError("streaming is not supported by this server; send stream=false")
+            request = ChatRequest(
+                messages=_parse_messages(body.get("messages")),
+                max_tokens=_optional_int(body, "max_completion_tokens", "max_tokens"),
+                temperature=body.get("temperature"),
+                seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
+                stage=http.headers.get(STAGE_HEADER, ""),
+            )
+        except ValueError as err:
+            self.errors += 1
+            return _error(400, str(err), kind="invalid_request_error")
+        self.in_flight += 1
+        try:
+            reply = await self.responder.respond(request)
+        except asyncio.CancelledError:
+            self.cancelled += 1  # the client went away; the responder's work was aborted
+            raise
+        except LLMError as err:
+            self.errors += 1
+            status = err.status or 500
+            if status == 429:
+                return _error(429, str(err), kind="requests", code="rate_limit_exceeded")
+            return _error(
+                status, str(err), kind="server_error" if status >= 500 else "invalid_request_error"
+            )
+        finally:
+            self.in_flight -= 1
+        self.completed += 1
+        return web.json_response(self._body(request, reply))
+
+    def _body(self, request: ChatRequest, reply: Reply) -> dict[str, Any]:
+        rid = hashlib.blake2b(f"{next(self._ids)}".encode(), digest_size=6).hexdigest()
+        return {
+            "id": f"chatcmpl-sim-{rid}",
+            "object": "chat.completion",
+            "created": 0,  # a test/simulator server: no wall timestamp on purpose
+            "model": self.responder.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.text},
+                    "finish_reason": reply.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+            },
+        }
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    responder: Responder, port: int = 0, host: str = "127.0.0.1", *, start_timeout_s: float = 10.0
+) -> Iterator[str]:
+    """Run a server on its own event loop in a daemon thread; yields the base URL (``.../v1``).
+
+    For tests and notebooks (whose own loop is busy).  Leaving the block stops the server,
+    cancels whatever is in flight and joins the thread.
+    """
+    server = OpenAICompatServer(responder, host, port)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(server.start())
+        except BaseException as err:  # reported to the caller's thread below
+            failure.append(err)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="flashevolve-server", daemon=True)
+    thread.start()
+    if not started.wait(start_timeout_s):
+        raise BackendError(f"the server on {host}:{port} did not start within {start_timeout_s}s")
+    if failure:
+        thread.join()
+        loop.close()
+        raise failure[0]
+    try:
+        yield server.base_url
+    finally:
+        try:
+            asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            if not thread.is_alive():
+                _close_loop(loop)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.close()

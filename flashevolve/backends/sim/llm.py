@@ -1,0 +1,144 @@
+"""``SimulatedLLM``: the LLM Protocol over the serving *simulator* (content model x latency model).
+
+The content model (by default :class:`~flashevolve.backends.sim.workload.WorkloadContent`)
+decides the text; the latency model -- a :class:`ServingEngine` for engine profiles or a
+:class:`SimulatedApi` for API profiles -- decides when the answer comes back, on the asyncio loop
+clock.  Under :class:`~flashevolve.runtime.clock.VirtualTimeLoop` a 30-minute run takes seconds.
+
+Randomness is keyed by the request (seed, stage, item id, request seed, prompt text), not drawn
+from a shared stream, so a request gets the same length and text whatever order requests arrive
+in -- asynchronous runs stay repeatable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+from flashevolve.backends.base import ChatRequest, ChatResult
+from flashevolve.backends.retry import call_with_retries
+from flashevolve.backends.sim.api import SimulatedApi
+from flashevolve.backends.sim.engine import ServingEngine, Timing
+from flashevolve.backends.sim.lengths import count_prompt_tokens, output_length
+from flashevolve.backends.sim.profiles import ApiProfile, EngineProfile, Profile, get_profile
+from flashevolve.backends.sim.workload import ContentModel, WorkloadContent, infer_stage
+
+
+def request_key(seed: int, request: ChatRequest, stage: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for part in (str(seed), stage, request.item_id, str(request.seed)):
+        h.update(part.encode())
+        h.update(b"\x1f")
+    for message in request.messages:
+        h.update(str(message.get("role", "")).encode())
+        h.update(b"\x1e")
+        h.update(str(message.get("content", "")).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+class SimulatedLLM:
+    """A simulated LLM endpoint.  ``endpoint = "sim:<profile>"``; nothing here runs a model."""
+
+    def __init__(
+        self,
+        profile: str | Profile = "vllm-h100-qwen3-8b",
+        *,
+        seed: int = 0,
+        content: ContentModel | None = None,
+        speed: float = 1.0,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+        length_fn: Callable[[str, random.Random], int] | None = None,
+    ) -> None:
+        base = get_profile(profile)
+        self.profile: Profile = base.scaled(speed) if speed != 1.0 else base
+        self.model = base.model
+        self.endpoint = f"sim:{base.name}"
+        self.seed = seed
+        self.speed = speed
+        self.content: ContentModel = content or WorkloadContent()
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s / speed
+        self._length_fn = length_fn or output_length
+        self._retry_rng = random.Random(f"sim-retry:{seed}")
+        self._server: ServingEngine | SimulatedApi | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.retries = 0
+
+    def __repr__(self) -> str:
+        return f"SimulatedLLM(profile={self.profile.name!r}, seed={self.seed}, speed={self.speed})"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "simulated",
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "profile": self.profile.model_dump(),
+            "seed": self.seed,
+            "speed": self.speed,
+        }
+
+    @property
+    def server(self) -> ServingEngine | SimulatedApi:
+        """The latency model bound to the running loop (a new one if the loop changed)."""
+        loop = asyncio.get_running_loop()
+        if self._server is None or self._loop is not loop:
+            self._loop = loop
+            p = self.profile
+            self._server = ServingEngine(p) if isinstance(p, EngineProfile) else SimulatedApi(p)
+        return self._server
+
+    def stats(self) -> dict[str, Any]:
+        if self._server is None:
+            return {"profile": self.profile.name, "completed_requests": 0}
+        return {**self._server.stats(), "retries": self.retries}
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        if isinstance(self.profile, ApiProfile) and self.max_retries > 0:
+            return await call_with_retries(
+                lambda: self.complete_once(request),
+                max_retries=self.max_retries,
+                backoff_s=self.backoff_s,
+                rng=self._retry_rng,
+                sleep=asyncio.sleep,
+                on_retry=self._count_retry,
+            )
+        return await self.complete_once(request)
+
+    def _count_retry(self, attempt: int, err: Exception, delay: float) -> None:
+        self.retries += 1
+
+    async def complete_once(self, request: ChatRequest) -> ChatResult:
+        """One attempt: no retry on 429 (the HTTP server uses this and lets clients retry)."""
+        stage = request.stage or infer_stage(request.messages)
+        key = request_key(self.seed, request, stage)
+        length = self._length_fn(stage, random.Random(f"len:{key}"))
+        truncated = request.max_tokens is not None and length > request.max_tokens
+        if truncated:
+            length = max(1, int(request.max_tokens or 1))
+        text = self.content.respond(
+            request.messages, stage, random.Random(f"text:{key}"), truncated=truncated
+        )
+        prompt_tokens = count_prompt_tokens(request.messages)
+        server = self.server
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if isinstance(server, ServingEngine):
+            timing: Timing = await server.generate(prompt_tokens, length)
+        else:
+            timing = await server.generate(prompt_tokens, length, random.Random(f"ttft:{key}"))
+        return ChatResult(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=length,
+            latency_s=timing.finished - t0,
+            finish_reason="length" if truncated else "stop",
+            model=self.model,
+        )
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,505 @@
+"""Derived Polars frames: the event log reshaped into tables that charts and metrics read.
+
+Every function here is a pure function of the event frame (``EventLog.frame()`` or a frame read
+back from a JSON-lines log).  None of them computes summary scalars -- those live in
+:mod:`flashevolve.events.metrics` and are built on these series.  Every function accepts an empty
+frame (a run that has not emitted anything yet) and then returns an empty frame with the same
+columns it would have otherwise, so a chart or a dashboard can be drawn before the first event.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import polars as pl
+
+from flashevolve.events.schema import SCHEMA, Kind
+
+#: Stages of the GEPA pipeline in flow order; other stage names sort after these.
+STAGE_ORDER = ("rollout", "propose", "gate", "validate")
+
+REQUEST_TERMINAL = {
+    str(Kind.REQUEST_FINISHED): "finished",
+    str(Kind.REQUEST_FAILED): "failed",
+    str(Kind.REQUEST_CANCELLED): "cancelled",
+}
+
+REQUESTS_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.Utf8(),
+    "stage": pl.Utf8(),
+    "item_id": pl.Utf8(),
+    "role": pl.Utf8(),
+    "endpoint": pl.Utf8(),
+    "start": pl.Float64(),
+    "end": pl.Float64(),
+    "latency_s": pl.Float64(),
+    "prompt_tokens": pl.Int64(),
+    "completion_tokens": pl.Int64(),
+    "outcome": pl.Utf8(),  # finished | failed | cancelled | in_flight
+    "reason": pl.Utf8(),
+    "wasted_tokens": pl.Int64(),
+}
+
+ARTIFACTS_SCHEMA: dict[str, pl.DataType] = {
+    "artifact_id": pl.Utf8(),
+    "parent_id": pl.Utf8(),
+    "parents": pl.List(pl.Utf8()),
+    "origin": pl.Utf8(),
+    "pool_version": pl.Int64(),
+    "frontier_version": pl.Int64(),
+    "score": pl.Float64(),
+    "admitted_ts": pl.Float64(),
+    "admitted": pl.Boolean(),  # an ``admitted`` event exists (not only a speculative one)
+    "speculative": pl.Boolean(),
+    "confirmed": pl.Boolean(),
+    "tombstoned": pl.Boolean(),  # speculation rolled back
+    "patched_from": pl.List(pl.Utf8()),
+}
+
+STALENESS_SCHEMA: dict[str, pl.DataType] = {
+    "ts": pl.Float64(),
+    "stage": pl.Utf8(),
+    "item_id": pl.Utf8(),
+    "artifact_id": pl.Utf8(),
+    "lag": pl.Int64(),
+    "frontier_lag": pl.Int64(),
+    "decision": pl.Utf8(),
+    "reason": pl.Utf8(),
+}
+
+THROUGHPUT_SCHEMA: dict[str, pl.DataType] = {
+    "bucket": pl.Int64(),
+    "t_start": pl.Float64(),
+    "t_end": pl.Float64(),
+    "group": pl.Utf8(),  # "stage" (items done in that stage) | "pipeline" (proposals, ...)
+    "series": pl.Utf8(),  # stage name, or proposals | accepted | validations
+    "count": pl.Int64(),
+    "per_min": pl.Float64(),
+}
+
+CONCURRENCY_SCHEMA: dict[str, pl.DataType] = {"ts": pl.Float64(), "in_flight": pl.Int64()}
+
+BEST_SCHEMA: dict[str, pl.DataType] = {
+    "ts": pl.Float64(),
+    "artifact_id": pl.Utf8(),
+    "score": pl.Float64(),
+    "best_score": pl.Float64(),
+    "is_new_best": pl.Boolean(),
+}
+
+BREAKDOWN_SCHEMA: dict[str, pl.DataType] = {
+    "stage": pl.Utf8(),
+    "items": pl.Int64(),
+    "busy_s": pl.Float64(),
+    "mean_s": pl.Float64(),
+    "share": pl.Float64(),  # busy_s / sum of busy_s over stages
+    "wait_s": pl.Float64(),  # queue wait before the stage, from item_dequeued data.wait_s
+}
+
+PIPELINE_SERIES = {
+    str(Kind.PROPOSAL_MADE): "proposals",
+    str(Kind.ADMITTED): "accepted",
+    str(Kind.VALIDATION_FINISHED): "validations",
+}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def empty_events() -> pl.DataFrame:
+    """An empty event frame with the canonical schema."""
+    return pl.DataFrame(schema=SCHEMA)
+
+
+def _empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+def _of(df: pl.DataFrame, *kinds: str) -> pl.DataFrame:
+    wanted = [str(k) for k in kinds]
+    return df.filter(pl.col("kind").is_in(wanted))
+
+
+def _data(raw: str | None) -> dict[str, Any]:
+    """Decode one ``data`` cell; a malformed cell reads as empty rather than failing a chart."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _str_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def run_info(df: pl.DataFrame) -> dict[str, Any]:
+    """The ``data`` of the first ``run_started`` event (mode, workflow, task, seed, simulated)."""
+    started = _of(df, Kind.RUN_STARTED)
+    if started.is_empty():
+        return {}
+    return _data(started["data"][0])
+
+
+def is_simulated(df: pl.DataFrame) -> bool:
+    """True when the run was driven by the serving simulator (``run_started`` says so)."""
+    return bool(run_info(df).get("simulated", False))
+
+
+def run_end(df: pl.DataFrame) -> float:
+    """Run-clock time of the last event (0.0 for an empty frame)."""
+    if df.is_empty():
+        return 0.0
+    value = df["ts"].max()
+    return float(value) if value is not None else 0.0  # type: ignore[arg-type]
+
+
+_RANK = {s: i for i, s in enumerate(STAGE_ORDER)}
+
+
+# -- frames ----------------------------------------------------------------------------------
+def requests(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per backend request: when it started and ended, tokens, stage, role, outcome.
+
+    A request with a start and no terminal event is ``in_flight`` (end and latency null).  The
+    latency is the one the backend wrapper measured when present, else end - start.
+    """
+    started = _of(df, Kind.REQUEST_STARTED).filter(pl.col("request_id").is_not_null())
+    ended = _of(df, *REQUEST_TERMINAL).filter(pl.col("request_id").is_not_null())
+    if started.is_empty() and ended.is_empty():
+        return _empty(REQUESTS_SCHEMA)
+    starts = started.group_by("request_id", maintain_order=True).agg(
+        pl.col("ts").first().alias("start"),
+        pl.col("stage").first().alias("s_stage"),
+        pl.col("item_id").first().alias("s_item"),
+        pl.col("role").first().alias("s_role"),
+        pl.col("endpoint").first().alias("s_endpoint"),
+    )
+    wasted = [_data(raw).get("wasted_tokens") for raw in ended["data"].to_list()]
+    ends = (
+        ended.with_columns(
+            pl.col("kind").replace_strict(REQUEST_TERMINAL, return_dtype=pl.Utf8).alias("outcome"),
+            pl.Series("wasted_tokens", wasted, dtype=pl.Int64),
+        )
+        .group_by("request_id", maintain_order=True)
+        .last()
+        .select(
+            "request_id",
+            pl.col("ts").alias("end"),
+            "stage",
+            "item_id",
+            "role",
+            "endpoint",
+            "latency_s",
+            "prompt_tokens",
+            "completion_tokens",
+            "outcome",
+            "reason",
+            "wasted_tokens",
+        )
+    )
+    joined = starts.join(ends, on="request_id", how="full", coalesce=True)
+    out = joined.select(
+        "request_id",
+        pl.coalesce("s_stage", "stage").alias("stage"),
+        pl.coalesce("s_item", "item_id").alias("item_id"),
+        pl.coalesce("s_role", "role").alias("role"),
+        pl.coalesce("s_endpoint", "endpoint").alias("endpoint"),
+        "start",
+        "end",
+        pl.coalesce("latency_s", pl.col("end") - pl.col("start")).alias("latency_s"),
+        "prompt_tokens",
+        "completion_tokens",
+        pl.col("outcome").fill_null("in_flight"),
+        "reason",
+        "wasted_tokens",
+    )
+    return out.cast(REQUESTS_SCHEMA).sort("start", nulls_last=True, maintain_order=True)
+
+
+def artifacts(df: pl.DataFrame) -> pl.DataFrame:
+    """Lineage: one row per artifact that was admitted or speculatively admitted.
+
+    ``parents`` lists every parent (several for merges and patches); ``parent_id`` is the main
+    one.  Flags come from the speculation events: ``speculative`` (was admitted before its
+    validation finished), ``confirmed`` and ``tombstoned`` (the speculation was rolled back).
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    child_parent: dict[str, str] = {}
+    proposals = _of(df, Kind.PROPOSAL_MADE, Kind.GATE_PASSED, Kind.GATE_FAILED)
+    for art, parent in proposals[["artifact_id", "parent_id"]].iter_rows():
+        if art is not None and parent is not None:
+            child_parent.setdefault(art, parent)
+
+    def row(art: str) -> dict[str, Any]:
+        if art not in rows:
+            rows[art] = {
+                "artifact_id": art,
+                "parent_id": None,
+                "parents": [],
+                "origin": None,
+                "pool_version": None,
+                "frontier_version": None,
+                "score": None,
+                "admitted_ts": None,
+                "admitted": False,
+                "speculative": False,
+                "confirmed": False,
+                "tombstoned": False,
+                "patched_from": [],
+            }
+        return rows[art]
+
+    kinds = (
+        Kind.ADMITTED,
+        Kind.SPECULATIVE_ADMITTED,
+        Kind.SPECULATION_CONFIRMED,
+        Kind.SPECULATION_ROLLED_BACK,
+    )
+    cols = ["kind", "ts", "artifact_id", "parent_id", "pool_version", "frontier_version"]
+    events = _of(df, *kinds).filter(pl.col("artifact_id").is_not_null())
+    for kind, ts, art, parent, pool_v, front_v, score, raw in events[
+        [*cols, "score", "data"]
+    ].iter_rows():
+        r = row(art)
+        data = _data(raw)
+        if kind == Kind.ADMITTED:
+            r["admitted"] = True
+            r["admitted_ts"] = ts
+            r["pool_version"] = pool_v
+            r["frontier_version"] = front_v
+            r["origin"] = data.get("origin", r["origin"])
+            r["parent_id"] = parent or r["parent_id"]
+            r["parents"] = _str_list(data.get("parents")) or r["parents"]
+            r["patched_from"] = _str_list(data.get("patched_from")) or r["patched_from"]
+            if score is not None:
+                r["score"] = score
+        elif kind == Kind.SPECULATIVE_ADMITTED:
+            r["speculative"] = True
+            if r["admitted_ts"] is None:
+                r["admitted_ts"] = ts
+            if r["score"] is None and score is not None:
+                r["score"] = score
+        elif kind == Kind.SPECULATION_CONFIRMED:
+            r["confirmed"] = True
+            if score is not None:
+                r["score"] = score
+        elif kind == Kind.SPECULATION_ROLLED_BACK:
+            r["tombstoned"] = True
+    for r in rows.values():
+        if r["parent_id"] is None:
+            r["parent_id"] = (r["parents"] or [None])[0] or child_parent.get(r["artifact_id"])
+        if not r["parents"] and r["parent_id"] is not None:
+            r["parents"] = [r["parent_id"]]
+    if not rows:
+        return _empty(ARTIFACTS_SCHEMA)
+    return pl.DataFrame(list(rows.values()), schema=ARTIFACTS_SCHEMA, orient="row").sort(
+        "admitted_ts", nulls_last=True, maintain_order=True
+    )
+
+
+def lineage_edges(df: pl.DataFrame) -> pl.DataFrame:
+    """Parent -> child edges between artifacts of :func:`artifacts`.
+
+    ``edge`` is "parent" for a plain reflective child, "patch" for the parents of a patched
+    artifact, "merge" for the parents of a merge, and "patched_from" from a stale artifact (named
+    by a ``patch_made`` event) to the patch that absorbed it.  Edges whose ends are not both in
+    the lineage (a stale artifact that was never admitted) are left out.
+    """
+    arts = artifacts(df)
+    schema = {"parent_id": pl.Utf8(), "child_id": pl.Utf8(), "edge": pl.Utf8()}
+    if arts.is_empty():
+        return _empty(schema)
+    known = set(arts["artifact_id"].to_list())
+    edges: list[tuple[str, str, str]] = []
+    for art, parents, origin in arts[["artifact_id", "parents", "origin"]].iter_rows():
+        style = origin if origin in ("patch", "merge") else "parent"
+        for parent in parents or []:
+            if parent in known and parent != art:
+                edges.append((parent, art, style))
+    for art, raw in _of(df, Kind.PATCH_MADE)[["artifact_id", "data"]].iter_rows():
+        for stale in _str_list(_data(raw).get("stale_artifacts")):
+            if art in known and stale in known and stale != art:
+                edges.append((stale, art, "patched_from"))
+    if not edges:
+        return _empty(schema)
+    return pl.DataFrame(edges, schema=schema, orient="row").unique(maintain_order=True)
+
+
+def staleness(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per staleness decision (accept / discard / patch / merged) with both lags."""
+    stale = _of(df, Kind.STALE_DETECTED)
+    if stale.is_empty():
+        return _empty(STALENESS_SCHEMA)
+    return stale.select(list(STALENESS_SCHEMA)).cast(STALENESS_SCHEMA)
+
+
+def throughput(df: pl.DataFrame, window_s: float = 60.0) -> pl.DataFrame:
+    """Counts per time bucket of ``window_s`` seconds, in long form.
+
+    Group "stage": items each stage finished (``item_done``).  Group "pipeline": proposals made,
+    candidates accepted (admitted) and validation sweeps finished.  Buckets with no event are
+    filled with zeros from bucket 0 to the run's last event, so lines do not skip idle periods.
+    ``per_min`` divides by the part of the bucket the run covered (the last one may be partial).
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s must be > 0, got {window_s}")
+    done = _of(df, Kind.ITEM_DONE).filter(pl.col("stage").is_not_null())
+    pipe = _of(df, *PIPELINE_SERIES)
+    if done.is_empty() and pipe.is_empty():
+        return _empty(THROUGHPUT_SCHEMA)
+    end = run_end(df)
+    last_bucket = max(0, math.ceil(end / window_s) - 1) if end > 0 else 0
+    # an event exactly on the run's last instant belongs to the last (closed) bucket
+    bucket_expr = (
+        (pl.col("ts") / window_s).floor().cast(pl.Int64).clip(0, last_bucket).alias("bucket")
+    )
+    parts = []
+    if not done.is_empty():
+        parts.append(
+            done.select(
+                bucket_expr, pl.lit("stage").alias("group"), pl.col("stage").alias("series")
+            )
+        )
+    if not pipe.is_empty():
+        parts.append(
+            pipe.select(
+                bucket_expr,
+                pl.lit("pipeline").alias("group"),
+                pl.col("kind")
+                .replace_strict(PIPELINE_SERIES, return_dtype=pl.Utf8)
+                .alias("series"),
+            )
+        )
+    counts = pl.concat(parts).group_by("bucket", "group", "series").agg(pl.len().alias("count"))
+    series = counts.select("group", "series").unique()
+    grid = series.join(
+        pl.DataFrame({"bucket": list(range(last_bucket + 1))}, schema={"bucket": pl.Int64}),
+        how="cross",
+    )
+    out = grid.join(counts, on=["bucket", "group", "series"], how="left").with_columns(
+        pl.col("count").fill_null(0).cast(pl.Int64),
+        (pl.col("bucket") * window_s).cast(pl.Float64).alias("t_start"),
+        pl.min_horizontal((pl.col("bucket") + 1) * window_s, pl.lit(max(end, window_s)))
+        .cast(pl.Float64)
+        .alias("t_end"),
+    )
+    out = out.with_columns(
+        (pl.col("count") * 60.0 / (pl.col("t_end") - pl.col("t_start"))).alias("per_min")
+    )
+    order = (
+        pl.when(pl.col("group") == "stage")
+        .then(pl.col("series").replace_strict(_RANK, default=len(_RANK), return_dtype=pl.Int64))
+        .otherwise(100)
+        .alias("_rank")
+    )
+    return (
+        out.with_columns(order)
+        .sort("bucket", "_rank", "series")
+        .select(list(THROUGHPUT_SCHEMA))
+        .cast(THROUGHPUT_SCHEMA)
+    )
+
+
+def concurrency(df: pl.DataFrame) -> pl.DataFrame:
+    """Backend requests in flight over time, as a step series (value holds until the next row).
+
+    Uses the ``in_flight`` the runtime recorded on each request event; when a log lacks it, the
+    count is rebuilt as +1 per start and -1 per finish/failure/cancel.  The series starts at
+    (0, 0) and several events at one instant collapse to the value after the last of them.
+    """
+    reqs = _of(df, Kind.REQUEST_STARTED, *REQUEST_TERMINAL)
+    if reqs.is_empty():
+        return _empty(CONCURRENCY_SCHEMA)
+    step = pl.when(pl.col("kind") == str(Kind.REQUEST_STARTED)).then(1).otherwise(-1)
+    series = reqs.select(
+        "ts",
+        pl.coalesce(pl.col("in_flight"), step.cum_sum().clip(lower_bound=0)).alias("in_flight"),
+    )
+    series = series.group_by("ts", maintain_order=True).last()
+    first_ts = float(series["ts"][0])
+    if first_ts > 0.0:
+        series = pl.concat(
+            [
+                pl.DataFrame({"ts": [0.0], "in_flight": [0]}).cast(CONCURRENCY_SCHEMA),
+                series.cast(CONCURRENCY_SCHEMA),
+            ]
+        )
+    return series.cast(CONCURRENCY_SCHEMA)
+
+
+def best_score_over_time(df: pl.DataFrame) -> pl.DataFrame:
+    """Best admitted validation score so far, one row per admission (non-decreasing)."""
+    adm = _of(df, Kind.ADMITTED).filter(pl.col("score").is_not_null())
+    if adm.is_empty():
+        return _empty(BEST_SCHEMA)
+    out = adm.select("ts", "artifact_id", "score").with_columns(
+        pl.col("score").cum_max().alias("best_score")
+    )
+    previous = pl.col("best_score").shift(1)
+    out = out.with_columns(
+        (previous.is_null() | (pl.col("best_score") > previous)).alias("is_new_best")
+    )
+    return out.cast(BEST_SCHEMA)
+
+
+def stage_time_breakdown(df: pl.DataFrame) -> pl.DataFrame:
+    """Where the time went: per stage, busy seconds (sum of ``item_done`` latencies) and share.
+
+    ``wait_s`` is the queue wait before that stage (sum of ``item_dequeued`` data.wait_s), kept
+    separate because waiting is not work; ``share`` is of busy time only.
+    """
+    done = _of(df, Kind.ITEM_DONE).filter(pl.col("stage").is_not_null())
+    if done.is_empty():
+        return _empty(BREAKDOWN_SCHEMA)
+    busy = done.group_by("stage").agg(
+        pl.len().alias("items"),
+        pl.col("latency_s").fill_null(0.0).sum().alias("busy_s"),
+    )
+    waits: dict[str, float] = {}
+    for stage, raw in _of(df, Kind.ITEM_DEQUEUED)[["stage", "data"]].iter_rows():
+        wait = _data(raw).get("wait_s")
+        if stage is not None and isinstance(wait, int | float):
+            waits[stage] = waits.get(stage, 0.0) + float(wait)
+    total = float(busy["busy_s"].sum())
+    out = busy.with_columns(
+        (pl.col("busy_s") / pl.col("items")).alias("mean_s"),
+        (pl.col("busy_s") / total if total > 0 else pl.lit(0.0)).alias("share"),
+        pl.col("stage").replace_strict(waits, default=0.0, return_dtype=pl.Float64).alias("wait_s"),
+    )
+    out = out.with_columns(
+        pl.col("stage")
+        .replace_strict(_RANK, default=len(_RANK), return_dtype=pl.Int64)
+        .alias("_rank")
+    )
+    return out.sort("_rank", "stage").select(list(BREAKDOWN_SCHEMA)).cast(BREAKDOWN_SCHEMA)
+
+
+__all__ = [
+    "ARTIFACTS_SCHEMA",
+    "BEST_SCHEMA",
+    "BREAKDOWN_SCHEMA",
+    "CONCURRENCY_SCHEMA",
+    "REQUESTS_SCHEMA",
+    "STAGE_ORDER",
+    "STALENESS_SCHEMA",
+    "THROUGHPUT_SCHEMA",
+    "artifacts",
+    "best_score_over_time",
+    "concurrency",
+    "empty_events",
+    "is_simulated",
+    "lineage_edges",
+    "requests",
+    "run_end",
+    "run_info",
+    "stage_time_breakdown",
+    "staleness",
+    "throughput",
+]

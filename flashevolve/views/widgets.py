@@ -1,0 +1,287 @@
+"""A live ipywidgets dashboard for one or more running evolvers.
+
+A *source* is anything with ``.status() -> dict`` (and usually ``.name``), e.g. an ``Evolver``,
+or a bare ``status_fn`` callable.  The dict follows the live-status contract in
+:class:`LiveStatus`.  The dashboard polls every source at most once per ``refresh_s`` on a
+daemon thread (or an asyncio task on the kernel's loop), so the notebook stays usable, and stops
+by itself once every source is in a terminal state, or on :meth:`Dashboard.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+import ipywidgets as ipw
+from pydantic import BaseModel, Field, ValidationError
+
+TERMINAL_STATES = frozenset({"stopped", "finished", "failed"})
+STATE_COLORS = {
+    "running": "#2e7d32",
+    "paused": "#f9a825",
+    "stopped": "#616161",
+    "finished": "#1565c0",
+    "failed": "#c62828",
+}
+STALE_DECISIONS = ("accept", "patch", "merged", "discard")
+
+
+class StageStatus(BaseModel):
+    queue_depth: int = 0
+    workers: int = 0
+    busy: int = 0
+
+
+class LiveStatus(BaseModel):
+    """What ``source.status()`` returns; missing fields default so a starting run still shows."""
+
+    name: str = ""
+    mode: str = "?"
+    state: str = "running"
+    elapsed_s: float = 0.0
+    stages: dict[str, StageStatus] = Field(default_factory=dict)
+    in_flight: int = 0
+    proposals: int = 0
+    accepted: int = 0
+    proposals_per_min: float = 0.0
+    accepted_per_min: float = 0.0
+    best_score: float | None = None
+    stale: dict[str, int] = Field(default_factory=dict)
+    pool_version: int = 0
+    frontier_version: int = 0
+
+
+def _status_fn(source: Any) -> Callable[[], Any]:
+    if hasattr(source, "status") and callable(source.status):
+        return source.status
+    if callable(source):
+        return source
+    raise TypeError(
+        f"dashboard source {source!r} has no .status() method and is not callable; "
+        "pass an Evolver or a function returning the live-status dict"
+    )
+
+
+def _fmt_elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _bar(busy: int, workers: int) -> str:
+    share = 0.0 if workers <= 0 else min(1.0, busy / workers)
+    return (
+        '<div style="background:#eee;width:80px;height:10px;display:inline-block">'
+        f'<div style="background:#4c78a8;width:{share * 100:.0f}%;height:10px"></div></div>'
+    )
+
+
+class SourcePanel:
+    """The widgets of one source: a header line, a per-stage table and a counters table."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.header = ipw.HTML()
+        self.stages = ipw.HTML()
+        self.counters = ipw.HTML()
+        self.widget = ipw.VBox(
+            [self.header, self.stages, self.counters],
+            layout=ipw.Layout(border="1px solid #ddd", padding="6px 10px", margin="0 8px 0 0"),
+        )
+        self.shown: dict[str, Any] = {"name": name, "state": "pending"}
+        self.header.value = f"<b>{html.escape(name)}</b> · waiting for the first status"
+
+    def show(self, status: LiveStatus) -> dict[str, Any]:
+        name = status.name or self.name
+        color = STATE_COLORS.get(status.state, "#616161")
+        best = "–" if status.best_score is None else f"{status.best_score:.4f}"
+        self.header.value = (
+            f"<b>{html.escape(name)}</b> · {html.escape(status.mode)} · "
+            f'<span style="color:{color};font-weight:bold">{html.escape(status.state)}</span>'
+            f" · {_fmt_elapsed(status.elapsed_s)}"
+        )
+        rows = "".join(
+            f"<tr><td>{html.escape(stage)}</td><td align=right>{s.queue_depth}</td>"
+            f"<td align=right>{s.busy}/{s.workers}</td><td>{_bar(s.busy, s.workers)}</td></tr>"
+            for stage, s in status.stages.items()
+        )
+        self.stages.value = (
+            '<table style="font-size:12px"><tr><th align=left>stage</th><th>queue</th>'
+            f"<th>busy/workers</th><th></th></tr>{rows}</table>"
+            if rows
+            else "<i>no stages yet</i>"
+        )
+        stale = {d: int(status.stale.get(d, 0)) for d in STALE_DECISIONS}
+        stale_text = " · ".join(f"{d} {n}" for d, n in stale.items())
+        self.counters.value = (
+            '<table style="font-size:12px">'
+            f"<tr><td>backend in flight</td><td align=right><b>{status.in_flight}</b></td></tr>"
+            f"<tr><td>proposals</td><td align=right>{status.proposals} "
+            f"({status.proposals_per_min:.1f}/min)</td></tr>"
+            f"<tr><td>accepted</td><td align=right>{status.accepted} "
+            f"({status.accepted_per_min:.1f}/min)</td></tr>"
+            f"<tr><td>best val score</td><td align=right><b>{best}</b></td></tr>"
+            f"<tr><td>pool / frontier version</td><td align=right>{status.pool_version} / "
+            f"{status.frontier_version}</td></tr>"
+            f"<tr><td>stale work</td><td align=right>{stale_text}</td></tr></table>"
+        )
+        self.shown = {
+            "name": name,
+            "mode": status.mode,
+            "state": status.state,
+            "elapsed_s": status.elapsed_s,
+            "stages": {k: v.model_dump() for k, v in status.stages.items()},
+            "in_flight": status.in_flight,
+            "proposals": status.proposals,
+            "accepted": status.accepted,
+            "proposals_per_min": status.proposals_per_min,
+            "accepted_per_min": status.accepted_per_min,
+            "best_score": status.best_score,
+            "stale": stale,
+            "pool_version": status.pool_version,
+            "frontier_version": status.frontier_version,
+            "error": None,
+        }
+        return self.shown
+
+    def show_error(self, message: str) -> dict[str, Any]:
+        # a source that fails to report must not take the other panels down with it
+        self.header.value = (
+            f"<b>{html.escape(self.name)}</b> · "
+            f'<span style="color:#c62828">status unavailable: {html.escape(message)}</span>'
+        )
+        self.shown = {**self.shown, "error": message}
+        return self.shown
+
+
+class Dashboard:
+    """Live panels, side by side, one per source; display it as the last line of a cell.
+
+    ``refresh_s`` is the polling period (at least 0.2 s).  ``mode`` picks how polling runs:
+    "thread" (a daemon thread; the default, it keeps updating while a cell blocks), "asyncio"
+    (a task on the running loop, e.g. the kernel's) or "manual" (only :meth:`refresh` updates;
+    tests use this).  Polling starts when the dashboard is displayed or :meth:`start` is called.
+    """
+
+    def __init__(
+        self,
+        *sources: Any,
+        refresh_s: float = 1.0,
+        mode: Literal["thread", "asyncio", "manual"] = "thread",
+    ) -> None:
+        if not sources:
+            raise TypeError("Dashboard needs at least one source (an Evolver or a status function)")
+        if mode not in ("thread", "asyncio", "manual"):
+            raise ValueError(f"mode must be 'thread', 'asyncio' or 'manual', got {mode!r}")
+        self.refresh_s = max(0.2, float(refresh_s))
+        self.mode = mode
+        self._fns = [_status_fn(s) for s in sources]
+        names = [str(getattr(s, "name", "") or f"run {i + 1}") for i, s in enumerate(sources)]
+        self.panels = [SourcePanel(n) for n in names]
+        self.widget = ipw.HBox([p.widget for p in self.panels])
+        self.refreshes = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- polling -----------------------------------------------------------------------------
+    def refresh(self) -> dict[str, Any]:
+        """Poll every source once, update the widgets, and return :meth:`snapshot`."""
+        with self._lock:
+            for fn, panel in zip(self._fns, self.panels, strict=True):
+                try:
+                    status = LiveStatus.model_validate(fn())
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    field = ".".join(str(p) for p in first["loc"])
+                    panel.show_error(f"field {field!r}: {first['msg']}")
+                except Exception as exc:  # noqa: BLE001 -- shown in the panel, polling goes on
+                    panel.show_error(f"{type(exc).__name__}: {exc}")
+                else:
+                    panel.show(status)
+            self.refreshes += 1
+            if self.all_terminal:
+                self._stop.set()
+            return self._snapshot()
+
+    @property
+    def all_terminal(self) -> bool:
+        return all(p.shown.get("state") in TERMINAL_STATES for p in self.panels)
+
+    @property
+    def running(self) -> bool:
+        alive_thread = self._thread is not None and self._thread.is_alive()
+        alive_task = self._task is not None and not self._task.done()
+        return alive_thread or alive_task
+
+    def start(self) -> Dashboard:
+        """Begin polling in the background (no-op when already polling or in manual mode)."""
+        if self.mode == "manual" or self.running or self._stop.is_set():
+            return self
+        if self.mode == "asyncio":
+            loop = asyncio.get_running_loop()  # raises outside a loop: use mode="thread" there
+            self._task = loop.create_task(self._poll_async())
+        else:
+            self._thread = threading.Thread(target=self._poll_thread, name="fe-dashboard")
+            self._thread.daemon = True
+            self._thread.start()
+        return self
+
+    def _poll_thread(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            # Event.wait doubles as the period and as the prompt wake-up on close()
+            if self._stop.wait(self.refresh_s):
+                break
+
+    async def _poll_async(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            await asyncio.sleep(self.refresh_s)
+
+    def close(self) -> None:
+        """Stop polling; the widgets stay on screen with their last values."""
+        self._stop.set()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.refresh_s + 1.0)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "refreshes": self.refreshes,
+            "stopped": self._stop.is_set(),
+            "sources": [dict(p.shown) for p in self.panels],
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the panels show right now: one dict per source, in display order."""
+        with self._lock:
+            return self._snapshot()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+        self.start()
+
+
+def dashboard(*sources: Any, refresh_s: float = 1.0) -> Dashboard:
+    """Build a :class:`Dashboard`, show it (in a notebook) and start polling."""
+    board = Dashboard(*sources, refresh_s=refresh_s)
+    try:
+        from IPython.display import display
+
+        display(board.widget)
+    except ImportError:  # plain Python: nothing to show, polling still feeds snapshot()
+        pass
+    return board.start()
+
+
+__all__ = ["Dashboard", "LiveStatus", "StageStatus", "TERMINAL_STATES", "dashboard"]
