@@ -15,7 +15,7 @@ from flashevolve.artifacts import Artifact
 from flashevolve.backends.base import LLM
 from flashevolve.config import RunConfig, coerce_budget, validated
 from flashevolve.errors import ConfigError
-from flashevolve.events import metrics
+from flashevolve.events import frames, metrics
 from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Event, Kind
 from flashevolve.policies.staleness import make_policy
@@ -239,6 +239,39 @@ class Evolver:
 
     def event_list(self) -> list[Event]:
         return self._log.snapshot()
+
+    @property
+    def requests(self) -> pl.DataFrame:
+        """One row per backend request (tokens, latency, outcome)."""
+        return frames.requests(self.events)
+
+    @property
+    def artifacts(self) -> pl.DataFrame:
+        """Lineage: one row per candidate with parents, version, score, speculative/tombstoned,
+        patched-from."""
+        return frames.artifacts(self.events)
+
+    @property
+    def staleness(self) -> pl.DataFrame:
+        """One row per stale item with both lags and the policy's decision."""
+        return frames.staleness(self.events)
+
+    def throughput(self, window: float = 60.0) -> pl.DataFrame:
+        """Items per stage and proposals/accepted/sweeps per minute, in ``window``-second bins."""
+        return frames.throughput(self.events, window_s=window)
+
+    def dashboard(self, *others: Evolver, refresh_s: float = 1.0) -> Any:
+        """A live ipywidgets dashboard of this run (and ``others`` side by side)."""
+        from flashevolve.views.widgets import dashboard
+
+        return dashboard(self, *others, refresh_s=refresh_s)
+
+    def report(self, path: str | Path, *others: Evolver, title: str | None = None) -> Path:
+        """An offline HTML report with every chart, for this run and ``others``."""
+        from flashevolve.views.report import write_report
+
+        runs = {ev.name: ev.events for ev in (self, *others)}
+        return write_report(path, runs, title=title or f"flashevolve: {self.task.name}")
 
     @property
     def best(self) -> Artifact:

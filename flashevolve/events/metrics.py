@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from flashevolve.events.frames import best_score_over_time, concurrency
 from flashevolve.events.schema import Kind
 
 
@@ -45,33 +46,22 @@ def run_duration(df: pl.DataFrame) -> float:
     return max(0.0, t1 - t0)
 
 
-def concurrency_series(df: pl.DataFrame) -> pl.DataFrame:
-    """Backend requests in flight after each request event: columns ``ts``, ``in_flight``."""
-    kinds = [Kind.REQUEST_STARTED, Kind.REQUEST_FINISHED, Kind.REQUEST_FAILED,
-             Kind.REQUEST_CANCELLED]
-    return (df.filter(pl.col("kind").is_in([str(k) for k in kinds]))
-              .select("ts", "in_flight").drop_nulls())
-
-
 def concurrency_stats(df: pl.DataFrame, duration: float | None = None) -> tuple[float, int]:
     """(time-weighted mean, peak) of backend concurrency over the run."""
-    series = concurrency_series(df)
+    series = concurrency(df)
     if series.is_empty():
         return 0.0, 0
     t0 = float(df["ts"].min())
     end = t0 + (duration if duration is not None else run_duration(df))
     ts = series["ts"].to_list() + [end]
     level = series["in_flight"].to_list()
-    area = sum(max(0.0, ts[i + 1] - ts[i]) * level[i] for i in range(len(level)))
-    span = max(1e-9, end - t0)
-    return area / span, int(max(level))
+    area = sum(max(0.0, min(ts[i + 1], end) - max(ts[i], t0)) * level[i]
+               for i in range(len(level)))
+    return area / max(1e-9, end - t0), int(max(level))
 
 
-def best_score_series(df: pl.DataFrame) -> pl.DataFrame:
-    """Best admitted validation score so far, at each admission: ``ts``, ``best_score``."""
-    adm = df.filter(pl.col("kind") == Kind.ADMITTED).select("ts", "score").drop_nulls()
-    return adm.with_columns(pl.col("score").cum_max().alias("best_score")).select("ts",
-                                                                                   "best_score")
+#: The best-score step series, as metrics and views both use it.
+best_score_series = best_score_over_time
 
 
 def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
