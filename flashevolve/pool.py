@@ -63,7 +63,12 @@ class ArtifactPool:
         self._by_id: dict[str, CandidateRecord] = {}
         self.pool_version = 0
         self.frontier_version = 0
-        self._front_key: tuple = ()
+        # Per validation instance: the top score and the indices of live candidates holding it.
+        # Maintained incrementally on admission (the hot path); rebuilt on rare rollbacks.
+        self._front_best: dict[str, float] = {}
+        self._fronts: dict[str, list[int]] = {vid: [] for vid in self.val_ids}
+        self._revision = 0  # bumps on any change that can alter selection
+        self._weights_cache: tuple[int, dict[int, int]] | None = None
 
     # -- membership ----------------------------------------------------------------------------
     def __contains__(self, artifact_id: str) -> bool:
@@ -107,7 +112,19 @@ class ArtifactPool:
         )
         self.records.append(record)
         self._by_id[artifact.id] = record
-        self._refresh_front()
+        self._revision += 1
+        changed = False
+        for vid, score in record.val_scores.items():
+            best = self._front_best.get(vid)
+            if best is None or score > best:
+                self._front_best[vid] = score
+                self._fronts[vid] = [record.index]
+                changed = True
+            elif score == best:
+                self._fronts[vid].append(record.index)
+                changed = True
+        if changed:
+            self.frontier_version += 1
         return record
 
     def confirm(self, artifact_id: str, val_scores: Mapping[str, float]) -> CandidateRecord:
@@ -115,7 +132,7 @@ class ArtifactPool:
         record = self._by_id[artifact_id]
         record.val_scores = dict(val_scores)
         record.status = ACTIVE
-        self._refresh_front()
+        self._rebuild_fronts()
         return record
 
     def tombstone(self, artifact_id: str) -> CandidateRecord:
@@ -123,7 +140,7 @@ class ArtifactPool:
         record = self._by_id[artifact_id]
         record.status = TOMBSTONED
         self.pool_version += 1
-        self._refresh_front()
+        self._rebuild_fronts()
         return record
 
     # -- views ---------------------------------------------------------------------------------
@@ -143,26 +160,37 @@ class ArtifactPool:
 
         Ties are kept.  Instances nobody has been scored on yet have an empty front.
         """
-        fronts: dict[str, list[int]] = {}
-        for vid in self.val_ids:
-            best = None
-            members: list[int] = []
-            for r in self.records:
-                if not r.alive or vid not in r.val_scores:
-                    continue
-                s = r.val_scores[vid]
-                if best is None or s > best:
-                    best, members = s, [r.index]
-                elif s == best:
-                    members.append(r.index)
-            fronts[vid] = members
-        return fronts
+        return {vid: list(members) for vid, members in self._fronts.items()}
 
-    def _refresh_front(self) -> None:
-        key = tuple(tuple(m) for m in self.instance_fronts().values())
-        if key != self._front_key:
-            self._front_key = key
+    def pareto_weights(self) -> dict[int, int]:
+        """Candidate index -> number of pruned fronts it is on (cached per pool state)."""
+        if self._weights_cache is None or self._weights_cache[0] != self._revision:
+            mean = {r.index: r.mean_score for r in self.records if r.alive}
+            pruned = prune_dominated(self._fronts, mean)
+            weights: dict[int, int] = {}
+            for members in pruned.values():
+                for idx in members:
+                    weights[idx] = weights.get(idx, 0) + 1
+            self._weights_cache = (self._revision, weights)
+        return self._weights_cache[1]
+
+    def _rebuild_fronts(self) -> None:
+        """Recompute the fronts from every live record (after a confirm or a rollback)."""
+        self._revision += 1
+        best: dict[str, float] = {}
+        fronts: dict[str, list[int]] = {vid: [] for vid in self.val_ids}
+        for r in self.records:
+            if not r.alive:
+                continue
+            for vid, score in r.val_scores.items():
+                top = best.get(vid)
+                if top is None or score > top:
+                    best[vid], fronts[vid] = score, [r.index]
+                elif score == top:
+                    fronts[vid].append(r.index)
+        if fronts != self._fronts:
             self.frontier_version += 1
+        self._front_best, self._fronts = best, fronts
 
 
 # -- parent selection ----------------------------------------------------------------------------
@@ -172,31 +200,22 @@ def prune_dominated(fronts: Mapping[str, list[int]], mean: Mapping[int, float]) 
     """GEPA's pruning of the instance fronts.
 
     Candidates that appear on some front are visited by ascending mean score (stable by index);
-    repeatedly, the first one whose every front also holds another surviving candidate is
-    dropped.  What remains are candidates that are the sole survivor on at least one front.
+    GEPA repeatedly drops the first one whose every front also holds another surviving
+    candidate.  Dropping only ever removes survivors, so a candidate that could not be dropped
+    can never become droppable later: one ordered pass, keeping a count of survivors per front,
+    gives exactly the same result in linear time.
     """
-    on_front: list[int] = []
-    for members in fronts.values():
+    alive_per_front = {vid: len(members) for vid, members in fronts.items()}
+    fronts_of: dict[int, list[str]] = {}
+    for vid, members in fronts.items():
         for idx in members:
-            if idx not in on_front:
-                on_front.append(idx)
-    order = sorted(on_front, key=lambda i: (mean[i], i))
+            fronts_of.setdefault(idx, []).append(vid)
     dropped: set[int] = set()
-    changed = True
-    while changed:
-        changed = False
-        for cand in order:
-            if cand in dropped:
-                continue
-            survivors = [i for i in order if i not in dropped and i != cand]
-            if all(
-                any(other in survivors for other in members)
-                for members in fronts.values()
-                if cand in members
-            ):
-                dropped.add(cand)
-                changed = True
-                break
+    for cand in sorted(fronts_of, key=lambda i: (mean[i], i)):
+        if all(alive_per_front[vid] >= 2 for vid in fronts_of[cand]):
+            dropped.add(cand)
+            for vid in fronts_of[cand]:
+                alive_per_front[vid] -= 1
     return {vid: [i for i in members if i not in dropped] for vid, members in fronts.items()}
 
 
@@ -212,17 +231,11 @@ class ParetoSelector:
     name = "pareto"
 
     def select(self, pool: ArtifactPool, rng: random.Random) -> CandidateRecord:
-        by_index = {r.index: r for r in pool.alive()}
-        fronts = pool.instance_fronts()
-        pruned = prune_dominated(fronts, {i: r.mean_score for i, r in by_index.items()})
-        weights: dict[int, int] = {}
-        for members in pruned.values():
-            for idx in members:
-                weights[idx] = weights.get(idx, 0) + 1
+        weights = pool.pareto_weights()
         if not weights:
             return pool.best()
         tickets = [idx for idx in sorted(weights) for _ in range(weights[idx])]
-        return by_index[rng.choice(tickets)]
+        return pool.records[rng.choice(tickets)]
 
 
 class BestSelector:

@@ -92,3 +92,32 @@ def test_tombstone_leaves_selection_and_history():
     assert pool.best().index == 0
     assert top in pool and pool.get(top).status == "tombstoned"
     assert [r.index for r in pool.history_since(1)] == [1]
+
+
+def _prune_by_restarting(fronts, mean):
+    """GEPA's pruning written the slow, literal way: restart the scan after every drop."""
+    order = sorted({i for m in fronts.values() for i in m}, key=lambda i: (mean[i], i))
+    dropped = set()
+    while True:
+        for cand in order:
+            if cand in dropped:
+                continue
+            others = [i for i in order if i not in dropped and i != cand]
+            if all(any(o in others for o in m) for m in fronts.values() if cand in m):
+                dropped.add(cand)
+                break
+        else:
+            return {v: [i for i in m if i not in dropped] for v, m in fronts.items()}
+
+
+def test_linear_pruning_equals_the_literal_restarting_scan():
+    rng = random.Random(5)
+    for _ in range(200):
+        n, vals = rng.randint(1, 9), rng.randint(1, 6)
+        scores = {i: {f"v{j}": rng.choice([0.0, 0.5, 1.0]) for j in range(vals)} for i in range(n)}
+        fronts = {}
+        for j in range(vals):
+            top = max(scores[i][f"v{j}"] for i in range(n))
+            fronts[f"v{j}"] = [i for i in range(n) if scores[i][f"v{j}"] == top]
+        mean = {i: sum(s.values()) / vals for i, s in scores.items()}
+        assert prune_dominated(fronts, mean) == _prune_by_restarting(fronts, mean)

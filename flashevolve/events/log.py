@@ -100,15 +100,14 @@ class EventLog:
 
 
 def events_to_frame(events: Iterable[Event]) -> pl.DataFrame:
-    rows = []
-    for e in events:
-        row = e.to_dict()
-        if row["data"] is not None:
-            row["data"] = json.dumps(row["data"], default=_jsonable, sort_keys=True)
-        rows.append(row)
-    if not rows:
+    """Build the frame column by column (much faster than row dicts for long runs)."""
+    events = list(events)
+    if not events:
         return pl.DataFrame(schema=SCHEMA)
-    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+    columns = {name: [getattr(e, name) for e in events] for name in SCHEMA}
+    columns["data"] = [None if d is None else json.dumps(d, default=_jsonable, sort_keys=True)
+                       for d in columns["data"]]
+    return pl.DataFrame(columns, schema=SCHEMA)
 
 
 def _jsonable(value: Any) -> Any:
