@@ -7,8 +7,8 @@ class UserError(Exception):
     """Bad input (config, task file, endpoint, model, port). The CLI prints it without traceback."""
 
 
-class ConfigError(UserError):
-    """A configuration value failed validation."""
+class ConfigError(UserError, ValueError):
+    """A configuration value failed validation (also a ValueError, for library callers)."""
 
 
 class TaskFileError(UserError):

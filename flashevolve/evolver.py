@@ -46,14 +46,27 @@ class Evolver:
                  staleness_counter: str = "pool", rng: str = "per-stage", resume: bool = False,
                  **workflow_options: Any) -> None:
         self.task = _resolve_task(task)
-        self.workflow = make_workflow(workflow, **workflow_options)
+        try:
+            self.workflow = make_workflow(workflow, **workflow_options)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"workflow {workflow!r}: {err}") from None
         aliases = getattr(self.workflow, "worker_aliases", {})
         self.config: RunConfig = validated(RunConfig, {
             "mode": mode, "seed": seed, "budget": coerce_budget(budget),
             "workers": normalize_workers(workers, aliases), "max_in_flight": max_in_flight,
             "staleness_counter": staleness_counter, "rng": rng,
         }, "Evolver")
-        self.policy = make_policy(staleness)
+        stage_names = [spec.name for spec in self.workflow.stages()]
+        unknown = sorted(set(self.config.workers) - set(stage_names))
+        if unknown:
+            raise ConfigError(
+                f"workers given for unknown stages {unknown}; this workflow's stages are "
+                f"{stage_names}" + (f" (aliases: {sorted(aliases)})" if aliases else "")
+            )
+        try:
+            self.policy = make_policy(staleness)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"staleness: {err}") from None
         self.speculation = speculation
         self.control = control
         self.name = name or f"{self.config.mode}"
@@ -77,6 +90,14 @@ class Evolver:
         self._in_flight = InFlight()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task | None = None  # the background run's task (start())
+        # Set when the background thread is done. wait() blocks on this rather than on
+        # Thread.join(): in CPython 3.11/3.12 a join() interrupted by Ctrl-C marks a still
+        # running thread as stopped (is_alive() turns False), which would hide the run.
+        self._done = threading.Event()
+        self._done.set()
+        self._stop_requested: bool | None = None  # None, or the ``graceful`` of stop()
+        self._pause_pending = False
         self._error: BaseException | None = None
         self._artifacts_fh: Any = None
         self._active = False
@@ -87,6 +108,8 @@ class Evolver:
         if self._active:
             raise RuntimeError("this evolver is already running")
         self._active = True
+        if asyncio.current_task() is not self._main:  # awaited directly, not via start()
+            self._stop_requested, self._pause_pending = None, False
         try:
             return await self._run()
         finally:
@@ -131,13 +154,18 @@ class Evolver:
             "workers": dict(self.runtime.targets), "max_in_flight": self.runtime.max_in_flight,
             "staleness": self.policy.name, "budget": b.model_dump(exclude_none=True),
         })
-        self.state = "running"
+        self.state = "paused" if self._pause_pending else "running"
         try:
-            await self.runtime.run()
-            self.state = "finished" if self.state != "stopped" else "stopped"
+            # a stop() that came before the runtime existed is not lost
+            if self._stop_requested is None:
+                await self.runtime.run()
+            self.state = "stopped" if self._stop_requested is not None else "finished"
         except BaseException as err:
-            self.state = "failed" if not isinstance(err, asyncio.CancelledError) else "stopped"
-            ctx.emit(Kind.ERROR, reason=f"{type(err).__name__}: {err}")
+            if isinstance(err, asyncio.CancelledError):
+                self.state = "stopped"  # a hard stop() or a cancelled caller: not an error
+            else:
+                self.state = "failed"
+                ctx.emit(Kind.ERROR, reason=f"{type(err).__name__}: {err}")
             raise
         finally:
             ctx.emit(Kind.RUN_FINISHED, reason=self.runtime.stop_reason,
@@ -167,23 +195,40 @@ class Evolver:
     # -- background running (notebooks) --------------------------------------------------------
     def start(self) -> Evolver:
         """Run in a background thread with its own event loop; returns at once."""
-        if self._thread is not None and self._thread.is_alive():
+        if not self._done.is_set():
             raise RuntimeError("this evolver is already running in the background")
+        if self._active:
+            raise RuntimeError("this evolver is already running")
         self._error = None
+        self._stop_requested = None
         ready = threading.Event()
+        done = self._done = threading.Event()
 
         def target() -> None:
             loop = asyncio.new_event_loop()
-            self._loop = loop
             asyncio.set_event_loop(loop)
+            self._main = loop.create_task(self.run(), name=f"flashevolve-run-{self.name}")
+            self._loop = loop
             ready.set()
             try:
-                loop.run_until_complete(self.run())
+                loop.run_until_complete(self._main)
+            except asyncio.CancelledError as err:
+                if self._stop_requested is None:  # nobody asked for it: report it
+                    self._error = err
+                if self.state not in TERMINAL:  # cancelled before the run got going
+                    self.state = "stopped"
             except BaseException as err:  # surfaced by wait()
                 self._error = err
             finally:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
+                try:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                    # asyncio.to_thread (e.g. stopping a server process) uses the loop's default
+                    # executor: join its threads so none outlives the run
+                    loop.run_until_complete(loop.shutdown_default_executor())
+                finally:
+                    asyncio.set_event_loop(None)
+                    loop.close()
+                    done.set()
 
         self._thread = threading.Thread(target=target, name=f"flashevolve-{self.name}",
                                         daemon=True)
@@ -193,43 +238,81 @@ class Evolver:
         return self
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the background run ends; re-raises its exception with its traceback."""
+        """Block until the background run ends; re-raises its exception with its traceback.
+
+        An interrupt (Ctrl-C, the notebook's stop button) while waiting stops the run hard and
+        re-raises ``KeyboardInterrupt`` once it has wound down.
+        """
         if self._thread is None:
             raise RuntimeError("nothing to wait for: call start() first")
         try:
-            self._thread.join(timeout)
+            finished = self._done.wait(timeout)
         except KeyboardInterrupt:
             self.stop(graceful=False)
-            self._thread.join(30)
+            if self._done.wait(30):
+                self._thread.join(5)
             raise
-        if self._thread.is_alive():
+        if not finished:
             raise TimeoutError(f"the run is still going after {timeout} s")
+        self._thread.join(5)  # past its last line already: returns at once
         if self._error is not None:
             raise self._error
         return self.summary()
 
     def stop(self, graceful: bool = False) -> None:
-        """Stop the run: new work stops at once; in-flight work finishes only if ``graceful``."""
-        self._call(lambda rt: rt.request_stop("stopped by user", graceful=graceful))
+        """Stop the run: new work stops at once; in-flight work finishes only if ``graceful``.
+
+        A hard stop also cancels a run that is still evaluating its seed or opening backends.
+        """
+        first = self._stop_requested is None
+        self._stop_requested = graceful if first else self._stop_requested and graceful
+        self._pause_pending = False
+        self._in_loop(lambda: self._stop_here(graceful, first))
         self.state = "stopped" if self.state in ("running", "paused") else self.state
 
+    def _stop_here(self, graceful: bool, first: bool) -> None:
+        """Runs on the run's loop thread."""
+        rt = self.runtime
+        if rt is not None and rt.state != "created":  # its run() has begun: it can stop itself
+            rt.request_stop("stopped by user", graceful=graceful)
+            rt.resume()  # a paused run must wake up to wind down
+        main = self._main
+        if not graceful and first and main is not None and not main.done():
+            main.cancel()  # cuts the seed evaluation short; the runtime cleans up its workers
+
     def pause(self) -> None:
-        self._call(lambda rt: rt.pause())
-        self.state = "paused"
+        """Start no new work; what is in flight finishes (the queues keep their items)."""
+        self._pause_pending = True
+        self._in_loop(self._apply_pause)
+        self.state = "paused" if self.state == "running" else self.state
+
+    def _apply_pause(self) -> None:
+        rt = self.runtime
+        if self._pause_pending and rt is not None and rt.state == "running":
+            rt.pause()
+            self._pause_pending = False
+        # otherwise the run has not begun; _on_event applies the pause once it has
 
     def resume_run(self) -> None:
-        self._call(lambda rt: rt.resume())
-        self.state = "running"
+        """Undo :meth:`pause`."""
+        self._pause_pending = False
+        self._in_loop(lambda: self.runtime.resume() if self.runtime is not None
+                      and self.runtime.state == "paused" else None)
+        self.state = "running" if self.state == "paused" else self.state
 
-    def _call(self, fn: Any) -> None:
-        rt = self.runtime
-        if rt is None:
-            return
+    def _in_loop(self, fn: Any) -> None:
+        """Call ``fn`` on the run's loop thread: posted there for a background run, called
+        directly otherwise (``await run()`` in the caller's own loop)."""
         loop = self._loop
-        if loop is not None and loop.is_running() and threading.current_thread() is not self._thread:
-            loop.call_soon_threadsafe(fn, rt)
-        else:
-            fn(rt)
+        background = self._thread is not None and not self._done.is_set()
+        if (background and loop is not None and not loop.is_closed()
+                and threading.current_thread() is not self._thread):
+            try:
+                loop.call_soon_threadsafe(fn)
+                return
+            except RuntimeError:  # the loop closed in between: the run is over
+                return
+        fn()
 
     # -- results ---------------------------------------------------------------------------------
     @property
@@ -310,6 +393,8 @@ class Evolver:
 
     # -- internals -------------------------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
+        if self._pause_pending:
+            self._apply_pause()  # a pause() that came before the runtime was running
         self._count(event)
         if event.kind == Kind.ADMITTED:
             self._persist_admission(event)

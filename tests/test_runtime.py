@@ -196,4 +196,4 @@ def test_bad_configuration_names_the_field():
     with pytest.raises(ConfigError, match="budget.seconds"):
         make("async", budget={"seconds": -1})
     with pytest.raises(ValueError, match="unknown stages"):
-        make("async", workers={"rolout": 2}).run_virtual()
+        make("async", workers={"rolout": 2})

@@ -215,7 +215,10 @@ def _optional_int(body: dict[str, Any], *names: str) -> int | None:
 class OpenAICompatServer:
     """Serve a responder over OpenAI's chat-completions API on ``host:port`` (0 = any free port)."""
 
-    def __init__(self, responder: Responder, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, responder: Responder, host: str = "127.0.0.1", port: int = 0, *,
+                 strict_model: bool = False) -> None:
+        #: Answer an unknown model name with 404 (as OpenAI and vLLM do) instead of serving it.
+        self.strict_model = strict_model
         self.responder = responder
         self.host = host
         self.port = port
@@ -288,6 +291,13 @@ class OpenAICompatServer:
                 raise ValueError("the request body must be a JSON object")
             if body.get("stream"):
                 raise ValueError("streaming is not supported by this server; send stream=false")
+            model = body.get("model")
+            if self.strict_model and model is not None and model != self.responder.model:
+                # Like OpenAI and vLLM: an unknown model name is a 404, not a silent answer.
+                self.errors += 1
+                return _error(404, f"the model {model!r} does not exist; this server serves "
+                              f"{self.responder.model!r}", kind="invalid_request_error",
+                              code="model_not_found")
             request = ChatRequest(
                 messages=_parse_messages(body.get("messages")),
                 max_tokens=_optional_int(body, "max_completion_tokens", "max_tokens"),
@@ -342,14 +352,15 @@ class OpenAICompatServer:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    responder: Responder, port: int = 0, host: str = "127.0.0.1", *, start_timeout_s: float = 10.0
+    responder: Responder, port: int = 0, host: str = "127.0.0.1", *, start_timeout_s: float = 10.0,
+    strict_model: bool = False,
 ) -> Iterator[str]:
     """Run a server on its own event loop in a daemon thread; yields the base URL (``.../v1``).
 
     For tests and notebooks (whose own loop is busy).  Leaving the block stops the server,
     cancels whatever is in flight and joins the thread.
     """
-    server = OpenAICompatServer(responder, host, port)
+    server = OpenAICompatServer(responder, host, port, strict_model=strict_model)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flashevolve.errors import ConfigError
 from flashevolve.events.schema import Kind
 from flashevolve.policies.staleness import DISCARD, MERGED, PATCH, StalenessPolicy
 from flashevolve.runtime.context import StageContext
@@ -32,11 +33,11 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
-            raise ValueError(f"mode must be 'sync' or 'async', not {self.mode!r}")
+            raise ConfigError(f"mode must be 'sync' or 'async', not {self.mode!r}")
         if self.staleness_counter not in ("pool", "frontier"):
-            raise ValueError("staleness_counter must be 'pool' or 'frontier'")
+            raise ConfigError("staleness_counter must be 'pool' or 'frontier'")
         if self.max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
+            raise ConfigError("max_in_flight must be at least 1")
 
 
 class Runtime:
@@ -55,11 +56,11 @@ class Runtime:
         for name, spec in self.specs.items():
             n = 1 if sync else int(config.workers.get(name, spec.default_workers))
             if n < 1:
-                raise ValueError(f"stage {name!r} needs at least one worker, got {n}")
+                raise ConfigError(f"stage {name!r} needs at least one worker, got {n}")
             self.targets[name] = n
         unknown = set(config.workers) - set(self.specs)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"workers given for unknown stages {sorted(unknown)}; this workflow's stages are "
                 f"{list(self.specs)}"
             )
@@ -101,6 +102,14 @@ class Runtime:
                       data={"from": old})
         if self.state in ("running", "paused"):
             self._reconcile(stage)
+
+    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task:
+        """Background work owned by this run (e.g. a speculative validation tail): it is
+        cancelled at shutdown together with the workers."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+        return task
 
     def queue_depth(self, stage: str) -> int:
         return self._queues[stage].qsize() if hasattr(self, "_queues") else 0
