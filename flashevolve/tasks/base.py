@@ -8,6 +8,7 @@ does that from a metric function.  Agentic or code-running tasks override ``roll
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,10 @@ def coerce_metric(value: Any) -> MetricResult:
 class PromptTask:
     """A task where the artifact is a system prompt and each example is one chat call."""
 
+    #: Run the metric in a worker thread (for slow metrics that execute code) so it does not
+    #: stall the event loop every other request shares.
+    metric_in_thread = False
+
     def __init__(
         self,
         name: str,
@@ -173,7 +178,10 @@ class PromptTask:
             return Rollout(example.id, "", 0.0, f"The model call failed: {err}",
                            trace={"messages": messages}, error=str(err))
         try:
-            metric = self.metric(example, result.text)
+            if self.metric_in_thread:
+                metric = await asyncio.to_thread(self.metric, example, result.text)
+            else:
+                metric = self.metric(example, result.text)
         except Exception as err:  # a crashing evaluator scores 0 and says why; the run goes on
             tb = traceback.format_exception_only(type(err), err)[-1].strip()
             return Rollout(example.id, result.text, 0.0, f"The evaluator crashed: {tb}",
