@@ -1,0 +1,54 @@
+# flashevolve developer entry points. Everything runs inside a project-local virtualenv (.venv).
+#   make demo          install, build the embedded llama-server, run a 3-minute sync vs async demo
+#   make test          install dev extras, build llama-server (cached), run tests and notebooks
+#   make llama-server  build and cache llama-server + fetch the default model (once, ~10 min)
+#   make lint          ruff check + ruff format --check
+#   make clean         remove build litter (keeps .venv and the llama-server cache)
+
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+
+.PHONY: demo test llama-server lint clean distclean install-local install-dev
+
+# The venv is created once; its python is the target that says it exists.
+$(PYTHON):
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+
+install-local: $(PYTHON)
+	$(BIN)/pip install --quiet -e '.[local]'
+
+install-dev: $(PYTHON)
+	$(BIN)/pip install --quiet -e '.[dev,local]'
+
+# Builds only when the cache has no binary (prints "cached" otherwise).
+llama-server: install-local
+	$(PYTHON) -m flashevolve local-server build
+
+demo: install-local
+	$(PYTHON) -m flashevolve local-server build
+	$(BIN)/flashevolve run --task ifeval-lite --backend local --mode sync,async --minutes 3 --out runs/demo
+
+test: install-dev
+	$(PYTHON) -m flashevolve local-server build
+	$(PYTHON) -m pytest -q
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		$(PYTHON) -m pytest -q --nbmake notebooks/; \
+	else \
+		echo "no notebooks/*.ipynb yet: notebook step skipped"; \
+	fi
+
+lint: $(PYTHON)
+	$(BIN)/ruff check flashevolve tests
+	$(BIN)/ruff format --check flashevolve tests
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache runs/demo
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print | xargs rm -rf
+
+# Also drops the virtualenv. The llama-server/model cache lives outside the repo
+# (${FLASHEVOLVE_CACHE:-~/.cache/flashevolve}); delete it by hand to force a rebuild.
+distclean: clean
+	rm -rf $(VENV)
