@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 
-.PHONY: demo test llama-server lint clean distclean install-local install-dev
+.PHONY: demo test llama-server lint clean distclean install-local install-dev browser
 
 # The venv is created once; its python is the target that says it exists.
 $(PYTHON):
@@ -29,9 +29,9 @@ llama-server: install-local
 
 demo: install-local
 	$(PYTHON) -m flashevolve local-server build
-	$(BIN)/flashevolve run --task ifeval-lite --backend local --mode sync,async --minutes 3 --out runs/demo
+	$(BIN)/flashevolve run --task ifeval-lite --backend local --mode sync,async --minutes 3 --out runs/demo --overwrite
 
-test: install-dev
+test: install-dev browser
 	$(PYTHON) -m flashevolve local-server build
 	$(PYTHON) -m pytest -q
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
@@ -39,6 +39,14 @@ test: install-dev
 	else \
 		echo "no notebooks/*.ipynb yet: notebook step skipped"; \
 	fi
+
+# Headless Chromium lets the report test check that every chart draws. Installed only where
+# we are root with apt (CI, containers); elsewhere that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the report's browser test will be skipped"; }
 
 lint: $(PYTHON)
 	$(BIN)/ruff check flashevolve tests

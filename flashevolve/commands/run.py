@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/<task>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a stopped run from its run directory for --minutes more")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing run directory at --out first (never with --resume)")
     p.add_argument("--json", default=None, help="also write the per-mode summary here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--staleness", default="full", help="full, guarded or reflective")
@@ -77,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.resume or args.out or f"runs/{task.name}")
     if args.resume and not out.exists():
         raise ConfigError(f"--resume {out}: no such run directory")
+    if args.overwrite and args.resume:
+        raise ConfigError("--overwrite and --resume contradict each other; choose one")
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
     workers = parse_workers(args.workers)
     backend = make_backend(args)
     simulated = str(backend.endpoint).startswith("sim:")

@@ -1,0 +1,52 @@
+"""End to end on a real language model: async GEPA on the embedded llama-server.
+
+Needs the cached llama-server binary (``make test`` builds it first). The budget is short, so
+this checks that every part really ran -- real requests with real token counts, proposals from
+real reflections (or recorded rejections), validations and a consistent pool -- not that a
+135M-parameter model gets better in a minute.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from flashevolve import Evolver
+from flashevolve.events.schema import Kind
+from flashevolve.tasks import get_task
+
+pytestmark = pytest.mark.llama
+
+
+@pytest.fixture(scope="module")
+def llm():
+    from flashevolve.backends.llama_build import find_llama_server
+    from flashevolve.backends.local import local
+
+    if find_llama_server() is None:
+        pytest.skip("llama-server is not built: run `make llama-server` (make test builds it)")
+    server = local(slots=4, ctx_per_slot=1024, startup_timeout_s=120)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_async_gepa_runs_on_the_embedded_llama_server(llm, tmp_path):
+    task = get_task("ifeval-lite", n_train=12, n_val=6)
+    evolver = Evolver(task, llm, mode="async", budget={"seconds": 75}, seed=0,
+                      workers={"rollout": 2, "propose": 2, "evaluate": 2}, max_in_flight=6,
+                      eval_concurrency=2, reflection_max_tokens=300, run_dir=tmp_path)
+    summary = evolver.run_sync()
+    df = evolver.events
+    finished = df.filter(pl.col("kind") == Kind.REQUEST_FINISHED)
+    assert finished.height > 10
+    assert (finished["completion_tokens"] > 0).all() and (finished["prompt_tokens"] > 0).all()
+    assert set(finished["role"].to_list()) >= {"task", "reflection"}
+    reflections = df.filter(pl.col("kind").is_in([Kind.PROPOSAL_MADE, Kind.PROPOSAL_REJECTED]))
+    assert reflections.height > 0  # the reflection model answered, adopted or rejected
+    assert summary["seed_score"] is not None and 0.0 <= summary["seed_score"] <= 1.0
+    # every admitted artifact is on disk and the pool is consistent
+    assert len(evolver.pool) >= 1 and (tmp_path / "artifacts.jsonl").exists()
+    assert summary["errors"] == 0
+    assert df.filter(pl.col("kind") == Kind.REQUEST_FAILED).height == 0
