@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +181,17 @@ class Evolver:
         return self.summary()
 
     def run_virtual(self) -> dict[str, Any]:
-        """Run on virtual time (for the serving simulator): a 30-minute budget takes seconds."""
-        return run_virtual(self.run())
+        """Run on virtual time (for the serving simulator): a 30-minute budget takes seconds.
+
+        Works inside a notebook kernel too: a loop cannot run inside the kernel's running loop,
+        so there the virtual loop gets a short-lived thread of its own.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return run_virtual(self.run)
+        with ThreadPoolExecutor(1, thread_name_prefix=f"flashevolve-virtual-{self.name}") as ex:
+            return ex.submit(run_virtual, self.run).result()
 
     def run_sync(self) -> dict[str, Any]:
         """Blocking run; works inside a running notebook kernel (runs in a worker thread)."""

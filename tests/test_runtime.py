@@ -197,3 +197,12 @@ def test_bad_configuration_names_the_field():
         make("async", budget={"seconds": -1})
     with pytest.raises(ValueError, match="unknown stages"):
         make("async", workers={"rolout": 2})
+
+
+def test_the_time_budget_covers_scoring_the_seed():
+    # 500 validation examples at 8 concurrent take far longer than 60 simulated seconds
+    ev = Evolver(SimulatedTask(n_train=30, n_val=500), simulated(), mode="sync", budget=60)
+    summary = ev.run_virtual()
+    assert summary["duration_s"] == pytest.approx(60.0)
+    assert len(ev.pool) == 0 and summary["proposals"] == 0
+    assert kinds(ev, Kind.BUDGET_STOP).height == 1

@@ -135,12 +135,20 @@ class Runtime:
         self._resume.set()
         self.state = "running"
         try:
-            await self.workflow.initialize(ctx)
+            # The time budget covers scoring the seed too, as the clock a user watches does.
+            if self.config.seconds is not None:
+                self._tasks.append(asyncio.create_task(self._deadline(self.config.seconds)))
+            init = asyncio.create_task(self.workflow.initialize(ctx), name="flashevolve-init")
+            self._tasks.append(init)
+            stopped = asyncio.create_task(self._finished.wait())
+            self._tasks.append(stopped)
+            await asyncio.wait({init, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not init.done():
+                return  # stopped (deadline or user) before the seed was scored
+            init.result()  # re-raise a failure of initialization
             for name in self.specs:
                 self._reconcile(name)
             self._tasks.append(asyncio.create_task(self._source(), name="flashevolve-source"))
-            if self.config.seconds is not None:
-                self._tasks.append(asyncio.create_task(self._deadline(self.config.seconds)))
             if self.controller is not None:
                 self._tasks.append(asyncio.create_task(self.controller.run(self)))
             await self._finished.wait()
