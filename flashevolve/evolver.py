@@ -39,24 +39,47 @@ class Evolver:
     serving simulator).  Backends made from strings are owned and closed by the evolver.
     """
 
-    def __init__(self, task: Any, backend: Any = None, *, workflow: Any = "gepa",
-                 mode: str = "async", staleness: Any = None, budget: Any = None, seed: int = 0,
-                 run_dir: str | Path | None = None, workers: dict[str, int] | None = None,
-                 max_in_flight: int = 16, reflection_backend: LLM | None = None,
-                 speculation: Any = None, control: Any = None, name: str | None = None,
-                 staleness_counter: str = "pool", rng: str = "per-stage", resume: bool = False,
-                 **workflow_options: Any) -> None:
+    def __init__(
+        self,
+        task: Any,
+        backend: Any = None,
+        *,
+        workflow: Any = "gepa",
+        mode: str = "async",
+        staleness: Any = None,
+        budget: Any = None,
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        workers: dict[str, int] | None = None,
+        max_in_flight: int = 16,
+        reflection_backend: LLM | None = None,
+        speculation: Any = None,
+        control: Any = None,
+        name: str | None = None,
+        staleness_counter: str = "pool",
+        rng: str = "per-stage",
+        resume: bool = False,
+        **workflow_options: Any,
+    ) -> None:
         self.task = _resolve_task(task)
         try:
             self.workflow = make_workflow(workflow, **workflow_options)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"workflow {workflow!r}: {err}") from None
         aliases = getattr(self.workflow, "worker_aliases", {})
-        self.config: RunConfig = validated(RunConfig, {
-            "mode": mode, "seed": seed, "budget": coerce_budget(budget),
-            "workers": normalize_workers(workers, aliases), "max_in_flight": max_in_flight,
-            "staleness_counter": staleness_counter, "rng": rng,
-        }, "Evolver")
+        self.config: RunConfig = validated(
+            RunConfig,
+            {
+                "mode": mode,
+                "seed": seed,
+                "budget": coerce_budget(budget),
+                "workers": normalize_workers(workers, aliases),
+                "max_in_flight": max_in_flight,
+                "staleness_counter": staleness_counter,
+                "rng": rng,
+            },
+            "Evolver",
+        )
         stage_names = [spec.name for spec in self.workflow.stages()]
         unknown = sorted(set(self.config.workers) - set(stage_names))
         if unknown:
@@ -127,11 +150,17 @@ class Evolver:
         tracker = BudgetTracker(self.config.budget)
         self._in_flight = InFlight()
         ctx = StageContext(
-            task=self.task, pool=self.pool, log=log, clock=clock,
+            task=self.task,
+            pool=self.pool,
+            log=log,
+            clock=clock,
             task_llm=InstrumentedLLM(task_llm, "task", log, self._in_flight),
             reflection_llm=InstrumentedLLM(reflection_llm, "reflection", log, self._in_flight),
-            tracker=tracker, seed=self.config.seed, rng_mode=self.config.rng,
-            settings={"resume_iteration": iteration}, speculation=self.speculation,
+            tracker=tracker,
+            seed=self.config.seed,
+            rng_mode=self.config.rng,
+            settings={"resume_iteration": iteration},
+            speculation=self.speculation,
         )
         tracker.tokens = 0
         self._tracker = tracker
@@ -139,22 +168,41 @@ class Evolver:
             llm.on_tokens = lambda n: setattr(tracker, "tokens", tracker.tokens + n)
         b = self.config.budget
         seconds = None if b.seconds is None else offset + b.seconds
-        self.runtime = Runtime(self.workflow, ctx, RuntimeConfig(
-            mode=self.config.mode, workers=self.config.workers,
-            max_in_flight=self.config.max_in_flight,
-            staleness_counter=self.config.staleness_counter, seconds=seconds,
-        ), self.policy, controller=self.control)
+        self.runtime = Runtime(
+            self.workflow,
+            ctx,
+            RuntimeConfig(
+                mode=self.config.mode,
+                workers=self.config.workers,
+                max_in_flight=self.config.max_in_flight,
+                staleness_counter=self.config.staleness_counter,
+                seconds=seconds,
+            ),
+            self.policy,
+            controller=self.control,
+        )
         ctx.settings["runtime"] = self.runtime
-        ctx.emit(Kind.RUN_STARTED, data={
-            "mode": self.config.mode, "workflow": self.workflow.name, "task": self.task.name,
-            "seed": self.config.seed, "name": self.name, "resumed": bool(history),
-            "simulated": str(task_llm.endpoint).startswith("sim:"),
-            "backend": {"endpoint": task_llm.endpoint, "model": task_llm.model},
-            "reflection_backend": {"endpoint": reflection_llm.endpoint,
-                                   "model": reflection_llm.model},
-            "workers": dict(self.runtime.targets), "max_in_flight": self.runtime.max_in_flight,
-            "staleness": self.policy.name, "budget": b.model_dump(exclude_none=True),
-        })
+        ctx.emit(
+            Kind.RUN_STARTED,
+            data={
+                "mode": self.config.mode,
+                "workflow": self.workflow.name,
+                "task": self.task.name,
+                "seed": self.config.seed,
+                "name": self.name,
+                "resumed": bool(history),
+                "simulated": str(task_llm.endpoint).startswith("sim:"),
+                "backend": {"endpoint": task_llm.endpoint, "model": task_llm.model},
+                "reflection_backend": {
+                    "endpoint": reflection_llm.endpoint,
+                    "model": reflection_llm.model,
+                },
+                "workers": dict(self.runtime.targets),
+                "max_in_flight": self.runtime.max_in_flight,
+                "staleness": self.policy.name,
+                "budget": b.model_dump(exclude_none=True),
+            },
+        )
         self.state = "paused" if self._pause_pending else "running"
         try:
             # a stop() that came before the runtime existed is not lost
@@ -169,8 +217,7 @@ class Evolver:
                 ctx.emit(Kind.ERROR, reason=f"{type(err).__name__}: {err}")
             raise
         finally:
-            ctx.emit(Kind.RUN_FINISHED, reason=self.runtime.stop_reason,
-                     data={"state": self.state})
+            ctx.emit(Kind.RUN_FINISHED, reason=self.runtime.stop_reason, data={"state": self.state})
             self._write_outputs()
             log.close()
             if self._artifacts_fh:
@@ -240,8 +287,7 @@ class Evolver:
                     loop.close()
                     done.set()
 
-        self._thread = threading.Thread(target=target, name=f"flashevolve-{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=target, name=f"flashevolve-{self.name}", daemon=True)
         self.state = "running"
         self._thread.start()
         ready.wait()
@@ -306,8 +352,13 @@ class Evolver:
     def resume_run(self) -> None:
         """Undo :meth:`pause`."""
         self._pause_pending = False
-        self._in_loop(lambda: self.runtime.resume() if self.runtime is not None
-                      and self.runtime.state == "paused" else None)
+        self._in_loop(
+            lambda: (
+                self.runtime.resume()
+                if self.runtime is not None and self.runtime.state == "paused"
+                else None
+            )
+        )
         self.state = "running" if self.state == "paused" else self.state
 
     def _in_loop(self, fn: Any) -> None:
@@ -315,8 +366,12 @@ class Evolver:
         directly otherwise (``await run()`` in the caller's own loop)."""
         loop = self._loop
         background = self._thread is not None and not self._done.is_set()
-        if (background and loop is not None and not loop.is_closed()
-                and threading.current_thread() is not self._thread):
+        if (
+            background
+            and loop is not None
+            and not loop.is_closed()
+            and threading.current_thread() is not self._thread
+        ):
             try:
                 loop.call_soon_threadsafe(fn)
                 return
@@ -372,9 +427,16 @@ class Evolver:
 
     def summary(self) -> dict[str, Any]:
         out = metrics.summary(self.events)
-        out.update({"name": self.name, "mode": self.config.mode, "task": self.task.name,
-                    "workflow": self.workflow.name, "staleness": self.policy.name,
-                    "best_artifact_id": self.pool.best().id if len(self.pool) else None})
+        out.update(
+            {
+                "name": self.name,
+                "mode": self.config.mode,
+                "task": self.task.name,
+                "workflow": self.workflow.name,
+                "staleness": self.policy.name,
+                "best_artifact_id": self.pool.best().id if len(self.pool) else None,
+            }
+        )
         return out
 
     def status(self) -> dict[str, Any]:
@@ -390,15 +452,20 @@ class Evolver:
         minutes = max(elapsed / 60.0, 1e-9)
         rt = self.runtime
         return {
-            "name": self.name, "mode": self.config.mode, "state": self.state,
+            "name": self.name,
+            "mode": self.config.mode,
+            "state": self.state,
             "elapsed_s": elapsed,
             "stages": rt.status()["stages"] if rt else {},
             "in_flight": self._in_flight.count,
-            "proposals": self._counts["proposals"], "accepted": self._counts["accepted"],
+            "proposals": self._counts["proposals"],
+            "accepted": self._counts["accepted"],
             "proposals_per_min": self._counts["proposals"] / minutes,
             "accepted_per_min": self._counts["accepted"] / minutes,
-            "best_score": self._best, "stale": dict(self._stale),
-            "pool_version": self.pool.pool_version, "frontier_version": self.pool.frontier_version,
+            "best_score": self._best,
+            "stale": dict(self._stale),
+            "pool_version": self.pool.pool_version,
+            "frontier_version": self.pool.frontier_version,
         }
 
     # -- internals -------------------------------------------------------------------------------
@@ -428,10 +495,16 @@ class Evolver:
         if event.artifact_id not in self.pool:
             return
         rec = self.pool.get(event.artifact_id)
-        self._persist({"artifact": rec.artifact.to_dict(), "val_scores": rec.val_scores,
-                       "score": rec.mean_score, "ts": event.ts,
-                       "patched_from": list(rec.patched_from),
-                       "next_component": rec.next_component})
+        self._persist(
+            {
+                "artifact": rec.artifact.to_dict(),
+                "val_scores": rec.val_scores,
+                "score": rec.mean_score,
+                "ts": event.ts,
+                "patched_from": list(rec.patched_from),
+                "next_component": rec.next_component,
+            }
+        )
 
     def _persist(self, row: dict[str, Any]) -> None:
         if self.run_dir is None:
@@ -471,20 +544,32 @@ class Evolver:
                     self.pool.tombstone(row["tombstone"])
                 continue
             art = Artifact.from_dict(row["artifact"])
-            self.pool.admit(art, row["val_scores"], ts=row.get("ts", 0.0),
-                            patched_from=row.get("patched_from", ()),
-                            next_component=row.get("next_component", 0))
+            self.pool.admit(
+                art,
+                row["val_scores"],
+                ts=row.get("ts", 0.0),
+                patched_from=row.get("patched_from", ()),
+                next_component=row.get("next_component", 0),
+            )
 
     def _write_outputs(self) -> None:
         if self.run_dir is None:
             return
         if len(self.pool):
             best = self.pool.best()
-            (self.run_dir / "best.json").write_text(json.dumps(
-                {"id": best.id, "score": best.mean_score, "components": dict(best.artifact.components)},
-                indent=2))
-        (self.run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=2,
-                                                              default=str))
+            (self.run_dir / "best.json").write_text(
+                json.dumps(
+                    {
+                        "id": best.id,
+                        "score": best.mean_score,
+                        "components": dict(best.artifact.components),
+                    },
+                    indent=2,
+                )
+            )
+        (self.run_dir / "summary.json").write_text(
+            json.dumps(self.summary(), indent=2, default=str)
+        )
 
     def _open_backends(self) -> tuple[LLM, LLM, list[LLM]]:
         spec, owned = self._backend_spec, []

@@ -196,7 +196,9 @@ class ArtifactPool:
 # -- parent selection ----------------------------------------------------------------------------
 
 
-def prune_dominated(fronts: Mapping[str, list[int]], mean: Mapping[int, float]) -> dict[str, list[int]]:
+def prune_dominated(
+    fronts: Mapping[str, list[int]], mean: Mapping[int, float]
+) -> dict[str, list[int]]:
     """GEPA's pruning of the instance fronts.
 
     Candidates that appear on some front are visited by ascending mean score (stable by index);
@@ -263,7 +265,11 @@ class EpsilonGreedySelector:
         return pool.best()
 
 
-SELECTORS = {"pareto": ParetoSelector, "best": BestSelector, "epsilon_greedy": EpsilonGreedySelector}
+SELECTORS = {
+    "pareto": ParetoSelector,
+    "best": BestSelector,
+    "epsilon_greedy": EpsilonGreedySelector,
+}
 
 
 def make_selector(spec: str | ParentSelector) -> ParentSelector:
@@ -272,4 +278,6 @@ def make_selector(spec: str | ParentSelector) -> ParentSelector:
     try:
         return SELECTORS[spec]()
     except KeyError:
-        raise ValueError(f"unknown parent selector {spec!r}; choose one of {sorted(SELECTORS)}") from None
+        raise ValueError(
+            f"unknown parent selector {spec!r}; choose one of {sorted(SELECTORS)}"
+        ) from None

@@ -10,8 +10,12 @@ from flashevolve.backends.server import FixedLatency, ScriptedResponder, serve_i
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flashevolve", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "flashevolve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -43,28 +47,54 @@ def test_unknown_task_name():
 def test_malformed_task_file(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prompt": "hi", "answer": "x"}\n{"id": "b", "prompt": \n')
-    assert_clean_error(cli("run", "--task", str(bad), "--task-kind", "prompt", "--backend",
-                           "sim"), "bad.jsonl:2")
+    assert_clean_error(
+        cli("run", "--task", str(bad), "--task-kind", "prompt", "--backend", "sim"), "bad.jsonl:2"
+    )
 
 
 def test_unknown_backend_and_bad_workers():
     assert_clean_error(cli("run", "--task", "sim", "--backend", "nope"), "--backend")
-    assert_clean_error(cli("run", "--task", "sim", "--backend", "sim", "--workers", "rolout=2",
-                           "--mode", "async", "--minutes", "1"), "rolout")
+    assert_clean_error(
+        cli(
+            "run",
+            "--task",
+            "sim",
+            "--backend",
+            "sim",
+            "--workers",
+            "rolout=2",
+            "--mode",
+            "async",
+            "--minutes",
+            "1",
+        ),
+        "rolout",
+    )
 
 
 def test_unreachable_endpoint():
     port = free_port()  # nothing listens there
-    proc = cli("run", "--task", "sim", "--backend", "openai", "--base-url",
-               f"http://127.0.0.1:{port}/v1", "--model", "m")
+    proc = cli(
+        "run",
+        "--task",
+        "sim",
+        "--backend",
+        "openai",
+        "--base-url",
+        f"http://127.0.0.1:{port}/v1",
+        "--model",
+        "m",
+    )
     assert_clean_error(proc, "cannot reach", str(port))
 
 
 def test_wrong_model_name():
-    with serve_in_thread(ScriptedResponder(["ok"], latency=FixedLatency(0.0), model="right"),
-                         strict_model=True) as url:
-        proc = cli("run", "--task", "sim", "--backend", "openai", "--base-url", url,
-                   "--model", "wrong")
+    with serve_in_thread(
+        ScriptedResponder(["ok"], latency=FixedLatency(0.0), model="right"), strict_model=True
+    ) as url:
+        proc = cli(
+            "run", "--task", "sim", "--backend", "openai", "--base-url", url, "--model", "wrong"
+        )
     assert_clean_error(proc, "model name")
 
 
@@ -73,8 +103,9 @@ def test_bench_unknown_profile_and_config():
     assert_clean_error(cli("bench", "--configs", "sync,warp"), "warp")
 
 
-@pytest.mark.parametrize("argv", [["run", "--minutes", "0", "--backend", "sim"],
-                                  ["bench", "--minutes", "-1"]])
+@pytest.mark.parametrize(
+    "argv", [["run", "--minutes", "0", "--backend", "sim"], ["bench", "--minutes", "-1"]]
+)
 def test_non_positive_minutes(argv):
     assert_clean_error(cli(*argv), "--minutes")
 
@@ -89,8 +120,21 @@ def test_serve_sim_port_in_use():
 
 def test_sim_run_writes_run_directory_and_json(tmp_path):
     out, js = tmp_path / "run", tmp_path / "summary.json"
-    proc = cli("run", "--task", "sim", "--backend", "sim", "--mode", "sync,async", "--minutes",
-               "5", "--out", str(out), "--json", str(js))
+    proc = cli(
+        "run",
+        "--task",
+        "sim",
+        "--backend",
+        "sim",
+        "--mode",
+        "sync,async",
+        "--minutes",
+        "5",
+        "--out",
+        str(out),
+        "--json",
+        str(js),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "async / sync proposals per minute" in proc.stdout
     assert "SIMULATED" in proc.stdout

@@ -34,9 +34,18 @@ def llm():
 
 def test_async_gepa_runs_on_the_embedded_llama_server(llm, tmp_path):
     task = get_task("ifeval-lite", n_train=12, n_val=6)
-    evolver = Evolver(task, llm, mode="async", budget={"seconds": 75}, seed=0,
-                      workers={"rollout": 2, "propose": 2, "evaluate": 2}, max_in_flight=6,
-                      eval_concurrency=2, reflection_max_tokens=300, run_dir=tmp_path)
+    evolver = Evolver(
+        task,
+        llm,
+        mode="async",
+        budget={"seconds": 75},
+        seed=0,
+        workers={"rollout": 2, "propose": 2, "evaluate": 2},
+        max_in_flight=6,
+        eval_concurrency=2,
+        reflection_max_tokens=300,
+        run_dir=tmp_path,
+    )
     summary = evolver.run_sync()
     df = evolver.events
     finished = df.filter(pl.col("kind") == Kind.REQUEST_FINISHED)

@@ -47,6 +47,8 @@ def test_parse_rejects_missing_unclosed_and_empty_blocks():
 def test_reflection_prompt_carries_records_and_the_current_text():
     examples = [Example("e1", {"prompt": "Say hi"})]
     rollouts = [Rollout("e1", "HELLO", 0.0, "expected lowercase")]
-    prompt = build_reflection_prompt("instruction", "Be nice.", reflective_records(examples, rollouts))
+    prompt = build_reflection_prompt(
+        "instruction", "Be nice.", reflective_records(examples, rollouts)
+    )
     assert "Be nice." in prompt and "Say hi" in prompt and "expected lowercase" in prompt
     assert "# Example 1" in prompt and "```" in prompt

@@ -16,8 +16,14 @@ ASYNC = {"workers": {"rollout": 4, "propose": 4, "evaluate": 4}, "max_in_flight"
 
 def make(mode="async", minutes=10.0, seed=0, **kw):
     kw = {**(ASYNC if mode == "async" else {}), **kw}
-    return Evolver(SimulatedTask(n_train=30, n_val=20, seed=seed), simulated(seed=seed),
-                   mode=mode, budget=kw.pop("budget", minutes * 60), seed=seed, **kw)
+    return Evolver(
+        SimulatedTask(n_train=30, n_val=20, seed=seed),
+        simulated(seed=seed),
+        mode=mode,
+        budget=kw.pop("budget", minutes * 60),
+        seed=seed,
+        **kw,
+    )
 
 
 def kinds(ev, kind):
@@ -85,8 +91,13 @@ class MalformedReflections(WorkloadContent):
 
 
 def test_a_malformed_reflection_never_becomes_an_artifact():
-    ev = Evolver(SimulatedTask(n_train=30, n_val=20), simulated(content=MalformedReflections()),
-                 mode="async", budget=300, **ASYNC)
+    ev = Evolver(
+        SimulatedTask(n_train=30, n_val=20),
+        simulated(content=MalformedReflections()),
+        mode="async",
+        budget=300,
+        **ASYNC,
+    )
     summary = ev.run_virtual()
     rejected = kinds(ev, Kind.PROPOSAL_REJECTED)
     assert rejected.height > 0 and summary["proposals"] == 0
@@ -116,8 +127,10 @@ def test_time_budget_cancels_in_flight_requests_and_ends_on_time():
     assert summary["duration_s"] == pytest.approx(180.0)
     assert kinds(ev, Kind.REQUEST_CANCELLED).height > 0
     started = kinds(ev, Kind.REQUEST_STARTED).height
-    ended = sum(kinds(ev, k).height for k in (Kind.REQUEST_FINISHED, Kind.REQUEST_FAILED,
-                                               Kind.REQUEST_CANCELLED))
+    ended = sum(
+        kinds(ev, k).height
+        for k in (Kind.REQUEST_FINISHED, Kind.REQUEST_FAILED, Kind.REQUEST_CANCELLED)
+    )
     assert started == ended  # every request is accounted for
 
 
@@ -153,8 +166,7 @@ class CrashingTask(SimulatedTask):
 
 
 def test_a_crashing_evaluator_scores_zero_and_the_run_goes_on():
-    ev = Evolver(CrashingTask(n_train=30, n_val=20), simulated(), mode="async", budget=300,
-                 **ASYNC)
+    ev = Evolver(CrashingTask(n_train=30, n_val=20), simulated(), mode="async", budget=300, **ASYNC)
     summary = ev.run_virtual()
     assert summary["proposals"] > 0 and summary["errors"] == 0
     seed = ev.pool.records[0]
@@ -164,11 +176,29 @@ def test_a_crashing_evaluator_scores_zero_and_the_run_goes_on():
 def test_events_and_summary_have_the_documented_columns_and_keys():
     ev = make("async", minutes=2)
     summary = ev.run_virtual()
-    for col in ("ts", "kind", "stage", "item_id", "artifact_id", "version_stamp", "pool_version",
-                "lag", "prompt_tokens", "completion_tokens", "latency_s", "decision", "reason"):
+    for col in (
+        "ts",
+        "kind",
+        "stage",
+        "item_id",
+        "artifact_id",
+        "version_stamp",
+        "pool_version",
+        "lag",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_s",
+        "decision",
+        "reason",
+    ):
         assert col in ev.events.columns
-    for key in ("proposals_per_min", "validations_per_min", "accepted_per_min", "best_score",
-                "tokens_per_accepted"):
+    for key in (
+        "proposals_per_min",
+        "validations_per_min",
+        "accepted_per_min",
+        "best_score",
+        "tokens_per_accepted",
+    ):
         assert key in summary
 
 

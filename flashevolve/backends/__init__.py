@@ -15,8 +15,9 @@ from typing import Any
 from flashevolve.backends.base import LLM, ChatRequest, ChatResult, LLMError
 
 
-def openai(base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
-           **kwargs: Any) -> LLM:
+def openai(
+    base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY", **kwargs: Any
+) -> LLM:
     from flashevolve.backends.openai_compat import OpenAICompatLLM
 
     return OpenAICompatLLM(base_url, model, api_key_env=api_key_env, **kwargs)

@@ -74,8 +74,12 @@ class OpenAICompatLLM:
         return f"OpenAICompatLLM(endpoint={self.endpoint!r}, model={self.model!r})"
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "openai-compatible", "endpoint": self.endpoint, "model": self.model,
-                "max_concurrency": self.max_concurrency}
+        return {
+            "kind": "openai-compatible",
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "max_concurrency": self.max_concurrency,
+        }
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         async def attempt() -> ChatResult:

@@ -215,8 +215,14 @@ def _optional_int(body: dict[str, Any], *names: str) -> int | None:
 class OpenAICompatServer:
     """Serve a responder over OpenAI's chat-completions API on ``host:port`` (0 = any free port)."""
 
-    def __init__(self, responder: Responder, host: str = "127.0.0.1", port: int = 0, *,
-                 strict_model: bool = False) -> None:
+    def __init__(
+        self,
+        responder: Responder,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        strict_model: bool = False,
+    ) -> None:
         #: Answer an unknown model name with 404 (as OpenAI and vLLM do) instead of serving it.
         self.strict_model = strict_model
         self.responder = responder
@@ -295,9 +301,13 @@ class OpenAICompatServer:
             if self.strict_model and model is not None and model != self.responder.model:
                 # Like OpenAI and vLLM: an unknown model name is a 404, not a silent answer.
                 self.errors += 1
-                return _error(404, f"the model {model!r} does not exist; this server serves "
-                              f"{self.responder.model!r}", kind="invalid_request_error",
-                              code="model_not_found")
+                return _error(
+                    404,
+                    f"the model {model!r} does not exist; this server serves "
+                    f"{self.responder.model!r}",
+                    kind="invalid_request_error",
+                    code="model_not_found",
+                )
             request = ChatRequest(
                 messages=_parse_messages(body.get("messages")),
                 max_tokens=_optional_int(body, "max_completion_tokens", "max_tokens"),
@@ -352,7 +362,11 @@ class OpenAICompatServer:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    responder: Responder, port: int = 0, host: str = "127.0.0.1", *, start_timeout_s: float = 10.0,
+    responder: Responder,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    *,
+    start_timeout_s: float = 10.0,
     strict_model: bool = False,
 ) -> Iterator[str]:
     """Run a server on its own event loop in a daemon thread; yields the base URL (``.../v1``).

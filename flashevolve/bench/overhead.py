@@ -48,21 +48,34 @@ def items_per_second(metric_calls: int = 20000, seed: int = 0) -> dict[str, Any]
     from flashevolve import Evolver
     from flashevolve.backends.sim import SimulatedTask
 
-    evolver = Evolver(SimulatedTask(seed=seed), ZeroLatencyLLM(seed), mode="async",
-                      budget={"metric_calls": metric_calls}, seed=seed,
-                      workers={"rollout": 8, "propose": 8, "evaluate": 8}, max_in_flight=64)
+    evolver = Evolver(
+        SimulatedTask(seed=seed),
+        ZeroLatencyLLM(seed),
+        mode="async",
+        budget={"metric_calls": metric_calls},
+        seed=seed,
+        workers={"rollout": 8, "propose": 8, "evaluate": 8},
+        max_in_flight=64,
+    )
     t0 = time.perf_counter()
     evolver.run_virtual()
     wall = time.perf_counter() - t0
     df = evolver.events
     items = df.filter(pl.col("kind") == Kind.ITEM_DONE).height
     requests = df.filter(pl.col("kind") == Kind.REQUEST_FINISHED).height
-    return {"wall_s": wall, "items": items, "items_per_s": items / wall,
-            "requests": requests, "requests_per_s": requests / wall, "events": df.height}
+    return {
+        "wall_s": wall,
+        "items": items,
+        "items_per_s": items / wall,
+        "requests": requests,
+        "requests_per_s": requests / wall,
+        "events": df.height,
+    }
 
 
-def simulated_run_fraction(profile: str = "vllm-h100-qwen3-8b", minutes: float = 30.0,
-                           seed: int = 0) -> dict[str, Any]:
+def simulated_run_fraction(
+    profile: str = "vllm-h100-qwen3-8b", minutes: float = 30.0, seed: int = 0
+) -> dict[str, Any]:
     """Wall time of a whole virtual run (orchestrator *and* simulator) over its simulated span.
 
     The simulator's own work is included, so this is an upper bound on the share of a real run
@@ -72,6 +85,11 @@ def simulated_run_fraction(profile: str = "vllm-h100-qwen3-8b", minutes: float =
 
     row, evolver = run_config(get_config("async"), profile=profile, minutes=minutes, seed=seed)
     span = row["duration_s"]
-    return {"profile": profile, "simulated_s": span, "wall_s": row["wall_s"],
-            "fraction": row["wall_s"] / span, "events": evolver.events.height,
-            "proposals": row["proposals"]}
+    return {
+        "profile": profile,
+        "simulated_s": span,
+        "wall_s": row["wall_s"],
+        "fraction": row["wall_s"] / span,
+        "events": evolver.events.height,
+        "proposals": row["proposals"],
+    }

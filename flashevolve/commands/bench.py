@@ -8,22 +8,36 @@ import sys
 from pathlib import Path
 
 NAME = "bench"
-HELP = ("benchmark configurations (sync, async, ablations, ...) on the serving simulator "
-        "for M simulated minutes; prints a table and writes JSON")
+HELP = (
+    "benchmark configurations (sync, async, ablations, ...) on the serving simulator "
+    "for M simulated minutes; prints a table and writes JSON"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="vllm-h100-qwen3-8b",
-                   help="simulator profile: vllm-h100-qwen3-8b or api-gpt-4o-mini")
+    p.add_argument(
+        "--profile",
+        default="vllm-h100-qwen3-8b",
+        help="simulator profile: vllm-h100-qwen3-8b or api-gpt-4o-mini",
+    )
     p.add_argument("--minutes", type=float, default=30.0, help="simulated minutes per config")
-    p.add_argument("--configs", default="sync,async,k1=1/k3=1,k1=16/k3=8",
-                   help="comma list of configurations (see --list)")
-    p.add_argument("--staleness", default=None,
-                   help="comma list of staleness policies to sweep, e.g. full,guarded,reflective")
+    p.add_argument(
+        "--configs",
+        default="sync,async,k1=1/k3=1,k1=16/k3=8",
+        help="comma list of configurations (see --list)",
+    )
+    p.add_argument(
+        "--staleness",
+        default=None,
+        help="comma list of staleness policies to sweep, e.g. full,guarded,reflective",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the rows here")
-    p.add_argument("--overhead", action="store_true",
-                   help="measure orchestrator overhead instead (zero-latency backend)")
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="measure orchestrator overhead instead (zero-latency backend)",
+    )
     p.add_argument("--list", action="store_true", help="list configurations and exit")
 
 
@@ -45,16 +59,35 @@ def run(args: argparse.Namespace) -> int:
     for name in configs:
         get_config(name)
     policies = [s.strip() for s in args.staleness.split(",")] if args.staleness else None
-    print(f"SIMULATED serving ({args.profile}), {args.minutes:g} simulated minutes per config, "
-          f"seed {args.seed}", file=sys.stderr)
-    rows = run_bench(configs, profile=args.profile, minutes=args.minutes, seed=args.seed,
-                     staleness=policies, progress=lambda m: print(m, file=sys.stderr))
+    print(
+        f"SIMULATED serving ({args.profile}), {args.minutes:g} simulated minutes per config, "
+        f"seed {args.seed}",
+        file=sys.stderr,
+    )
+    rows = run_bench(
+        configs,
+        profile=args.profile,
+        minutes=args.minutes,
+        seed=args.seed,
+        staleness=policies,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     print(f"# flashevolve bench --profile {args.profile} --minutes {args.minutes:g} (simulated)")
     print(format_rows(rows, staleness=bool(policies)))
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "profile": args.profile, "minutes": args.minutes, "seed": args.seed,
-            "simulated": True, "rows": rows}, indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "profile": args.profile,
+                    "minutes": args.minutes,
+                    "seed": args.seed,
+                    "simulated": True,
+                    "rows": rows,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -64,13 +97,18 @@ def _overhead(args: argparse.Namespace) -> int:
 
     zero = items_per_second(seed=args.seed)
     frac = simulated_run_fraction(args.profile, args.minutes, seed=args.seed)
-    print(f"zero-latency backend: {zero['items']} queue items in {zero['wall_s']:.2f} s = "
-          f"{zero['items_per_s']:,.0f} items/s ({zero['requests_per_s']:,.0f} requests/s, "
-          f"{zero['events']} events)")
-    print(f"{args.profile} (simulated), {frac['simulated_s'] / 60:g} min async run: "
-          f"{frac['wall_s']:.2f} s wall for {frac['simulated_s']:.0f} s simulated = "
-          f"{frac['fraction']:.3%} of the run's span (orchestrator + simulator)")
+    print(
+        f"zero-latency backend: {zero['items']} queue items in {zero['wall_s']:.2f} s = "
+        f"{zero['items_per_s']:,.0f} items/s ({zero['requests_per_s']:,.0f} requests/s, "
+        f"{zero['events']} events)"
+    )
+    print(
+        f"{args.profile} (simulated), {frac['simulated_s'] / 60:g} min async run: "
+        f"{frac['wall_s']:.2f} s wall for {frac['simulated_s']:.0f} s simulated = "
+        f"{frac['fraction']:.3%} of the run's span (orchestrator + simulator)"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"zero_latency": zero, "simulated_run": frac},
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps({"zero_latency": zero, "simulated_run": frac}, indent=2)
+        )
     return 0

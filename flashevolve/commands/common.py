@@ -13,19 +13,30 @@ from flashevolve.errors import BackendError, ConfigError
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("backend")
-    g.add_argument("--backend", default="local",
-                   help="local (embedded llama-server), openai (any OpenAI-compatible URL), "
-                        "vllm (launch or attach), or sim[:profile] (the serving simulator)")
-    g.add_argument("--model", default=None,
-                   help="local: path to a GGUF file; openai/vllm: the served model name")
-    g.add_argument("--base-url", default=None, help="openai/vllm: the endpoint, e.g. "
-                   "http://127.0.0.1:8000/v1")
-    g.add_argument("--api-key-env", default=None,
-                   help="environment variable holding the API key (never written anywhere)")
+    g.add_argument(
+        "--backend",
+        default="local",
+        help="local (embedded llama-server), openai (any OpenAI-compatible URL), "
+        "vllm (launch or attach), or sim[:profile] (the serving simulator)",
+    )
+    g.add_argument(
+        "--model",
+        default=None,
+        help="local: path to a GGUF file; openai/vllm: the served model name",
+    )
+    g.add_argument(
+        "--base-url", default=None, help="openai/vllm: the endpoint, e.g. http://127.0.0.1:8000/v1"
+    )
+    g.add_argument(
+        "--api-key-env",
+        default=None,
+        help="environment variable holding the API key (never written anywhere)",
+    )
     g.add_argument("--slots", type=int, default=4, help="local: parallel llama-server slots")
     g.add_argument("--port", type=int, default=None, help="local/vllm: port (default: free)")
-    g.add_argument("--concurrency", type=int, default=None,
-                   help="max requests in flight to the endpoint")
+    g.add_argument(
+        "--concurrency", type=int, default=None, help="max requests in flight to the endpoint"
+    )
 
 
 def make_backend(args: argparse.Namespace) -> LLM:
@@ -42,31 +53,40 @@ def make_backend(args: argparse.Namespace) -> LLM:
     if kind == "openai":
         if not args.base_url or not args.model:
             raise ConfigError("--backend openai needs --base-url URL and --model NAME")
-        return backends.openai(args.base_url, args.model, api_key_env=args.api_key_env,
-                               max_concurrency=args.concurrency or 16)
+        return backends.openai(
+            args.base_url,
+            args.model,
+            api_key_env=args.api_key_env,
+            max_concurrency=args.concurrency or 16,
+        )
     if kind == "vllm":
         if not args.model:
             raise ConfigError("--backend vllm needs --model NAME (and --base-url to attach)")
         return backends.vllm(model=args.model, url=args.base_url, port=args.port)
     if kind == "sim":
         return backends.simulated(profile=arg or "vllm-h100-qwen3-8b", seed=args.seed)
-    raise ConfigError(f"unknown --backend {args.backend!r}; use local, openai, vllm or "
-                      f"sim[:profile]")
+    raise ConfigError(
+        f"unknown --backend {args.backend!r}; use local, openai, vllm or sim[:profile]"
+    )
 
 
 async def preflight(llm: LLM) -> None:
     """One tiny request, so a wrong URL or model name fails now with one clear line."""
     try:
-        await llm.complete(ChatRequest(messages=[{"role": "user", "content": "Say OK."}],
-                                       max_tokens=2, stage="preflight"))
+        await llm.complete(
+            ChatRequest(
+                messages=[{"role": "user", "content": "Say OK."}], max_tokens=2, stage="preflight"
+            )
+        )
     except LLMError as err:
         hint = ""
         if err.status == 404:
             hint = " (is the model name right? list them at <base-url>/models)"
         elif err.status in (401, 403):
             hint = " (check the API key in the variable named by --api-key-env)"
-        raise BackendError(f"the backend {llm.endpoint} did not answer a test request: "
-                           f"{err}{hint}") from None
+        raise BackendError(
+            f"the backend {llm.endpoint} did not answer a test request: {err}{hint}"
+        ) from None
 
 
 def run_preflight(llm: LLM) -> None:
@@ -81,8 +101,9 @@ def parse_workers(spec: str | None) -> dict[str, int]:
     for part in spec.split(","):
         name, sep, value = part.partition("=")
         if not sep or not value.strip().isdigit():
-            raise ConfigError(f"--workers expects stage=N pairs like rollout=8,propose=4, "
-                              f"got {part!r}")
+            raise ConfigError(
+                f"--workers expects stage=N pairs like rollout=8,propose=4, got {part!r}"
+            )
         out[name.strip()] = int(value)
     return out
 
@@ -99,8 +120,12 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     out = []
     for n, r in enumerate(cells):
-        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                             enumerate(zip(r, widths, strict=True))))
+        out.append(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

@@ -41,24 +41,42 @@ SUMMARY_ROWS = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="ifeval-lite",
-                   help="built-in task name (see --list-tasks) or a task file (.jsonl/.json)")
-    p.add_argument("--task-kind", default=None,
-                   help="for task files: aime, hotpotqa, hover, humaneval or prompt")
+    p.add_argument(
+        "--task",
+        default="ifeval-lite",
+        help="built-in task name (see --list-tasks) or a task file (.jsonl/.json)",
+    )
+    p.add_argument(
+        "--task-kind",
+        default=None,
+        help="for task files: aime, hotpotqa, hover, humaneval or prompt",
+    )
     p.add_argument("--mode", default="sync,async", help="comma list of sync and/or async")
     p.add_argument("--minutes", type=float, default=3.0, help="run-clock budget per mode")
     p.add_argument("--out", default=None, help="run directory (default runs/<task>)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue a stopped run from its run directory for --minutes more")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete an existing run directory at --out first (never with --resume)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a stopped run from its run directory for --minutes more",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing run directory at --out first (never with --resume)",
+    )
     p.add_argument("--json", default=None, help="also write the per-mode summary here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--staleness", default="full", help="full, guarded or reflective")
-    p.add_argument("--workers", default=None,
-                   help="async worker counts, e.g. rollout=4,propose=2,evaluate=4")
-    p.add_argument("--max-in-flight", type=int, default=None,
-                   help="async: proposals in flight at once (default: 2 x backend slots)")
+    p.add_argument(
+        "--workers", default=None, help="async worker counts, e.g. rollout=4,propose=2,evaluate=4"
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="async: proposals in flight at once (default: 2 x backend slots)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--list-tasks", action="store_true", help="list built-in tasks and exit")
     add_backend_arguments(p)
@@ -90,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not simulated:
             run_preflight(backend)
-        print(f"task {task.name}: {len(task.train)} train / {len(task.val)} val examples; "
-              f"backend {backend.endpoint} ({backend.model}); {args.minutes:g} min per mode"
-              + (" [SIMULATED backend, virtual time]" if simulated else ""))
+        print(
+            f"task {task.name}: {len(task.train)} train / {len(task.val)} val examples; "
+            f"backend {backend.endpoint} ({backend.model}); {args.minutes:g} min per mode"
+            + (" [SIMULATED backend, virtual time]" if simulated else "")
+        )
         summaries: dict[str, dict[str, Any]] = {}
         evolvers = {}
         for mode in modes:
@@ -113,8 +133,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from flashevolve.views.report import write_report
 
-        path = write_report(out / "report.html", {m: ev.events for m, ev in evolvers.items()},
-                            title=f"flashevolve run: {task.name}")
+        path = write_report(
+            out / "report.html",
+            {m: ev.events for m, ev in evolvers.items()},
+            title=f"flashevolve run: {task.name}",
+        )
         print(f"\nreport: {path}")
     print(f"run directory: {out}")
     return 0
@@ -128,8 +151,9 @@ def _load_task(args: argparse.Namespace) -> Any:
     return get_task(args.task)
 
 
-def _make_evolver(task: Any, backend: Any, mode: str, args: argparse.Namespace, out: Path,
-                  workers: dict[str, int]) -> Any:
+def _make_evolver(
+    task: Any, backend: Any, mode: str, args: argparse.Namespace, out: Path, workers: dict[str, int]
+) -> Any:
     from flashevolve import Evolver
 
     slots = getattr(backend, "max_concurrency", 8) or 8
@@ -139,10 +163,19 @@ def _make_evolver(task: Any, backend: Any, mode: str, args: argparse.Namespace, 
         kwargs["max_in_flight"] = args.max_in_flight or max(4, 2 * slots)
     run_dir = out / mode
     resume = bool(args.resume) and (run_dir / "events.jsonl").exists()
-    return Evolver(task, backend, mode=mode, staleness=args.staleness, seed=args.seed,
-                   budget={"seconds": args.minutes * 60}, run_dir=run_dir, name=mode,
-                   resume=resume, eval_concurrency=slots if mode == "sync" else
-                   max(1, slots // 2), **kwargs)
+    return Evolver(
+        task,
+        backend,
+        mode=mode,
+        staleness=args.staleness,
+        seed=args.seed,
+        budget={"seconds": args.minutes * 60},
+        run_dir=run_dir,
+        name=mode,
+        resume=resume,
+        eval_concurrency=slots if mode == "sync" else max(1, slots // 2),
+        **kwargs,
+    )
 
 
 def _run_one(evolver: Any, minutes: float, simulated: bool) -> dict[str, Any]:
@@ -152,15 +185,21 @@ def _run_one(evolver: Any, minutes: float, simulated: bool) -> dict[str, Any]:
 
     total = minutes * 60
     evolver.start()
-    with tqdm(total=round(total), desc=f"{evolver.name:>5}", unit="s",
-              bar_format="{desc}: {bar} {n:.0f}/{total:.0f}s {postfix}") as bar:
+    with tqdm(
+        total=round(total),
+        desc=f"{evolver.name:>5}",
+        unit="s",
+        bar_format="{desc}: {bar} {n:.0f}/{total:.0f}s {postfix}",
+    ) as bar:
         done = threading.Event()
         while not done.is_set():
             st = evolver.status()
             bar.n = min(total, st["elapsed_s"])
             best = st["best_score"]
-            bar.set_postfix_str(f"proposals {st['proposals']} accepted {st['accepted']} "
-                                f"best {best if best is None else round(best, 3)}")
+            bar.set_postfix_str(
+                f"proposals {st['proposals']} accepted {st['accepted']} "
+                f"best {best if best is None else round(best, 3)}"
+            )
             if st["state"] in ("finished", "stopped", "failed") or not evolver._thread.is_alive():
                 done.set()
             else:
@@ -181,8 +220,9 @@ def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
     cols = [("metric", "metric", "")] + [(m, m, "") for m in modes]
     table_rows = []
     for row, fmt in rows:
-        table_rows.append({k: (v if k == "metric" or v is None else format(v, fmt))
-                           for k, v in row.items()})
+        table_rows.append(
+            {k: (v if k == "metric" or v is None else format(v, fmt)) for k, v in row.items()}
+        )
     text = format_table(table_rows, cols)
     if "sync" in summaries and "async" in summaries:
         s, a = summaries["sync"]["proposals_per_min"], summaries["async"]["proposals_per_min"]

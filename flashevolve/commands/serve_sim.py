@@ -50,7 +50,9 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.scripted:
         latency = LognormalLatency(args.latency_mean, args.latency_sigma)
         responder = ScriptedResponder(None, latency=latency, seed=args.seed)
-        what = f"scripted, lognormal latency mean {args.latency_mean:g} s sigma {args.latency_sigma:g}"
+        what = (
+            f"scripted, lognormal latency mean {args.latency_mean:g} s sigma {args.latency_sigma:g}"
+        )
     else:
         responder = SimulatorResponder(args.profile, seed=args.seed, speed=args.speed)
         what = f"profile {args.profile}, speed {args.speed:g}x"

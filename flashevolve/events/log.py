@@ -23,8 +23,13 @@ class EventLog:
     (a notebook reading frames while the run goes on) take a snapshot under a lock.
     """
 
-    def __init__(self, path: str | Path | None = None, *, clock: Any = None,
-                 history: list[Event] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        clock: Any = None,
+        history: list[Event] | None = None,
+    ) -> None:
         # ``history``: events of an earlier session of the same run (resume); already on disk.
         self._events: list[Event] = list(history or [])
         self._lock = threading.Lock()
@@ -105,8 +110,10 @@ def events_to_frame(events: Iterable[Event]) -> pl.DataFrame:
     if not events:
         return pl.DataFrame(schema=SCHEMA)
     columns = {name: [getattr(e, name) for e in events] for name in SCHEMA}
-    columns["data"] = [None if d is None else json.dumps(d, default=_jsonable, sort_keys=True)
-                       for d in columns["data"]]
+    columns["data"] = [
+        None if d is None else json.dumps(d, default=_jsonable, sort_keys=True)
+        for d in columns["data"]
+    ]
     return pl.DataFrame(columns, schema=SCHEMA)
 
 

@@ -30,8 +30,9 @@ def _non_seed(df: pl.DataFrame, kind: str) -> pl.DataFrame:
     sub = df.filter(pl.col("kind") == kind)
     if sub.is_empty():
         return sub
-    is_seed = pl.col("data").fill_null("").str.contains('"seed": true') | pl.col(
-        "data").fill_null("").str.contains('"origin": "seed"')
+    is_seed = pl.col("data").fill_null("").str.contains('"seed": true') | pl.col("data").fill_null(
+        ""
+    ).str.contains('"origin": "seed"')
     return sub.filter(~is_seed)
 
 
@@ -55,8 +56,7 @@ def concurrency_stats(df: pl.DataFrame, duration: float | None = None) -> tuple[
     end = t0 + (duration if duration is not None else run_duration(df))
     ts = series["ts"].to_list() + [end]
     level = series["in_flight"].to_list()
-    area = sum(max(0.0, min(ts[i + 1], end) - max(ts[i], t0)) * level[i]
-               for i in range(len(level)))
+    area = sum(max(0.0, min(ts[i + 1], end) - max(ts[i], t0)) * level[i] for i in range(len(level)))
     return area / max(1e-9, end - t0), int(max(level))
 
 
@@ -73,7 +73,9 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
     accepted = _non_seed(df, Kind.ADMITTED).height
     finished = df.filter(pl.col("kind") == Kind.REQUEST_FINISHED)
     prompt_tokens = int(finished["prompt_tokens"].fill_null(0).sum()) if finished.height else 0
-    completion_tokens = int(finished["completion_tokens"].fill_null(0).sum()) if finished.height else 0
+    completion_tokens = (
+        int(finished["completion_tokens"].fill_null(0).sum()) if finished.height else 0
+    )
     tokens = prompt_tokens + completion_tokens
     cancelled = df.filter(pl.col("kind") == Kind.REQUEST_CANCELLED)
     wasted = int(cancelled["completion_tokens"].fill_null(0).sum()) if cancelled.height else 0

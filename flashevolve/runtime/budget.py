@@ -21,7 +21,9 @@ class Budget(BaseModel):
     tokens: int | None = Field(default=None, gt=0, description="prompt + completion tokens")
 
     def is_unbounded(self) -> bool:
-        return all(v is None for v in (self.seconds, self.proposals, self.metric_calls, self.tokens))
+        return all(
+            v is None for v in (self.seconds, self.proposals, self.metric_calls, self.tokens)
+        )
 
 
 class BudgetTracker:

@@ -27,8 +27,9 @@ class InstrumentedLLM:
     the backend-wide in-flight count, and feeds token usage to the budget tracker.
     """
 
-    def __init__(self, inner: LLM, role: str, log: EventLog, in_flight: InFlight,
-                 on_tokens=None) -> None:
+    def __init__(
+        self, inner: LLM, role: str, log: EventLog, in_flight: InFlight, on_tokens=None
+    ) -> None:
         self.inner = inner
         self.role = role
         self.log = log
@@ -42,32 +43,62 @@ class InstrumentedLLM:
         rid = f"r{next(self.in_flight.ids)}"
         self.in_flight.count += 1
         self.in_flight.peak = max(self.in_flight.peak, self.in_flight.count)
-        self.log.emit(Kind.REQUEST_STARTED, stage=request.stage, item_id=request.item_id,
-                      request_id=rid, role=self.role, endpoint=self.endpoint,
-                      in_flight=self.in_flight.count)
+        self.log.emit(
+            Kind.REQUEST_STARTED,
+            stage=request.stage,
+            item_id=request.item_id,
+            request_id=rid,
+            role=self.role,
+            endpoint=self.endpoint,
+            in_flight=self.in_flight.count,
+        )
         t0 = self.log.clock.now() if self.log.clock else 0.0
         try:
             result = await self.inner.complete(request)
         except asyncio.CancelledError:
             self.in_flight.count -= 1
-            self.log.emit(Kind.REQUEST_CANCELLED, stage=request.stage, item_id=request.item_id,
-                          request_id=rid, role=self.role, endpoint=self.endpoint,
-                          in_flight=self.in_flight.count, reason="cancelled",
-                          latency_s=self._since(t0))
+            self.log.emit(
+                Kind.REQUEST_CANCELLED,
+                stage=request.stage,
+                item_id=request.item_id,
+                request_id=rid,
+                role=self.role,
+                endpoint=self.endpoint,
+                in_flight=self.in_flight.count,
+                reason="cancelled",
+                latency_s=self._since(t0),
+            )
             raise
         except LLMError as err:
             self.in_flight.count -= 1
-            self.log.emit(Kind.REQUEST_FAILED, stage=request.stage, item_id=request.item_id,
-                          request_id=rid, role=self.role, endpoint=self.endpoint,
-                          in_flight=self.in_flight.count, reason=str(err),
-                          latency_s=self._since(t0))
+            self.log.emit(
+                Kind.REQUEST_FAILED,
+                stage=request.stage,
+                item_id=request.item_id,
+                request_id=rid,
+                role=self.role,
+                endpoint=self.endpoint,
+                in_flight=self.in_flight.count,
+                reason=str(err),
+                latency_s=self._since(t0),
+            )
             raise
         self.in_flight.count -= 1
-        self.log.emit(Kind.REQUEST_FINISHED, stage=request.stage, item_id=request.item_id,
-                      request_id=rid, role=self.role, endpoint=self.endpoint,
-                      in_flight=self.in_flight.count, prompt_tokens=result.prompt_tokens,
-                      completion_tokens=result.completion_tokens, latency_s=self._since(t0),
-                      data={"finish_reason": result.finish_reason} if result.finish_reason != "stop" else None)
+        self.log.emit(
+            Kind.REQUEST_FINISHED,
+            stage=request.stage,
+            item_id=request.item_id,
+            request_id=rid,
+            role=self.role,
+            endpoint=self.endpoint,
+            in_flight=self.in_flight.count,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_s=self._since(t0),
+            data={"finish_reason": result.finish_reason}
+            if result.finish_reason != "stop"
+            else None,
+        )
         if self.on_tokens is not None:
             self.on_tokens(result.prompt_tokens + result.completion_tokens)
         return result

@@ -41,8 +41,14 @@ class RuntimeConfig:
 
 
 class Runtime:
-    def __init__(self, workflow: Any, ctx: StageContext, config: RuntimeConfig,
-                 policy: StalenessPolicy, controller: Any = None) -> None:
+    def __init__(
+        self,
+        workflow: Any,
+        ctx: StageContext,
+        config: RuntimeConfig,
+        policy: StalenessPolicy,
+        controller: Any = None,
+    ) -> None:
         self.workflow = workflow
         self.ctx = ctx
         self.config = config
@@ -98,8 +104,9 @@ class Runtime:
         if n == old:
             return
         self.targets[stage] = n
-        self.ctx.emit(Kind.WORKERS_CHANGED, stage=stage, workers=n, reason=reason,
-                      data={"from": old})
+        self.ctx.emit(
+            Kind.WORKERS_CHANGED, stage=stage, workers=n, reason=reason, data={"from": old}
+        )
         if self.state in ("running", "paused"):
             self._reconcile(stage)
 
@@ -117,8 +124,12 @@ class Runtime:
     def status(self) -> dict[str, Any]:
         return {
             "stages": {
-                name: {"queue_depth": self.queue_depth(name), "workers": self.targets[name],
-                       "busy": self._busy[name], "done": self._done_count[name]}
+                name: {
+                    "queue_depth": self.queue_depth(name),
+                    "workers": self.targets[name],
+                    "busy": self._busy[name],
+                    "done": self._done_count[name],
+                }
                 for name in self.specs
             },
             "jobs_in_flight": len(self._job_items),
@@ -171,8 +182,12 @@ class Runtime:
         for name, q in getattr(self, "_queues", {}).items():
             while not q.empty():
                 item: WorkItem = q.get_nowait()
-                self.ctx.emit(Kind.ITEM_DROPPED, stage=name, item_id=item.item_id,
-                              reason="run stopped while queued")
+                self.ctx.emit(
+                    Kind.ITEM_DROPPED,
+                    stage=name,
+                    item_id=item.item_id,
+                    reason="run stopped while queued",
+                )
         self._job_items.clear()
         self.state = "stopped"
 
@@ -196,20 +211,31 @@ class Runtime:
                 continue
             job_id = ctx.new_id("j")
             self._job_items[job_id] = 0
-            self._enqueue(WorkItem(
-                item_id=ctx.new_id("i"), stage=self.entry, payload=payload,
-                version_stamp=ctx.pool.pool_version, frontier_stamp=ctx.pool.frontier_version,
-                created_at=ctx.now(), job_id=job_id,
-            ))
+            self._enqueue(
+                WorkItem(
+                    item_id=ctx.new_id("i"),
+                    stage=self.entry,
+                    payload=payload,
+                    version_stamp=ctx.pool.pool_version,
+                    frontier_stamp=ctx.pool.frontier_version,
+                    created_at=ctx.now(),
+                    job_id=job_id,
+                )
+            )
 
     def _enqueue(self, item: WorkItem) -> None:
         item.enqueued_at = self.ctx.now()
         self._job_items[item.job_id] = self._job_items.get(item.job_id, 0) + 1
         q = self._queues[item.stage]
         q.put_nowait(item)  # unbounded by design: the job bound caps what is in flight
-        self.ctx.emit(Kind.ITEM_ENQUEUED, stage=item.stage, item_id=item.item_id,
-                      version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp,
-                      data={"queue_depth": q.qsize(), "job_id": item.job_id})
+        self.ctx.emit(
+            Kind.ITEM_ENQUEUED,
+            stage=item.stage,
+            item_id=item.item_id,
+            version_stamp=item.version_stamp,
+            frontier_stamp=item.frontier_stamp,
+            data={"queue_depth": q.qsize(), "job_id": item.job_id},
+        )
 
     def _item_finished(self, item: WorkItem) -> None:
         left = self._job_items.get(item.job_id, 0) - 1
@@ -262,11 +288,19 @@ class Runtime:
         ctx, spec = self.ctx, self.specs[stage]
         lag = ctx.pool.pool_version - item.version_stamp
         flag = ctx.pool.frontier_version - item.frontier_stamp
-        ctx.emit(Kind.ITEM_DEQUEUED, stage=stage, item_id=item.item_id,
-                 version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp,
-                 lag=lag, frontier_lag=flag,
-                 data={"queue_depth": self._queues[stage].qsize(),
-                       "wait_s": ctx.now() - item.enqueued_at})
+        ctx.emit(
+            Kind.ITEM_DEQUEUED,
+            stage=stage,
+            item_id=item.item_id,
+            version_stamp=item.version_stamp,
+            frontier_stamp=item.frontier_stamp,
+            lag=lag,
+            frontier_lag=flag,
+            data={
+                "queue_depth": self._queues[stage].qsize(),
+                "wait_s": ctx.now() - item.enqueued_at,
+            },
+        )
         stale = (lag if self.config.staleness_counter == "pool" else flag) > 0
         checked = spec.check_staleness and stale and not item.patched
         if checked and not await self._apply_staleness(stage, item, lag, flag):
@@ -277,21 +311,37 @@ class Runtime:
         except asyncio.CancelledError:
             raise
         except Exception as err:  # one bad item must not take the run down
-            ctx.emit(Kind.ERROR, stage=stage, item_id=item.item_id,
-                     reason=f"{type(err).__name__}: {err}",
-                     data={"traceback": traceback.format_exc(limit=8)})
+            ctx.emit(
+                Kind.ERROR,
+                stage=stage,
+                item_id=item.item_id,
+                reason=f"{type(err).__name__}: {err}",
+                data={"traceback": traceback.format_exc(limit=8)},
+            )
             outputs = []
         self._done_count[stage] += 1
-        ctx.emit(Kind.ITEM_DONE, stage=stage, item_id=item.item_id, latency_s=ctx.now() - t0,
-                 data={"outputs": len(outputs)})
+        ctx.emit(
+            Kind.ITEM_DONE,
+            stage=stage,
+            item_id=item.item_id,
+            latency_s=ctx.now() - t0,
+            data={"outputs": len(outputs)},
+        )
         for next_stage, payload in outputs:
             if next_stage not in self.specs:
                 raise ValueError(f"stage {stage!r} emitted to unknown stage {next_stage!r}")
-            self._enqueue(WorkItem(
-                item_id=ctx.new_id("i"), stage=next_stage, payload=payload,
-                version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp,
-                created_at=item.created_at, job_id=item.job_id, patched=item.patched,
-            ))
+            self._enqueue(
+                WorkItem(
+                    item_id=ctx.new_id("i"),
+                    stage=next_stage,
+                    payload=payload,
+                    version_stamp=item.version_stamp,
+                    frontier_stamp=item.frontier_stamp,
+                    created_at=item.created_at,
+                    job_id=item.job_id,
+                    patched=item.patched,
+                )
+            )
 
     async def _apply_staleness(self, stage: str, item: WorkItem, lag: int, flag: int) -> bool:
         """Ask the policy about a stale item; returns False when the item is dropped."""
@@ -305,13 +355,26 @@ class Runtime:
             result_id = decision.merged_into
         elif view.artifact is not None:
             result_id = view.artifact.id
-        ctx.emit(Kind.STALE_DETECTED, stage=stage, item_id=item.item_id, artifact_id=result_id,
-                 version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp, lag=lag,
-                 frontier_lag=flag, decision=decision.action, reason=decision.reason,
-                 data={"policy": self.policy.name, **decision.data})
+        ctx.emit(
+            Kind.STALE_DETECTED,
+            stage=stage,
+            item_id=item.item_id,
+            artifact_id=result_id,
+            version_stamp=item.version_stamp,
+            frontier_stamp=item.frontier_stamp,
+            lag=lag,
+            frontier_lag=flag,
+            decision=decision.action,
+            reason=decision.reason,
+            data={"policy": self.policy.name, **decision.data},
+        )
         if decision.action in (DISCARD, MERGED):
-            ctx.emit(Kind.ITEM_DROPPED, stage=stage, item_id=item.item_id,
-                     reason=f"stale: {decision.action}")
+            ctx.emit(
+                Kind.ITEM_DROPPED,
+                stage=stage,
+                item_id=item.item_id,
+                reason=f"stale: {decision.action}",
+            )
             return False
         if decision.action == PATCH:
             item.payload = self.workflow.apply_patch(item, decision, ctx)
@@ -321,8 +384,9 @@ class Runtime:
         return True
 
 
-def normalize_workers(workers: Mapping[str, int] | None, aliases: Mapping[str, tuple[str, ...]]
-                      ) -> dict[str, int]:
+def normalize_workers(
+    workers: Mapping[str, int] | None, aliases: Mapping[str, tuple[str, ...]]
+) -> dict[str, int]:
     """Expand stage aliases (e.g. ``evaluate`` -> ``gate`` and ``validate``)."""
     out: dict[str, int] = {}
     for key, n in (workers or {}).items():

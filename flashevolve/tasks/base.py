@@ -175,8 +175,14 @@ class PromptTask:
         try:
             result = await llm.complete(request)
         except LLMError as err:
-            return Rollout(example.id, "", 0.0, f"The model call failed: {err}",
-                           trace={"messages": messages}, error=str(err))
+            return Rollout(
+                example.id,
+                "",
+                0.0,
+                f"The model call failed: {err}",
+                trace={"messages": messages},
+                error=str(err),
+            )
         try:
             if self.metric_in_thread:
                 metric = await asyncio.to_thread(self.metric, example, result.text)
@@ -184,16 +190,26 @@ class PromptTask:
                 metric = self.metric(example, result.text)
         except Exception as err:  # a crashing evaluator scores 0 and says why; the run goes on
             tb = traceback.format_exception_only(type(err), err)[-1].strip()
-            return Rollout(example.id, result.text, 0.0, f"The evaluator crashed: {tb}",
-                           trace={"messages": messages}, prompt_tokens=result.prompt_tokens,
-                           completion_tokens=result.completion_tokens, error=tb)
+            return Rollout(
+                example.id,
+                result.text,
+                0.0,
+                f"The evaluator crashed: {tb}",
+                trace={"messages": messages},
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                error=tb,
+            )
         return Rollout(
             example_id=example.id,
             output=result.text,
             score=metric.score,
             feedback=metric.feedback,
-            trace={"messages": messages, "details": metric.details,
-                   "finish_reason": result.finish_reason},
+            trace={
+                "messages": messages,
+                "details": metric.details,
+                "finish_reason": result.finish_reason,
+            },
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
         )

@@ -148,4 +148,3 @@ class CodeTask(PromptTask):
     """
 
     metric_in_thread = True
-

@@ -9,9 +9,15 @@ from flashevolve.runtime.context import StageContext
 from flashevolve.tasks.base import Example, Rollout
 
 
-async def run_examples(ctx: StageContext, components: Mapping[str, str],
-                       examples: Sequence[Example], *, stage: str, item_id: str,
-                       concurrency: int) -> list[Rollout]:
+async def run_examples(
+    ctx: StageContext,
+    components: Mapping[str, str],
+    examples: Sequence[Example],
+    *,
+    stage: str,
+    item_id: str,
+    concurrency: int,
+) -> list[Rollout]:
     """Roll the artifact out on every example, at most ``concurrency`` requests at once.
 
     Results come back in the examples' order.  Each example is one metric call.
@@ -22,8 +28,9 @@ async def run_examples(ctx: StageContext, components: Mapping[str, str],
 
     async def one(example: Example, seed: int) -> Rollout:
         async with sem:
-            rollout = await ctx.task.rollout(components, example, ctx.task_llm, stage=stage,
-                                             item_id=item_id, seed=seed)
+            rollout = await ctx.task.rollout(
+                components, example, ctx.task_llm, stage=stage, item_id=item_id, seed=seed
+            )
         ctx.tracker.metric_calls += 1
         return rollout
 

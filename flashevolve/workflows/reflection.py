@@ -36,14 +36,22 @@ closes with ```.
 """
 
 
-def reflective_records(examples: Sequence[Example], rollouts: Sequence[Rollout]
-                       ) -> list[dict[str, Any]]:
+def reflective_records(
+    examples: Sequence[Example], rollouts: Sequence[Rollout]
+) -> list[dict[str, Any]]:
     """One record per minibatch example: the input, the output and the evaluator's feedback."""
     records = []
     for ex, ro in zip(examples, rollouts, strict=True):
         inputs = ex.inputs.get("prompt") if set(ex.inputs) == {"prompt"} else dict(ex.inputs)
-        records.append({"example_id": ex.id, "input": inputs, "output": ro.output,
-                        "score": ro.score, "feedback": ro.feedback})
+        records.append(
+            {
+                "example_id": ex.id,
+                "input": inputs,
+                "output": ro.output,
+                "score": ro.score,
+                "feedback": ro.feedback,
+            }
+        )
     return records
 
 
@@ -61,11 +69,13 @@ def render_records(records: Sequence[dict[str, Any]], limit_chars: int = 2500) -
     return "\n".join(parts)
 
 
-def build_reflection_prompt(name: str, current: str, records: Sequence[dict[str, Any]],
-                            task_description: str = "") -> str:
+def build_reflection_prompt(
+    name: str, current: str, records: Sequence[dict[str, Any]], task_description: str = ""
+) -> str:
     note = f"\nAbout the task: {task_description}\n" if task_description else ""
-    return REFLECTION_TEMPLATE.format(name=name, current=current, task_note=note,
-                                      records=render_records(records))
+    return REFLECTION_TEMPLATE.format(
+        name=name, current=current, task_note=note, records=render_records(records)
+    )
 
 
 @dataclass(slots=True)
@@ -86,7 +96,7 @@ def parse_fenced(answer: str) -> ParsedReflection:
         return ParsedReflection(None, "no fenced block in the reflection answer")
     if len(fences) == 1:
         return ParsedReflection(None, "the fenced block was never closed (truncated answer?)")
-    body = answer[fences[0].end():fences[-1].start()].strip("\n")
+    body = answer[fences[0].end() : fences[-1].start()].strip("\n")
     if not body.strip():
         return ParsedReflection(None, "the fenced block is empty")
     return ParsedReflection(body, None)
