@@ -37,6 +37,7 @@ from flashevolve.backends.sim.llm import SimulatedLLM, request_key
 from flashevolve.backends.sim.profiles import Profile
 from flashevolve.backends.sim.workload import ContentModel, WorkloadContent, infer_stage
 from flashevolve.errors import BackendError
+from flashevolve.runtime.clock import cancel_all_tasks
 
 STAGE_HEADER = "X-Flashevolve-Stage"
 
@@ -411,9 +412,5 @@ def serve_in_thread(
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
-    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    cancel_all_tasks(loop)
     loop.close()

@@ -129,14 +129,15 @@ def run_virtual(main: Callable[[], Awaitable[T]] | Awaitable[T], *, debug: bool 
         return loop.run_until_complete(coro)  # type: ignore[arg-type]
     finally:
         try:
-            _cancel_all(loop)
+            cancel_all_tasks(loop)
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             asyncio.set_event_loop(None)
             loop.close()
 
 
-def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+def cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel every unfinished task of a loop that is not running, and let them unwind."""
     pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for task in pending:
         task.cancel()

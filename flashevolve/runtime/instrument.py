@@ -43,65 +43,49 @@ class InstrumentedLLM:
         rid = f"r{next(self.in_flight.ids)}"
         self.in_flight.count += 1
         self.in_flight.peak = max(self.in_flight.peak, self.in_flight.count)
-        self.log.emit(
-            Kind.REQUEST_STARTED,
-            stage=request.stage,
-            item_id=request.item_id,
-            request_id=rid,
-            role=self.role,
-            endpoint=self.endpoint,
-            in_flight=self.in_flight.count,
-        )
+        self._emit(Kind.REQUEST_STARTED, request, rid)
         t0 = self.log.clock.now() if self.log.clock else 0.0
         try:
             result = await self.inner.complete(request)
         except asyncio.CancelledError:
             self.in_flight.count -= 1
-            self.log.emit(
-                Kind.REQUEST_CANCELLED,
-                stage=request.stage,
-                item_id=request.item_id,
-                request_id=rid,
-                role=self.role,
-                endpoint=self.endpoint,
-                in_flight=self.in_flight.count,
-                reason="cancelled",
-                latency_s=self._since(t0),
+            self._emit(
+                Kind.REQUEST_CANCELLED, request, rid, reason="cancelled", latency_s=self._since(t0)
             )
             raise
         except LLMError as err:
             self.in_flight.count -= 1
-            self.log.emit(
-                Kind.REQUEST_FAILED,
-                stage=request.stage,
-                item_id=request.item_id,
-                request_id=rid,
-                role=self.role,
-                endpoint=self.endpoint,
-                in_flight=self.in_flight.count,
-                reason=str(err),
-                latency_s=self._since(t0),
+            self._emit(
+                Kind.REQUEST_FAILED, request, rid, reason=str(err), latency_s=self._since(t0)
             )
             raise
         self.in_flight.count -= 1
-        self.log.emit(
+        self._emit(
             Kind.REQUEST_FINISHED,
+            request,
+            rid,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_s=self._since(t0),
+            data=None
+            if result.finish_reason == "stop"
+            else {"finish_reason": result.finish_reason},
+        )
+        if self.on_tokens is not None:
+            self.on_tokens(result.prompt_tokens + result.completion_tokens)
+        return result
+
+    def _emit(self, kind: Kind, request: ChatRequest, rid: str, **fields: object) -> None:
+        self.log.emit(
+            kind,
             stage=request.stage,
             item_id=request.item_id,
             request_id=rid,
             role=self.role,
             endpoint=self.endpoint,
             in_flight=self.in_flight.count,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            latency_s=self._since(t0),
-            data={"finish_reason": result.finish_reason}
-            if result.finish_reason != "stop"
-            else None,
+            **fields,
         )
-        if self.on_tokens is not None:
-            self.on_tokens(result.prompt_tokens + result.completion_tokens)
-        return result
 
     def _since(self, t0: float) -> float:
         return (self.log.clock.now() - t0) if self.log.clock else 0.0
