@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="for task files: aime, hotpotqa, hover, humaneval or prompt",
     )
+    p.add_argument("--n-train", type=int, default=None, help="use only this many train examples")
+    p.add_argument("--n-val", type=int, default=None, help="use only this many val examples")
     p.add_argument("--mode", default="sync,async", help="comma list of sync and/or async")
     p.add_argument("--minutes", type=float, default=3.0, help="run-clock budget per mode")
     p.add_argument("--out", default=None, help="run directory (default runs/<task>)")
@@ -124,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(_side_by_side(summaries))
     for mode, ev in evolvers.items():
+        if not len(ev.pool):
+            print(
+                f"\n{mode}: nothing admitted -- the budget ran out while the seed was still "
+                f"being scored; give it more --minutes or fewer --n-val examples"
+            )
+            continue
         print(f"\nbest {mode} artifact ({ev.pool.best().mean_score:.3f}):")
         for name, text in ev.best.components.items():
             print(f"  [{name}] {text[:400]}")
@@ -146,9 +154,10 @@ def run(args: argparse.Namespace) -> int:
 def _load_task(args: argparse.Namespace) -> Any:
     from flashevolve.tasks import get_task, load_task_file
 
+    sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None}
     if Path(args.task).suffix in (".json", ".jsonl"):
-        return load_task_file(args.task, kind=args.task_kind)
-    return get_task(args.task)
+        return load_task_file(args.task, kind=args.task_kind, **sizes)
+    return get_task(args.task, **sizes)
 
 
 def _make_evolver(
