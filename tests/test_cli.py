@@ -143,3 +143,48 @@ def test_sim_run_writes_run_directory_and_json(tmp_path):
     assert (out / "report.html").exists() and js.exists()
     again = cli("run", "--task", "sim", "--backend", "sim", "--minutes", "1", "--out", str(out))
     assert_clean_error(again, "resume")
+
+
+def test_resume_continues_a_stopped_run_without_losing_admissions(tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    first = cli(
+        "run",
+        "--task",
+        "sim",
+        "--backend",
+        "sim",
+        "--mode",
+        "async",
+        "--minutes",
+        "4",
+        "--out",
+        str(out),
+        "--no-report",
+    )
+    assert first.returncode == 0, first.stderr
+    lines = (out / "async" / "artifacts.jsonl").read_text().splitlines()
+    before = [json.loads(x)["artifact"]["id"] for x in lines]
+    last_ts = max(json.loads(x)["ts"] for x in (out / "async" / "events.jsonl").open())
+    again = cli(
+        "run",
+        "--task",
+        "sim",
+        "--backend",
+        "sim",
+        "--mode",
+        "async",
+        "--minutes",
+        "4",
+        "--resume",
+        str(out),
+        "--no-report",
+    )
+    assert again.returncode == 0, again.stderr
+    lines = (out / "async" / "artifacts.jsonl").read_text().splitlines()
+    after = [json.loads(x)["artifact"]["id"] for x in lines]
+    assert after[: len(before)] == before and len(after) >= len(before)
+    events = [json.loads(x) for x in (out / "async" / "events.jsonl").open()]
+    assert max(e["ts"] for e in events) > last_ts
+    assert sum(e["kind"] == "run_started" for e in events) == 2
