@@ -14,6 +14,7 @@ from typing import Any
 
 from flashevolve.commands.common import format_table
 from flashevolve.errors import ConfigError
+from flashevolve.events.metrics import best_score_series
 
 #: The paper's K2 (propose workers) is not given; we hold it at 4 in the ablation rows.
 ABLATION_PROPOSE = 4
@@ -40,16 +41,35 @@ def register(config: BenchConfig) -> BenchConfig:
     return config
 
 
-register(BenchConfig("sync", mode="sync", description="classic loop: one step at a time, "
-                     "barrier after every stage, 8 concurrent evaluations"))
-register(BenchConfig("async", workers={"rollout": 8, "propose": 8, "evaluate": 8},
-                     description="fixed workers 8/8/8, up to 64 proposals in flight"))
-register(BenchConfig("k1=1/k3=1", workers={"rollout": 1, "propose": ABLATION_PROPOSE,
-                                            "evaluate": 1},
-                     description="paper ablation: 1 rollout worker, 1 evaluate worker"))
-register(BenchConfig("k1=16/k3=8", workers={"rollout": 16, "propose": ABLATION_PROPOSE,
-                                             "evaluate": 8},
-                     description="paper ablation: 16 rollout workers, 8 evaluate workers"))
+register(
+    BenchConfig(
+        "sync",
+        mode="sync",
+        description="classic loop: one step at a time, "
+        "barrier after every stage, 8 concurrent evaluations",
+    )
+)
+register(
+    BenchConfig(
+        "async",
+        workers={"rollout": 8, "propose": 8, "evaluate": 8},
+        description="fixed workers 8/8/8, up to 64 proposals in flight",
+    )
+)
+register(
+    BenchConfig(
+        "k1=1/k3=1",
+        workers={"rollout": 1, "propose": ABLATION_PROPOSE, "evaluate": 1},
+        description="paper ablation: 1 rollout worker, 1 evaluate worker",
+    )
+)
+register(
+    BenchConfig(
+        "k1=16/k3=8",
+        workers={"rollout": 16, "propose": ABLATION_PROPOSE, "evaluate": 8},
+        description="paper ablation: 16 rollout workers, 8 evaluate workers",
+    )
+)
 
 
 def _load_optional_configs() -> None:
@@ -77,8 +97,15 @@ def get_config(name: str) -> BenchConfig:
         raise ConfigError(f"unknown bench config {name!r}; choose from {list(CONFIGS)}") from None
 
 
-def run_config(config: BenchConfig, *, profile: str, minutes: float, seed: int = 0,
-               staleness: str | None = None, n_val: int = 50) -> tuple[dict[str, Any], Any]:
+def run_config(
+    config: BenchConfig,
+    *,
+    profile: str,
+    minutes: float,
+    seed: int = 0,
+    staleness: str | None = None,
+    n_val: int = 50,
+) -> tuple[dict[str, Any], Any]:
     """One configuration on a fresh simulated server and task; returns (row, evolver)."""
     from flashevolve import Evolver
     from flashevolve.backends.sim import SimulatedTask, simulated
@@ -89,8 +116,16 @@ def run_config(config: BenchConfig, *, profile: str, minutes: float, seed: int =
     if config.mode == "async":
         kwargs.setdefault("workers", config.workers)
         kwargs.setdefault("max_in_flight", config.max_in_flight)
-    evolver = Evolver(task, llm, mode=config.mode, budget=minutes * 60, seed=seed,
-                      staleness=staleness or config.staleness, name=config.name, **kwargs)
+    evolver = Evolver(
+        task,
+        llm,
+        mode=config.mode,
+        budget=minutes * 60,
+        seed=seed,
+        staleness=staleness or config.staleness,
+        name=config.name,
+        **kwargs,
+    )
     t0 = time.perf_counter()
     summary = evolver.run_virtual()
     wall = time.perf_counter() - t0
@@ -104,28 +139,42 @@ def run_config(config: BenchConfig, *, profile: str, minutes: float, seed: int =
         "wall_s": wall,
         "profile": profile,
         "simulated": True,
+        # (ts, best validation score so far) at each admission, for score-vs-time plots
+        "best_over_time": [list(r) for r in best_score_series(evolver.events).iter_rows()],
+        "sim_wasted_tokens": llm.stats().get("wasted_tokens"),
     }
     return row, evolver
 
 
-def run_bench(configs: list[str], *, profile: str, minutes: float, seed: int = 0,
-              staleness: list[str] | None = None, progress: Callable[[str], None] | None = None
-              ) -> list[dict[str, Any]]:
+def run_bench(
+    configs: list[str],
+    *,
+    profile: str,
+    minutes: float,
+    seed: int = 0,
+    staleness: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     rows = []
     for name in configs:
         cfg = get_config(name)
         for policy in staleness or [None]:
             if progress:
                 progress(f"running {name}" + (f" / {policy}" if policy else "") + " ...")
-            row, _ = run_config(cfg, profile=profile, minutes=minutes, seed=seed,
-                                staleness=policy)
+            row, _ = run_config(cfg, profile=profile, minutes=minutes, seed=seed, staleness=policy)
             rows.append(row)
     base = next((r for r in rows if r["config"] == "sync"), None)
     for r in rows:
-        r["speedup"] = (r["proposals_per_min"] / base["proposals_per_min"]
-                        if base and base["proposals_per_min"] else None)
-        r["accepted_speedup"] = (r["accepted_per_min"] / base["accepted_per_min"]
-                                 if base and base["accepted_per_min"] else None)
+        r["speedup"] = (
+            r["proposals_per_min"] / base["proposals_per_min"]
+            if base and base["proposals_per_min"]
+            else None
+        )
+        r["accepted_speedup"] = (
+            r["accepted_per_min"] / base["accepted_per_min"]
+            if base and base["accepted_per_min"]
+            else None
+        )
     return rows
 
 

@@ -99,7 +99,7 @@ class EpochSampler:
             self.epoch = epoch
             self._reshuffle()
         start %= len(self.order)
-        return self.order[start:start + self.b]
+        return self.order[start : start + self.b]
 
     def _reshuffle(self) -> None:
         order = list(range(self.n))
@@ -124,10 +124,18 @@ class GepaWorkflow:
     #: ``workers={"evaluate": n}`` sets both evaluation stages (the paper's K3).
     worker_aliases = {"evaluate": ("gate", "validate")}
 
-    def __init__(self, *, minibatch_size: int = 3, selector: Any = "pareto",
-                 eval_concurrency: int = 8, skip_perfect: bool = True,
-                 perfect_score: float = 1.0, reflection_max_tokens: int | None = None,
-                 reflection_temperature: float | None = None, gate_patches: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        minibatch_size: int = 3,
+        selector: Any = "pareto",
+        eval_concurrency: int = 8,
+        skip_perfect: bool = True,
+        perfect_score: float = 1.0,
+        reflection_max_tokens: int | None = None,
+        reflection_temperature: float | None = None,
+        gate_patches: bool = True,
+    ) -> None:
         self.minibatch_size = minibatch_size
         self.selector = make_selector(selector)
         self.eval_concurrency = eval_concurrency
@@ -141,14 +149,35 @@ class GepaWorkflow:
 
     def stages(self) -> list[StageSpec]:
         return [
-            StageSpec("rollout", self._rollout, role="task", default_workers=8,
-                      description="run the parent on a train minibatch, with feedback"),
-            StageSpec("propose", self._propose, role="reflection", default_workers=4,
-                      description="reflect on the records and rewrite one component"),
-            StageSpec("gate", self._gate, role="task", check_staleness=True, default_workers=8,
-                      description="run the child on the same minibatch; pass if the sum improves"),
-            StageSpec("validate", self._validate, role="task", default_workers=8,
-                      description="score the child on the full validation set and admit it"),
+            StageSpec(
+                "rollout",
+                self._rollout,
+                role="task",
+                default_workers=8,
+                description="run the parent on a train minibatch, with feedback",
+            ),
+            StageSpec(
+                "propose",
+                self._propose,
+                role="reflection",
+                default_workers=4,
+                description="reflect on the records and rewrite one component",
+            ),
+            StageSpec(
+                "gate",
+                self._gate,
+                role="task",
+                check_staleness=True,
+                default_workers=8,
+                description="run the child on the same minibatch; pass if the sum improves",
+            ),
+            StageSpec(
+                "validate",
+                self._validate,
+                role="task",
+                default_workers=8,
+                description="score the child on the full validation set and admit it",
+            ),
         ]
 
     # -- before the loop -----------------------------------------------------------------------
@@ -157,20 +186,37 @@ class GepaWorkflow:
             self._iteration = int(ctx.settings.get("resume_iteration", 0))
             return
         seed = Artifact(ctx.task.seed_artifact(), origin="seed")
-        rollouts = await run_examples(ctx, seed.components, ctx.task.val, stage="validate",
-                                      item_id="seed", concurrency=self.eval_concurrency)
+        rollouts = await run_examples(
+            ctx,
+            seed.components,
+            ctx.task.val,
+            stage="validate",
+            item_id="seed",
+            concurrency=self.eval_concurrency,
+        )
         scores = {ex.id: ro.score for ex, ro in zip(ctx.task.val, rollouts, strict=True)}
         record = ctx.pool.admit(seed, scores, ts=ctx.now())
         mean = record.mean_score
-        ctx.emit(Kind.VALIDATION_FINISHED, stage="validate", artifact_id=seed.id, score=mean,
-                 data={"n": len(scores), "seed": True})
-        ctx.emit(Kind.ADMITTED, stage="validate", artifact_id=seed.id, score=mean,
-                 data={"origin": "seed", "parents": [], "val_scores": scores})
+        ctx.emit(
+            Kind.VALIDATION_FINISHED,
+            stage="validate",
+            artifact_id=seed.id,
+            score=mean,
+            data={"n": len(scores), "seed": True},
+        )
+        ctx.emit(
+            Kind.ADMITTED,
+            stage="validate",
+            artifact_id=seed.id,
+            score=mean,
+            data={"origin": "seed", "parents": [], "val_scores": scores},
+        )
 
     async def make_job(self, ctx: StageContext) -> Job:
         if self._sampler is None:
-            self._sampler = EpochSampler(len(ctx.task.train), self.minibatch_size,
-                                         ctx.rng("sample"))
+            self._sampler = EpochSampler(
+                len(ctx.task.train), self.minibatch_size, ctx.rng("sample")
+            )
         parent: CandidateRecord = self.selector.select(ctx.pool, ctx.rng("select"))
         names = parent.artifact.names
         component = names[parent.next_component % len(names)]
@@ -179,20 +225,58 @@ class GepaWorkflow:
         self._iteration += 1
         batch = [ctx.task.train[i] for i in self._sampler.batch(iteration)]
         job = Job(parent.artifact, batch, component, iteration, parent.next_component)
-        ctx.emit(Kind.PARENT_SELECTED, artifact_id=parent.id, score=parent.mean_score,
-                 version_stamp=ctx.pool.pool_version, frontier_stamp=ctx.pool.frontier_version,
-                 data={"iteration": iteration, "component": component,
-                       "minibatch": [ex.id for ex in batch], "selector": self.selector.name})
+        ctx.emit(
+            Kind.PARENT_SELECTED,
+            artifact_id=parent.id,
+            score=parent.mean_score,
+            version_stamp=ctx.pool.pool_version,
+            frontier_stamp=ctx.pool.frontier_version,
+            data={
+                "iteration": iteration,
+                "component": component,
+                "minibatch": [ex.id for ex in batch],
+                "selector": self.selector.name,
+            },
+        )
         return job
 
     # -- stages ------------------------------------------------------------------------------
     async def _rollout(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
         job: Job = item.payload
-        rollouts = await run_examples(ctx, job.parent.components, job.minibatch, stage="rollout",
-                                      item_id=item.item_id, concurrency=self.eval_concurrency)
+        spec = ctx.speculation
+        if spec is not None:  # speculative completion (flashevolve.policies.speculation)
+            from flashevolve.policies.speculative_stages import (
+                parent_rolled_back,
+                speculative_rollout,
+            )
+
+            if spec.rollout_alpha < 1.0:
+                return await speculative_rollout(self, item, ctx, spec)
+            if parent_rolled_back(ctx, job.parent.id):
+                ctx.emit(
+                    Kind.ITEM_DROPPED,
+                    stage="rollout",
+                    item_id=item.item_id,
+                    artifact_id=job.parent.id,
+                    reason="its parent's speculative admission was rolled back",
+                )
+                return []
+        rollouts = await run_examples(
+            ctx,
+            job.parent.components,
+            job.minibatch,
+            stage="rollout",
+            item_id=item.item_id,
+            concurrency=self.eval_concurrency,
+        )
         if self.skip_perfect and all(r.score >= self.perfect_score for r in rollouts):
-            ctx.emit(Kind.REFLECTION_SKIPPED, stage="rollout", item_id=item.item_id,
-                     artifact_id=job.parent.id, reason="every minibatch score is perfect")
+            ctx.emit(
+                Kind.REFLECTION_SKIPPED,
+                stage="rollout",
+                item_id=item.item_id,
+                artifact_id=job.parent.id,
+                reason="every minibatch score is perfect",
+            )
             return []
         return [("propose", Reflectable(job, rollouts))]
 
@@ -200,43 +284,68 @@ class GepaWorkflow:
         work: Reflectable = item.payload
         job = work.job
         records = reflective_records(job.minibatch, work.parent_rollouts)
-        prompt = build_reflection_prompt(job.component, job.parent[job.component], records,
-                                         ctx.task.describe())
-        request = ChatRequest(messages=[{"role": "user", "content": prompt}],
-                              max_tokens=self.reflection_max_tokens,
-                              temperature=self.reflection_temperature,
-                              seed=ctx.rng("propose").randrange(2**31), stage="propose",
-                              item_id=item.item_id, metadata={"component": job.component})
+        prompt = build_reflection_prompt(
+            job.component, job.parent[job.component], records, ctx.task.describe()
+        )
+        request = ChatRequest(
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=self.reflection_max_tokens,
+            temperature=self.reflection_temperature,
+            seed=ctx.rng("propose").randrange(2**31),
+            stage="propose",
+            item_id=item.item_id,
+            metadata={"component": job.component},
+        )
         try:
             answer = await ctx.reflection_llm.complete(request)
         except LLMError as err:
             return self._reject(ctx, item, job, f"reflection call failed: {err}")
         parsed = parse_fenced(answer.text)
         if parsed.text is None:
-            return self._reject(ctx, item, job, parsed.reason or "unusable reflection",
-                                finish_reason=answer.finish_reason)
+            return self._reject(
+                ctx,
+                item,
+                job,
+                parsed.reason or "unusable reflection",
+                finish_reason=answer.finish_reason,
+            )
         child = job.parent.with_component(
-            job.component, parsed.text, parents=(job.parent.id,),
-            version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp,
-            origin="reflection", meta={"component": job.component,
-                                       "next_component": job.child_pointer},
+            job.component,
+            parsed.text,
+            parents=(job.parent.id,),
+            version_stamp=item.version_stamp,
+            frontier_stamp=item.frontier_stamp,
+            origin="reflection",
+            meta={"component": job.component, "next_component": job.child_pointer},
         )
         if child.id == job.parent.id:
             return self._reject(ctx, item, job, "the reflection returned the text unchanged")
         if child.id in ctx.pool:
             return self._reject(ctx, item, job, f"duplicate of pool candidate {child.id}")
-        ctx.emit(Kind.PROPOSAL_MADE, stage="propose", item_id=item.item_id, artifact_id=child.id,
-                 parent_id=job.parent.id, version_stamp=item.version_stamp,
-                 frontier_stamp=item.frontier_stamp,
-                 data={"component": job.component, "iteration": job.iteration})
+        ctx.emit(
+            Kind.PROPOSAL_MADE,
+            stage="propose",
+            item_id=item.item_id,
+            artifact_id=child.id,
+            parent_id=job.parent.id,
+            version_stamp=item.version_stamp,
+            frontier_stamp=item.frontier_stamp,
+            data={"component": job.component, "iteration": job.iteration},
+        )
         ctx.tracker.proposals += 1
         return [("gate", Proposal(job, child, work.parent_rollouts))]
 
-    def _reject(self, ctx: StageContext, item: WorkItem, job: Job, reason: str,
-                **data: Any) -> list[tuple[str, Any]]:
-        ctx.emit(Kind.PROPOSAL_REJECTED, stage="propose", item_id=item.item_id,
-                 parent_id=job.parent.id, reason=reason,
-                 data={"component": job.component, **data})
+    def _reject(
+        self, ctx: StageContext, item: WorkItem, job: Job, reason: str, **data: Any
+    ) -> list[tuple[str, Any]]:
+        ctx.emit(
+            Kind.PROPOSAL_REJECTED,
+            stage="propose",
+            item_id=item.item_id,
+            parent_id=job.parent.id,
+            reason=reason,
+            data={"component": job.component, **data},
+        )
         return []
 
     async def _gate(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
@@ -244,56 +353,111 @@ class GepaWorkflow:
         if prop.patched_from and not self.gate_patches:
             return [("validate", GatedChild(prop, []))]
         batch = prop.job.minibatch
-        child_rollouts = await run_examples(ctx, prop.child.components, batch, stage="gate",
-                                            item_id=item.item_id,
-                                            concurrency=self.eval_concurrency)
+        child_rollouts = await run_examples(
+            ctx,
+            prop.child.components,
+            batch,
+            stage="gate",
+            item_id=item.item_id,
+            concurrency=self.eval_concurrency,
+        )
         parent_rollouts = prop.parent_rollouts
         if parent_rollouts is None:  # a patched proposal: compare against its new parent
-            parent_rollouts = await run_examples(ctx, prop.job.parent.components, batch,
-                                                 stage="gate", item_id=item.item_id,
-                                                 concurrency=self.eval_concurrency)
+            parent_rollouts = await run_examples(
+                ctx,
+                prop.job.parent.components,
+                batch,
+                stage="gate",
+                item_id=item.item_id,
+                concurrency=self.eval_concurrency,
+            )
         child_sum = sum(r.score for r in child_rollouts)
         parent_sum = sum(r.score for r in parent_rollouts)
         passed = child_sum > parent_sum
-        ctx.emit(Kind.GATE_PASSED if passed else Kind.GATE_FAILED, stage="gate",
-                 item_id=item.item_id, artifact_id=prop.child.id, parent_id=prop.job.parent.id,
-                 score=child_sum, version_stamp=item.version_stamp,
-                 data={"parent_sum": parent_sum, "patched": bool(prop.patched_from)})
+        ctx.emit(
+            Kind.GATE_PASSED if passed else Kind.GATE_FAILED,
+            stage="gate",
+            item_id=item.item_id,
+            artifact_id=prop.child.id,
+            parent_id=prop.job.parent.id,
+            score=child_sum,
+            version_stamp=item.version_stamp,
+            data={"parent_sum": parent_sum, "patched": bool(prop.patched_from)},
+        )
         return [("validate", GatedChild(prop, child_rollouts))] if passed else []
 
     async def _validate(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
+        if ctx.speculation is not None:  # prefix-first scoring with a bar; see the module
+            from flashevolve.policies.speculative_stages import speculative_validate
+
+            return await speculative_validate(self, item, ctx, ctx.speculation)
         gated: GatedChild = item.payload
         child = gated.proposal.child
         val = ctx.task.val
-        rollouts = await run_examples(ctx, child.components, val, stage="validate",
-                                      item_id=item.item_id, concurrency=self.eval_concurrency)
+        rollouts = await run_examples(
+            ctx,
+            child.components,
+            val,
+            stage="validate",
+            item_id=item.item_id,
+            concurrency=self.eval_concurrency,
+        )
         scores = {ex.id: ro.score for ex, ro in zip(val, rollouts, strict=True)}
         mean = sum(scores.values()) / len(scores)
-        ctx.emit(Kind.VALIDATION_FINISHED, stage="validate", item_id=item.item_id,
-                 artifact_id=child.id, score=mean, data={"n": len(scores)})
+        ctx.emit(
+            Kind.VALIDATION_FINISHED,
+            stage="validate",
+            item_id=item.item_id,
+            artifact_id=child.id,
+            score=mean,
+            data={"n": len(scores)},
+        )
         self.admit(ctx, item, gated.proposal, scores)
         return []
 
-    def admit(self, ctx: StageContext, item: WorkItem, prop: Proposal,
-              scores: dict[str, float]) -> CandidateRecord | None:
+    def admit(
+        self, ctx: StageContext, item: WorkItem, prop: Proposal, scores: dict[str, float]
+    ) -> CandidateRecord | None:
         """GEPA's admission rule: every child that passed the gate joins the pool."""
         child = prop.child
-        record = ctx.pool.admit(child, scores, ts=ctx.now(), patched_from=prop.patched_from,
-                                next_component=int(child.meta.get("next_component", 0)))
+        record = ctx.pool.admit(
+            child,
+            scores,
+            ts=ctx.now(),
+            patched_from=prop.patched_from,
+            next_component=int(child.meta.get("next_component", 0)),
+        )
         if record is None:
-            ctx.emit(Kind.ITEM_DROPPED, stage="validate", item_id=item.item_id,
-                     artifact_id=child.id, reason="an identical artifact was admitted meanwhile")
+            ctx.emit(
+                Kind.ITEM_DROPPED,
+                stage="validate",
+                item_id=item.item_id,
+                artifact_id=child.id,
+                reason="an identical artifact was admitted meanwhile",
+            )
             return None
-        ctx.emit(Kind.ADMITTED, stage="validate", item_id=item.item_id, artifact_id=child.id,
-                 parent_id=prop.job.parent.id, score=record.mean_score,
-                 version_stamp=item.version_stamp, frontier_stamp=item.frontier_stamp,
-                 data={"origin": child.origin, "parents": list(child.parents),
-                       "patched_from": list(prop.patched_from), "val_scores": scores})
+        ctx.emit(
+            Kind.ADMITTED,
+            stage="validate",
+            item_id=item.item_id,
+            artifact_id=child.id,
+            parent_id=prop.job.parent.id,
+            score=record.mean_score,
+            version_stamp=item.version_stamp,
+            frontier_stamp=item.frontier_stamp,
+            data={
+                "origin": child.origin,
+                "parents": list(child.parents),
+                "patched_from": list(prop.patched_from),
+                "val_scores": scores,
+            },
+        )
         return record
 
     # -- staleness -------------------------------------------------------------------------
-    def stale_view(self, item: WorkItem, ctx: StageContext, *, lag: int,
-                   frontier_lag: int) -> StaleItem:
+    def stale_view(
+        self, item: WorkItem, ctx: StageContext, *, lag: int, frontier_lag: int
+    ) -> StaleItem:
         payload = item.payload
         artifact = parent = None
         feedback: Sequence[dict[str, Any]] = ()
@@ -303,10 +467,18 @@ class GepaWorkflow:
                 feedback = reflective_records(payload.job.minibatch, payload.parent_rollouts)
         elif isinstance(payload, Job | Reflectable):
             parent = payload.parent if isinstance(payload, Job) else payload.job.parent
-        return StaleItem(item_id=item.item_id, stage=item.stage, lag=lag,
-                         frontier_lag=frontier_lag, age_s=ctx.now() - item.created_at,
-                         version_stamp=item.version_stamp, artifact=artifact, parent=parent,
-                         feedback=feedback, payload=payload)
+        return StaleItem(
+            item_id=item.item_id,
+            stage=item.stage,
+            lag=lag,
+            frontier_lag=frontier_lag,
+            age_s=ctx.now() - item.created_at,
+            version_stamp=item.version_stamp,
+            artifact=artifact,
+            parent=parent,
+            feedback=feedback,
+            payload=payload,
+        )
 
     def apply_patch(self, item: WorkItem, decision: StaleDecision, ctx: StageContext) -> Proposal:
         """A patched artifact re-enters the gate against the candidate it was merged into."""

@@ -1,0 +1,301 @@
+"""Guarded and Reflective staleness policies on hand-built stale items (virtual time only)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import pytest
+
+from flashevolve.artifacts import Artifact
+from flashevolve.backends.sim import SimulatedTask, WorkloadContent, simulated
+from flashevolve.events.log import EventLog
+from flashevolve.events.schema import Kind
+from flashevolve.policies.guarded import Guarded
+from flashevolve.policies.reflective import Reflective, parse_answer
+from flashevolve.policies.staleness import StaleItem, make_policy
+from flashevolve.pool import ArtifactPool
+from flashevolve.runtime.budget import Budget, BudgetTracker
+from flashevolve.runtime.clock import LoopClock, run_virtual
+from flashevolve.runtime.context import StageContext
+
+
+def stale(
+    item_id: str = "i1",
+    lag: int = 1,
+    frontier_lag: int = 0,
+    age_s: float = 1.0,
+    artifact: Artifact | None = None,
+    parent: Artifact | None = None,
+) -> StaleItem:
+    return StaleItem(
+        item_id=item_id,
+        stage="gate",
+        lag=lag,
+        frontier_lag=frontier_lag,
+        age_s=age_s,
+        version_stamp=0,
+        artifact=artifact,
+        parent=parent,
+        feedback=[
+            {
+                "example_id": "train-1",
+                "input": "x",
+                "score": 0.0,
+                "feedback": "Wrong: missed constraint 2.",
+            }
+        ],
+    )
+
+
+# -- Guarded ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "item", "action", "limit"),
+    [
+        ({}, stale(lag=2), "accept", None),
+        ({}, stale(lag=3), "discard", "lag"),
+        ({"max_lag": 0}, stale(lag=1), "discard", "lag"),
+        ({"max_lag": None, "max_age_s": 10.0}, stale(lag=50, age_s=9.0), "accept", None),
+        ({"max_lag": None, "max_age_s": 10.0}, stale(lag=1, age_s=11.0), "discard", "age"),
+        ({"counter": "frontier"}, stale(lag=9, frontier_lag=1), "accept", None),
+        ({"counter": "frontier"}, stale(lag=0, frontier_lag=3), "discard", "lag"),
+    ],
+)
+def test_guarded_decisions(kwargs, item, action, limit) -> None:
+    decision = asyncio.run(Guarded(**kwargs).decide(item))
+    assert decision.action == action
+    assert decision.data.get("limit") == limit
+    if limit == "lag":
+        assert "max_lag" in decision.reason
+    if limit == "age":
+        assert "max_age_s" in decision.reason
+
+
+def test_guarded_by_name_and_bad_settings() -> None:
+    assert isinstance(make_policy("guarded", max_lag=1), Guarded)
+    assert make_policy("reflective").name == "reflective"
+    with pytest.raises(ValueError, match="counter"):
+        Guarded(counter="wall")
+
+
+# -- parsing the reviewer's answer -------------------------------------------------------------
+
+GOOD = {
+    "decisions": [{"item": "i1", "decision": "patch", "rationale": "useful rule"}],
+    "patched": {"instruction": "new text"},
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "finish", "ok", "why"),
+    [
+        (json.dumps(GOOD), "stop", True, None),
+        ("Sure!\n```json\n" + json.dumps(GOOD) + "\n```\n", "stop", True, None),
+        ("Here you go: " + json.dumps(GOOD) + " -- done", "stop", True, None),
+        ("```json\n" + json.dumps(GOOD)[:40], "stop", False, "never closed"),
+        (json.dumps(GOOD), "length", False, "truncated"),
+        ('{"decisions": [{"item": "i1", "decision": "maybe"}]}', "stop", False, "schema"),
+        ('{"decisions": [{"item": "i1", "decision": "patch"', "stop", False, "no JSON object"),
+        ('{"decisions": [,]}', "stop", False, "invalid JSON"),
+        ("I think we should accept it.", "stop", False, "no JSON object"),
+        ('{"decisions": []}', "stop", False, "empty"),
+    ],
+)
+def test_parse_answer(text, finish, ok, why) -> None:
+    parsed = parse_answer(text, finish)
+    assert (parsed.answer is not None) == ok
+    if why:
+        assert why in parsed.reason
+
+
+def test_parse_answer_is_lenient_about_spelling() -> None:
+    parsed = parse_answer('{"decision": "Reject", "rationale": "covered already"}')
+    assert parsed.answer is not None
+    assert parsed.answer.decisions[0].decision == "discard"
+
+
+# -- the Reflective policy against the simulated backend -----------------------------------------
+
+
+class Scripted(WorkloadContent):
+    """A content model whose patch answers come from a script (one answer per review call)."""
+
+    def __init__(self, answers: list[str]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.prompts: list[str] = []
+
+    def respond(self, messages, stage, rng, *, truncated=False):  # noqa: ANN001
+        if stage == "patch":
+            self.prompts.append(str(messages[-1]["content"]))
+            return self.answers.pop(0)
+        return super().respond(messages, stage, rng, truncated=truncated)
+
+
+def make_ctx(content=None) -> StageContext:  # noqa: ANN001
+    task = SimulatedTask(n_train=6, n_val=4, seed=0)
+    pool = ArtifactPool([ex.id for ex in task.val])
+    seed = Artifact(task.seed_artifact())
+    pool.admit(seed, {ex.id: 0.25 for ex in task.val}, ts=0.0)
+    best = seed.with_component(
+        "instruction", "Better.\n[[sim-quality=0.400]]", parents=(seed.id,), origin="reflection"
+    )
+    pool.admit(best, {ex.id: 0.5 for ex in task.val}, ts=1.0)
+    clock = LoopClock()  # started inside the virtual loop (decide_all)
+    log = EventLog(clock=clock)
+    llm = simulated(seed=0, content=content)
+    return StageContext(
+        task=task,
+        pool=pool,
+        log=log,
+        clock=clock,
+        task_llm=llm,
+        reflection_llm=llm,
+        tracker=BudgetTracker(Budget()),
+    )
+
+
+def proposals(ctx: StageContext, n: int) -> list[StaleItem]:
+    seed = ctx.pool.records[0].artifact
+    return [
+        stale(
+            f"i{k}",
+            lag=1,
+            artifact=seed.with_component(
+                "instruction", f"Proposal {k}.\n[[sim-quality=0.{380 + k}]]", parents=(seed.id,)
+            ),
+            parent=seed,
+        )
+        for k in range(n)
+    ]
+
+
+def decide_all(
+    policy: Reflective, ctx: StageContext, items: list[StaleItem], gaps: list[float] | None = None
+):  # noqa: ANN201
+    async def main():
+        ctx.clock.start()
+        tasks = []
+        for k, it in enumerate(items):
+            tasks.append(asyncio.create_task(policy.decide(it, ctx)))
+            if gaps:
+                await asyncio.sleep(gaps[k])
+        return await asyncio.gather(*tasks)
+
+    return run_virtual(main())
+
+
+def answer(decisions: list[tuple[str, str]], patched: dict | None) -> str:
+    return json.dumps(
+        {
+            "decisions": [
+                {"item": i, "decision": d, "rationale": f"{d} {i}"} for i, d in decisions
+            ],
+            "patched": patched,
+        }
+    )
+
+
+def test_reflective_batch_patches_once_and_merges_the_rest() -> None:
+    content = Scripted(
+        [
+            answer(
+                [("i0", "patch"), ("i1", "discard"), ("i2", "patch"), ("i3", "accept")],
+                {"instruction": "Merged.\n[[sim-quality=0.450]]"},
+            )
+        ]
+    )
+    ctx = make_ctx(content)
+    items = proposals(ctx, 4)
+    decisions = decide_all(Reflective(k=4), ctx, items)
+    assert [d.action for d in decisions] == ["patch", "discard", "merged", "accept"]
+    patched = decisions[0].artifact
+    best = ctx.pool.best()
+    assert patched.origin == "patch"
+    assert patched.parents == (best.id, items[0].artifact.id, items[2].artifact.id)
+    assert decisions[0].patched_from == ("i0", "i2")
+    assert decisions[2].merged_into == patched.id
+    made = ctx.log.of_kind(Kind.PATCH_MADE)
+    assert len(made) == 1 and made[0].artifact_id == patched.id
+    assert made[0].data["patched_from"] == ["i0", "i2"]
+    assert len(content.prompts) == 1  # k items -> one call
+    prompt = content.prompts[0]
+    assert "## Stale item i3" in prompt and "## Current best artifact" in prompt
+    assert "missed constraint 2" in prompt  # the item's own minibatch feedback
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not json at all",
+        '```json\n{"decisions": [',  # opened fence, cut off
+        answer([("i0", "patch"), ("i1", "patch")], None),  # patch without the patched text
+        answer([("i0", "patch"), ("i1", "patch")], {"nonexistent": "x"}),
+    ],
+)
+def test_reflective_never_adopts_unusable_answers(bad: str) -> None:
+    ctx = make_ctx(Scripted([bad]))
+    decisions = decide_all(Reflective(k=2), ctx, proposals(ctx, 2))
+    assert [d.action for d in decisions] == ["discard", "discard"]
+    assert all(d.reason for d in decisions)
+    assert not ctx.log.of_kind(Kind.PATCH_MADE)
+
+
+def test_reflective_fenced_answer_and_default_simulator_schema() -> None:
+    # The default simulator answers with the documented schema; fence it to check tolerance.
+    ctx = make_ctx(Scripted(["```json\n" + answer([("i0", "accept")], None) + "\n```"]))
+    (d,) = decide_all(Reflective(k=1), ctx, proposals(ctx, 1))
+    assert d.action == "accept"
+    ctx = make_ctx()  # WorkloadContent's own respond_patch
+    decisions = decide_all(Reflective(k=3), ctx, proposals(ctx, 3))
+    assert {d.action for d in decisions} <= {"accept", "discard", "patch", "merged"}
+    assert not any("unusable" in d.reason for d in decisions)
+
+
+def test_reflective_flushes_after_max_wait_on_the_run_clock() -> None:
+    content = Scripted([answer([("i0", "discard")], None), answer([("i1", "accept")], None)])
+    ctx = make_ctx(content)
+    items = proposals(ctx, 2)
+    # k=4 is never reached: i0 waits max_wait_s=5 alone, i1 arrives 20 s later.
+    decisions = decide_all(Reflective(k=4, max_wait_s=5.0), ctx, items, gaps=[20.0, 0.0])
+    assert [d.action for d in decisions] == ["discard", "accept"]
+    assert [d.data["trigger"] for d in decisions] == ["max_wait_s", "max_wait_s"]
+    assert len(content.prompts) == 2
+
+
+def test_reflective_history_is_capped_newest_first() -> None:
+    ctx = make_ctx(Scripted([answer([("i0", "discard")], None)]))
+    seed = ctx.pool.records[0].artifact
+    for k in range(30):
+        art = seed.with_component(
+            "instruction", f"Variant {k} " + "x" * 400, parents=(seed.id,), origin="reflection"
+        )
+        ctx.pool.admit(art, {ex.id: 0.3 for ex in ctx.task.val}, ts=2.0 + k)
+    content = ctx.reflection_llm.content
+    decide_all(Reflective(k=1, history_tokens=300), ctx, proposals(ctx, 1))
+    prompt = content.prompts[0]
+    assert "Variant 29" in prompt and "Variant 0 " not in prompt
+    assert "older admissions omitted" in prompt
+
+
+def test_reflective_gate_patches_setting_reaches_the_workflow() -> None:
+    from flashevolve import Evolver
+
+    ev = Evolver(
+        SimulatedTask(n_train=12, n_val=6, seed=0),
+        simulated(seed=0),
+        budget=300,
+        workers={"rollout": 4, "propose": 4, "evaluate": 2},
+        max_in_flight=16,
+        staleness=Reflective(k=2, gate_patches=False),
+    )
+    summary = ev.run_virtual()
+    assert ev.workflow.gate_patches is False
+    assert summary["stale_seen"] > 0
+    assert summary["stale_seen"] == sum(
+        summary[f"stale_{k}"] for k in ("accepted", "patched", "discarded", "merged")
+    )
+    random.seed(0)
