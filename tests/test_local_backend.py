@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flashevolve.backends import ChatRequest
-from flashevolve.backends.local import LocalLLM, llama_server_command, local
+from flashevolve.backends.llama import LocalLLM, llama_server_command, local
 from flashevolve.backends.openai_compat import OpenAICompatLLM
 from flashevolve.cli import main as cli_main
 from flashevolve.errors import BackendError
@@ -202,3 +202,11 @@ def test_cli_info_runs(capsys):
     assert cli_main(["local-server", "info"]) == 0
     out = capsys.readouterr().out
     assert "cache dir:" in out and "llama-server:" in out
+
+
+def test_factories_are_not_shadowed_by_their_modules():
+    import flashevolve.backends as backends
+    import flashevolve.backends.llama  # noqa: F401  (importing a submodule must not rebind names)
+    import flashevolve.backends.vllm_launcher  # noqa: F401
+
+    assert callable(backends.local) and callable(backends.vllm) and callable(backends.simulated)

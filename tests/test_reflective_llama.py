@@ -29,6 +29,7 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
     from flashevolve.backends.openai_compat import OpenAICompatLLM
     from flashevolve.policies.reflective import Reflective, review_json_schema
     from flashevolve.tasks import get_task
+    from flashevolve.workflows.reflection import fenced_block_grammar
 
     run_dir = tmp_path / "run"
     task = get_task("ifeval-lite")
@@ -73,6 +74,7 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
             minibatch_size=1,
             skip_perfect=False,
             reflection_max_tokens=200,
+            reflection_extra_body={"grammar": fenced_block_grammar()},
             eval_concurrency=4,
             seed=0,
             run_dir=run_dir,

@@ -14,7 +14,7 @@ import pytest
 from flashevolve.backends import ChatRequest
 from flashevolve.backends.openai_compat import OpenAICompatLLM
 from flashevolve.backends.process import resolve_port, start_server
-from flashevolve.backends.vllm import VLLMServer, build_vllm_command, vllm
+from flashevolve.backends.vllm_launcher import VLLMServer, build_vllm_command, vllm
 from flashevolve.errors import BackendError
 
 

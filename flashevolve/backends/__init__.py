@@ -24,13 +24,13 @@ def openai(
 
 
 def local(**kwargs: Any) -> LLM:
-    from flashevolve.backends.local import local as _local
+    from flashevolve.backends.llama import local as _local
 
     return _local(**kwargs)
 
 
 def vllm(**kwargs: Any) -> LLM:
-    from flashevolve.backends.vllm import vllm as _vllm
+    from flashevolve.backends.vllm_launcher import vllm as _vllm
 
     return _vllm(**kwargs)
 

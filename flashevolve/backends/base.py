@@ -18,6 +18,9 @@ class ChatRequest:
     item_id: str = ""
     role: str = "task"  # "task" or "reflection": which model slot the runtime routed it to
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Server-specific request fields (e.g. a llama.cpp ``grammar``); OpenAI-compatible backends
+    #: merge them into the request body, others ignore them.
+    extra_body: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

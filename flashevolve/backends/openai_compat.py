@@ -119,8 +119,9 @@ class OpenAICompatLLM:
             kwargs["temperature"] = request.temperature
         if request.seed is not None:
             kwargs["seed"] = request.seed
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+        extra = {**self.extra_body, **(request.extra_body or {})}
+        if extra:
+            kwargs["extra_body"] = extra
         # Our own servers use the stage to model output lengths; other servers ignore the header.
         headers = {"X-Flashevolve-Stage": request.stage} if request.stage else None
         t0 = self.clock.now()

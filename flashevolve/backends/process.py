@@ -1,7 +1,7 @@
 """Managed server subprocesses: start, wait until healthy, stop, and never leave orphans.
 
-Shared by the embedded llama-server (:mod:`flashevolve.backends.local`) and the vLLM launcher
-(:mod:`flashevolve.backends.vllm`). The guarantees, in order of how the parent goes away:
+Shared by the embedded llama-server (:mod:`flashevolve.backends.llama`) and the vLLM launcher
+(:mod:`flashevolve.backends.vllm_launcher`). The guarantees, in order of how the parent goes away:
 
 - ``stop()`` (or ``close()``/``aclose()`` on the backend): SIGTERM to the server's process group,
   SIGKILL after a grace period.

@@ -83,7 +83,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from flashevolve.backends.local import local
+    from flashevolve.backends.llama import local
 
     llm = local(
         args.model,

@@ -80,6 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="async: proposals in flight at once (default: 2 x backend slots)",
     )
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument(
+        "--reflection-grammar",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="constrain reflections to one closed fenced block with a llama.cpp grammar "
+        "(auto: on for --backend local, whose tiny default model rarely closes its block)",
+    )
     p.add_argument("--list-tasks", action="store_true", help="list built-in tasks and exit")
     add_backend_arguments(p)
 
@@ -170,6 +177,11 @@ def _make_evolver(
     if mode == "async":
         kwargs["workers"] = workers or {"rollout": 2, "propose": 2, "evaluate": 2}
         kwargs["max_in_flight"] = args.max_in_flight or max(4, 2 * slots)
+    grammar = args.reflection_grammar
+    if grammar == "on" or (grammar == "auto" and args.backend.partition(":")[0] == "local"):
+        from flashevolve.workflows.reflection import fenced_block_grammar
+
+        kwargs["reflection_extra_body"] = {"grammar": fenced_block_grammar()}
     run_dir = out / mode
     resume = bool(args.resume) and (run_dir / "events.jsonl").exists()
     return Evolver(

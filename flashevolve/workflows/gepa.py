@@ -134,6 +134,7 @@ class GepaWorkflow:
         perfect_score: float = 1.0,
         reflection_max_tokens: int | None = None,
         reflection_temperature: float | None = None,
+        reflection_extra_body: dict[str, Any] | None = None,
         gate_patches: bool = True,
     ) -> None:
         self.minibatch_size = minibatch_size
@@ -143,6 +144,8 @@ class GepaWorkflow:
         self.perfect_score = perfect_score
         self.reflection_max_tokens = reflection_max_tokens
         self.reflection_temperature = reflection_temperature
+        # e.g. {"grammar": fenced_block_grammar()} for small local reflection models
+        self.reflection_extra_body = reflection_extra_body
         self.gate_patches = gate_patches
         self._sampler: EpochSampler | None = None
         self._iteration = 0
@@ -295,6 +298,7 @@ class GepaWorkflow:
             stage="propose",
             item_id=item.item_id,
             metadata={"component": job.component},
+            extra_body=self.reflection_extra_body,
         )
         try:
             answer = await ctx.reflection_llm.complete(request)

@@ -78,6 +78,16 @@ def build_reflection_prompt(
     )
 
 
+def fenced_block_grammar(max_chars: int = 600) -> str:
+    """A llama.cpp GBNF grammar that makes a model answer with one short, closed fenced block.
+
+    Tiny local models (SmolLM2-135M) rarely follow the "answer in a fenced block" instruction;
+    constraining the decoder keeps :func:`parse_fenced` strict while giving them a fair chance.
+    The body excludes backticks and is capped so the closing fence fits in the token budget.
+    """
+    return f'root ::= "```\\n" body "\\n```"\nbody ::= [^`]{{20,{int(max_chars)}}}\n'
+
+
 @dataclass(slots=True)
 class ParsedReflection:
     text: str | None

@@ -1,7 +1,7 @@
 """vLLM: attach to a running OpenAI-compatible vLLM server, or launch ``vllm serve`` (GPU only).
 
 vLLM needs a CUDA GPU; the ``vllm`` extra pins ``vllm==0.32.0`` (0.33.0 did not resolve from
-PyPI when this was written). Without a GPU, use :func:`flashevolve.backends.local` or the serving
+PyPI when this was written). Without a GPU, use :func:`flashevolve.backends.llama` or the serving
 simulator. The launcher itself is plain process management, tested with a fake executable.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flashevolve.backends.local import ManagedServerLLM
+from flashevolve.backends.llama import ManagedServerLLM
 from flashevolve.backends.openai_compat import OpenAICompatLLM
 from flashevolve.backends.process import resolve_port, start_server
 from flashevolve.errors import BackendError
