@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -70,14 +71,16 @@ def _strip_fences(text: str) -> str:
     return match.group(1).strip() if match else stripped
 
 
-class _Base(BaseModel):
+class _Base(BaseModel, ABC):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def instruction(self) -> str:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
+    @abstractmethod
+    def instruction(self) -> str:
+        """The sentence appended to a prompt that states this constraint."""
 
-    def check(self, text: str) -> Check:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
+    @abstractmethod
+    def check(self, text: str) -> Check:
+        """Whether ``text`` meets the constraint, with one sentence of feedback."""
 
 
 class Lowercase(_Base):
