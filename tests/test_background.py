@@ -271,12 +271,18 @@ def test_keyboard_interrupt_in_wait_stops_the_run(scripted):
         os.kill(os.getpid(), signal.SIGINT)
 
     helper = threading.Thread(target=interrupt_when_running, name="test-interrupter")
-    helper.start()
-    ev.start()
-    with pytest.raises(KeyboardInterrupt):
-        armed.set()
-        ev.wait(timeout=LIMIT_S)
-    helper.join(LIMIT_S)
+    # A kernel always handles SIGINT; a test runner started in the background may have inherited
+    # "ignore SIGINT", so install Python's own handler for the length of the test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        helper.start()
+        ev.start()
+        with pytest.raises(KeyboardInterrupt):
+            armed.set()
+            ev.wait(timeout=LIMIT_S)
+        helper.join(LIMIT_S)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert ev.state == "stopped"
     _assert_no_leftovers(before, ev)
 
