@@ -253,6 +253,8 @@ def test_serve_sim_command_serves_until_interrupted() -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A runner started in the background passes on "ignore SIGINT"; a terminal would not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         base = f"http://127.0.0.1:{port}"
