@@ -292,6 +292,8 @@ async def _finish_tail(
     wf: Any, item: Any, ctx: StageContext, spec: Speculation, fan: Fanout, bar: float | None
 ) -> None:
     """The background half of a speculative admission: confirm or roll back."""
+    from flashevolve.workflows.gepa import emit_admitted
+
     prop = item.payload.proposal
     child = prop.child
     try:
@@ -336,20 +338,4 @@ async def _finish_tail(
         score=mean,
         data={"bar": bar},
     )
-    ctx.emit(
-        Kind.ADMITTED,
-        stage="validate",
-        item_id=item.item_id,
-        artifact_id=child.id,
-        parent_id=prop.job.parent.id,
-        score=record.mean_score,
-        version_stamp=item.version_stamp,
-        frontier_stamp=item.frontier_stamp,
-        data={
-            "origin": child.origin,
-            "parents": list(child.parents),
-            "patched_from": list(prop.patched_from),
-            "val_scores": ordered,
-            "speculative": True,
-        },
-    )
+    emit_admitted(ctx, item, prop, record, ordered, speculative=True)

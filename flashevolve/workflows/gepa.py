@@ -440,22 +440,7 @@ class GepaWorkflow:
                 reason="an identical artifact was admitted meanwhile",
             )
             return None
-        ctx.emit(
-            Kind.ADMITTED,
-            stage="validate",
-            item_id=item.item_id,
-            artifact_id=child.id,
-            parent_id=prop.job.parent.id,
-            score=record.mean_score,
-            version_stamp=item.version_stamp,
-            frontier_stamp=item.frontier_stamp,
-            data={
-                "origin": child.origin,
-                "parents": list(child.parents),
-                "patched_from": list(prop.patched_from),
-                "val_scores": scores,
-            },
-        )
+        emit_admitted(ctx, item, prop, record, scores)
         return record
 
     # -- staleness -------------------------------------------------------------------------
@@ -493,3 +478,32 @@ class GepaWorkflow:
         base = ctx.pool.get(base_id).artifact if base_id in ctx.pool else ctx.pool.best().artifact
         job = replace(prop.job, parent=base)
         return Proposal(job, patched, None, decision.patched_from or (item.item_id,))
+
+
+def emit_admitted(
+    ctx: StageContext,
+    item: WorkItem,
+    prop: Proposal,
+    record: CandidateRecord,
+    scores: dict[str, float],
+    **extra: Any,
+) -> None:
+    """The one ``admitted`` event of a child that joined the pool for good."""
+    child = prop.child
+    ctx.emit(
+        Kind.ADMITTED,
+        stage="validate",
+        item_id=item.item_id,
+        artifact_id=child.id,
+        parent_id=prop.job.parent.id,
+        score=record.mean_score,
+        version_stamp=item.version_stamp,
+        frontier_stamp=item.frontier_stamp,
+        data={
+            "origin": child.origin,
+            "parents": list(child.parents),
+            "patched_from": list(prop.patched_from),
+            "val_scores": scores,
+            **extra,
+        },
+    )
