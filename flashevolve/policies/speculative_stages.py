@@ -264,18 +264,7 @@ async def speculative_validate(
     except BaseException:
         fan.cancel_rest()
         raise
-    scores = fan.scores()
-    spec.record_results(scores)
-    mean = sum(scores.values()) / n
-    ordered = {ex.id: scores[ex.id] for ex in ctx.task.val}
-    ctx.emit(
-        Kind.VALIDATION_FINISHED,
-        stage="validate",
-        item_id=item.item_id,
-        artifact_id=child.id,
-        score=mean,
-        data={"n": n, "bar": bar},
-    )
+    mean, ordered = _sweep_finished(ctx, spec, fan, item.item_id, child.id, bar)
     if bar is not None and mean < bar:
         return _drop(
             ctx,
@@ -286,6 +275,31 @@ async def speculative_validate(
         )
     wf.admit(ctx, item, prop, ordered)
     return []
+
+
+def _sweep_finished(
+    ctx: StageContext,
+    spec: Speculation,
+    fan: Fanout,
+    item_id: str,
+    artifact_id: str,
+    bar: float | None,
+    **extra: Any,
+) -> tuple[float, dict[str, float]]:
+    """A full validation sweep landed: feed the reordering, emit it, return (mean, scores)."""
+    scores = fan.scores()
+    spec.record_results(scores)
+    n = len(fan)
+    mean = sum(scores.values()) / n
+    ctx.emit(
+        Kind.VALIDATION_FINISHED,
+        stage="validate",
+        item_id=item_id,
+        artifact_id=artifact_id,
+        score=mean,
+        data={"n": n, "bar": bar, **extra},
+    )
+    return mean, {ex.id: scores[ex.id] for ex in ctx.task.val}
 
 
 async def _finish_tail(
@@ -302,19 +316,7 @@ async def _finish_tail(
             return
     finally:
         fan.cancel_rest()
-    scores = fan.scores()
-    spec.record_results(scores)
-    n = len(fan)
-    mean = sum(scores.values()) / n
-    ordered = {ex.id: scores[ex.id] for ex in ctx.task.val}
-    ctx.emit(
-        Kind.VALIDATION_FINISHED,
-        stage="validate",
-        item_id=item.item_id,
-        artifact_id=child.id,
-        score=mean,
-        data={"n": n, "bar": bar, "speculative": True},
-    )
+    mean, ordered = _sweep_finished(ctx, spec, fan, item.item_id, child.id, bar, speculative=True)
     if bar is not None and mean < bar:
         ctx.pool.tombstone(child.id)
         spec.count("rolled_back")
