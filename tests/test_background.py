@@ -42,7 +42,7 @@ def _until(predicate: Callable[[], Any], what: str, limit_s: float = LIMIT_S) ->
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {limit_s:.0f} s waiting for {what}")
-        time.sleep(POLL_S)
+        time.sleep(POLL_S)  # readiness polling of a real run, bounded by limit_s; not timing
 
 
 def _child_pids() -> set[int]:

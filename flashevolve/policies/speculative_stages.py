@@ -79,15 +79,7 @@ async def speculative_rollout(
     idx = sorted(on_time)
     batch = [fan.examples[i] for i in idx]
     rollouts = [fan.results[i] for i in idx]
-    if wf.skip_perfect and all(r.score >= wf.perfect_score for r in rollouts):
-        ctx.emit(
-            Kind.REFLECTION_SKIPPED,
-            stage="rollout",
-            item_id=item.item_id,
-            artifact_id=job.parent.id,
-            reason="every minibatch score is perfect",
-            data={"examples": len(batch), "of": len(fan)},
-        )
+    if wf.skipped_as_perfect(ctx, item, job, rollouts, examples=len(batch), of=len(fan)):
         return []
     return [("propose", Reflectable(replace(job, minibatch=batch), rollouts))]
 

@@ -272,16 +272,25 @@ class GepaWorkflow:
             item_id=item.item_id,
             concurrency=self.eval_concurrency,
         )
-        if self.skip_perfect and all(r.score >= self.perfect_score for r in rollouts):
-            ctx.emit(
-                Kind.REFLECTION_SKIPPED,
-                stage="rollout",
-                item_id=item.item_id,
-                artifact_id=job.parent.id,
-                reason="every minibatch score is perfect",
-            )
+        if self.skipped_as_perfect(ctx, item, job, rollouts):
             return []
         return [("propose", Reflectable(job, rollouts))]
+
+    def skipped_as_perfect(
+        self, ctx: StageContext, item: WorkItem, job: Job, rollouts: list[Rollout], **data: Any
+    ) -> bool:
+        """GEPA skips reflection when every minibatch score is perfect; says so in an event."""
+        if not (self.skip_perfect and all(r.score >= self.perfect_score for r in rollouts)):
+            return False
+        ctx.emit(
+            Kind.REFLECTION_SKIPPED,
+            stage="rollout",
+            item_id=item.item_id,
+            artifact_id=job.parent.id,
+            reason="every minibatch score is perfect",
+            data=data or None,
+        )
+        return True
 
     async def _propose(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
         work: Reflectable = item.payload
