@@ -50,7 +50,7 @@ def test_rates_normalise_by_items_per_job() -> None:
 
 
 def test_rule_grows_the_slow_stage_and_shrinks_the_fast_one() -> None:
-    c = AdaptiveController(min_workers=1, max_workers=32, grow_when_balanced=False)
+    c = AdaptiveController(min_workers=1, max_workers=32, scale=False)
     rt = FakeRuntime({"rollout": 8, "propose": 4, "gate": 8, "validate": 8})
     # capacities (jobs/min): rollout 48, propose 24, gate 48*... see below; validate slow.
     feed(
@@ -64,7 +64,7 @@ def test_rule_grows_the_slow_stage_and_shrinks_the_fast_one() -> None:
     assert changes["validate"][0] == 9  # 2.4 < 0.5 x 36
     assert "propose" not in changes and "rollout" not in changes
     assert rt.calls[0][0] == "validate" and rt.calls[0][2].startswith("adaptive:")
-    c2 = AdaptiveController(grow_when_balanced=False)
+    c2 = AdaptiveController(scale=False)
     feed(
         c2,
         now=100,
@@ -76,7 +76,7 @@ def test_rule_grows_the_slow_stage_and_shrinks_the_fast_one() -> None:
 
 
 def test_bounds_and_no_evidence() -> None:
-    c = AdaptiveController(max_workers=8, min_workers=2, grow_when_balanced=False)
+    c = AdaptiveController(max_workers=8, min_workers=2, scale=False)
     feed(
         c,
         now=100,
@@ -89,18 +89,87 @@ def test_bounds_and_no_evidence() -> None:
     assert "idle" not in c.history[-1]["rates"]  # no finished items: left alone
 
 
-def test_probe_when_balanced_keeps_growing_only_while_throughput_grows() -> None:
-    c = AdaptiveController(window_s=120, min_gain=0.05)
-    rt = FakeRuntime({"rollout": 4, "propose": 4})
-    lat = {"rollout": 10, "propose": 12}
+def test_f_s_counts_the_whole_run_not_the_window() -> None:
+    """A stage that sees a few items per window must not look fast because one window held
+    fewer arrivals (the noise that used to shrink the validate stage)."""
+    c = AdaptiveController(window_s=60)
+    # First minute: 40 jobs, 8 of them reached validate (f = 0.2).
+    feed(c, now=60, latency={"rollout": 10, "validate": 100}, per_job={"rollout": 1.0}, jobs=40)
+    feed(c, now=60, latency={"rollout": 10, "validate": 100}, per_job={"validate": 1.0}, jobs=8)
+    # Second minute: 40 jobs, only 2 reached validate.
+    feed(c, now=120, latency={"rollout": 10, "validate": 100}, per_job={"rollout": 1.0}, jobs=40)
+    feed(c, now=120, latency={"rollout": 10, "validate": 100}, per_job={"validate": 1.0}, jobs=2)
+    r = c.rates(120, {"rollout": 8, "validate": 8}, "rollout")
+    # f_validate over the run = 10 / 80; a per-window count would say 2 / 40 (2.5x higher r).
+    assert r["validate"].per_job == 10 / 80
+    assert round(r["validate"].capacity_per_min, 1) == round(60 * 8 / (100 * 10 / 80), 1)
+
+
+def test_scale_trial_kept_unless_throughput_falls_then_undone_and_held() -> None:
+    c = AdaptiveController(window_s=120, growth=0.25, tolerance=0.05, hold_windows=2)
+    rt = FakeRuntime({"rollout": 4, "propose": 8})
+    lat = {"rollout": 10, "propose": 20}  # capacities 24 and 24 jobs/min: balanced
     feed(c, now=100, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=20)
-    first = c.step(rt, 100)
-    assert first == {"propose": (5, first["propose"][1])}  # the bottleneck gets one worker
-    feed(c, now=230, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
-    assert c.step(rt, 230)  # throughput 10 -> 15 jobs/min: probe again (the new bottleneck)
-    feed(c, now=360, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
-    assert c.step(rt, 360) == {}  # no gain: hold for two windows
-    assert c.step(rt, 400) == {}
+    first = c.step(rt, 100)  # 20 jobs in the 120 s window = 10 jobs/min before the trial
+    assert {s: n for s, (n, _) in first.items()} == {"rollout": 5, "propose": 10}
+    assert all("try 25% more workers" in why for _, why in first.values())
+    feed(c, now=160, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=20)
+    assert c.step(rt, 160) == {}  # trial still being measured: nothing else changes
+    # A window later throughput is 9.6 jobs/min (within 5% of 10): keep and try again.
+    feed(c, now=225, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=19)
+    second = c.step(rt, 225)
+    assert {s: n for s, (n, _) in second.items()} == {"rollout": 7, "propose": 13}
+    # Next window: throughput falls to 7.5 jobs/min (> 5% loss): go back to 5 / 10 and hold.
+    feed(c, now=350, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=15)
+    undo = c.step(rt, 350)
+    assert {s: n for s, (n, _) in undo.items()} == {"rollout": 5, "propose": 10}
+    assert "undo" in undo["rollout"][1]
+    assert rt.targets == {"rollout": 5, "propose": 10}
+    feed(c, now=400, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
+    assert c.step(rt, 400) == {}  # held for two windows (until 590)
+    assert c.step(rt, 589) == {}
+    feed(c, now=600, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
+    assert c.step(rt, 600) != {}  # and then it tries again
+
+
+def test_scale_needs_evidence_from_every_stage_and_respects_bounds() -> None:
+    c = AdaptiveController(max_workers=8)
+    feed(
+        c, now=100, latency={"rollout": 10, "propose": 10}, per_job={"rollout": 1.0, "propose": 1.0}
+    )
+    rt = FakeRuntime({"rollout": 4, "propose": 4, "validate": 4})
+    assert c.step(rt, 100) == {}  # validate has no finished item: no blind growth
+    rt2 = FakeRuntime({"rollout": 7, "propose": 8})
+    c2 = AdaptiveController(max_workers=8)
+    feed(
+        c2,
+        now=100,
+        latency={"rollout": 10, "propose": 10},
+        per_job={"rollout": 1.0, "propose": 1.0},
+    )
+    assert {s: n for s, (n, _) in c2.step(rt2, 100).items()} == {"rollout": 8}
+
+
+def test_a_failing_controller_is_logged_and_the_run_goes_on() -> None:
+    from flashevolve import Evolver
+    from flashevolve.backends.sim import SimulatedTask, simulated
+
+    class Broken(AdaptiveController):
+        def step(self, runtime, now):  # noqa: ANN001, ANN201
+            raise RuntimeError("boom")
+
+    ev = Evolver(
+        SimulatedTask(n_train=20, n_val=8, seed=0),
+        simulated(seed=0),
+        budget=240,
+        workers={"rollout": 2, "propose": 2, "evaluate": 2},
+        control=Broken(period_s=10),
+    )
+    summary = ev.run_virtual()
+    errors = ev.events.filter(ev.events["kind"] == Kind.ERROR)
+    assert errors.height == 1
+    assert "worker controller failed" in errors["reason"][0] and "boom" in errors["reason"][0]
+    assert summary["proposals"] > 0  # the run went on with its workers as they were
 
 
 def test_controller_runs_on_virtual_time() -> None:

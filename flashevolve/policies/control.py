@@ -8,29 +8,43 @@ Every ``period_s`` (run clock, so it works on virtual time) the controller looks
 - ``K_s``: the stage's current worker count;
 - ``E[t_s]``: mean handling time of the stage's items in the window (``item_done.latency_s``);
   ``K_s / E[t_s]`` is how many items per second the stage can finish when it is kept busy;
-- ``f_s``: items that entered the stage per job that entered the pipeline in the window
-  (``item_enqueued`` counts); it normalises for filtering between stages -- only a fraction of
-  proposals pass the gate, so the validate stage needs to handle ``f_validate`` items per job, not
-  one.  Without this a downstream stage that simply receives less work would look "slow".
+- ``f_s``: items that entered the stage per job that entered the pipeline, counted over the
+  **whole run** (a per-window count is far too noisy for a stage like validate, which sees a
+  few gate-passed children per window: two arrivals instead of six made its capacity look 3x
+  higher and the rule shrank the one stage that was short).  It normalises for filtering
+  between stages -- only a fraction of proposals pass the gate, so the validate stage needs to
+  handle ``f_validate`` items per job, not one.
 
 Raw output rates are not used because, with a bound on jobs in flight, every stage's output
 settles at the bottleneck's rate; capacity is what differs between stages.
 
-The rule (the paper's): with ``m`` the median of ``r_s`` over the stages measured in the window, a
-stage with ``r_s < low * m`` (default 0.5) gains one worker and one with ``r_s > high * m``
-(default 2) loses one, clamped to ``[min_workers, max_workers]``.  Every change goes through
-``Runtime.set_workers`` and so is a ``workers_changed`` event whose reason states the rates.
+1. **Balance** (the paper's rule): with ``m`` the median of ``r_s`` over the stages measured in
+   the window, a stage with ``r_s < low * m`` (default 0.5) gains one worker and one with
+   ``r_s > high * m`` (default 2) loses one, clamped to ``[min_workers, max_workers]``.
+2. **Scale** (our addition, because a relative rule never adds capacity overall): when the
+   stages are balanced, try every measured stage at ``growth`` (default +25%, at least one)
+   more workers; one window later compare the objective signal -- jobs through the pipeline per
+   minute -- with the window before the change.  Keep the larger setting unless the signal fell
+   by more than ``tolerance`` (default 5%); otherwise go back to the previous counts and do not
+   try again for ``hold_windows`` windows.  The signal is noisy (a 120 s window holds a few
+   dozen jobs), so one kept trial proves little; what stops the growth is a measured loss, which
+   comes once the backend no longer turns more concurrent requests into more finished jobs.
+   While a trial is being measured nothing else changes, so the comparison is clean.
+
+Every change goes through ``Runtime.set_workers`` and so is a ``workers_changed`` event whose
+reason states the rates or the measured signal.
 
 Why this serves accepted proposals per minute: an accepted proposal needs one job through every
-stage, so the pipeline's acceptance rate is ``min_s r_s`` times the gate pass rate.  Raising the
-slowest stage's capacity raises that minimum; taking workers from a stage with twice the median
-capacity costs nothing (it is idle part of the time) but frees backend capacity -- on a shared
-server, fewer concurrent requests from an over-provisioned stage make everyone else's requests
-finish sooner.  A stage with no finished item in the window is left alone (no evidence).
+stage, so the acceptance rate is pipeline throughput (``min_s r_s``) times the gate pass rate,
+which does not depend on worker counts.  Balancing raises the minimum; scaling raises every
+stage together as long as the shared backend turns more concurrent requests into more finished
+jobs, and stops when it no longer does (a saturated server, rate limits, starved stages).  A
+stage with fewer than ``min_done`` finished items in the window is left alone (no evidence).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -50,7 +64,7 @@ class StageRate:
 
 
 class AdaptiveController:
-    """Grow the slowest stage, shrink the over-provisioned one, every ``period_s`` seconds."""
+    """Balance the stages (the paper's rule) and scale them together while it pays."""
 
     def __init__(
         self,
@@ -62,8 +76,10 @@ class AdaptiveController:
         high: float = 2.0,
         stages: list[str] | None = None,
         min_done: int = 2,
-        grow_when_balanced: bool = True,
-        min_gain: float = 0.05,
+        scale: bool = True,
+        growth: float = 0.25,
+        tolerance: float = 0.05,
+        hold_windows: int = 2,
     ) -> None:
         if period_s <= 0 or window_s <= 0:
             raise ValueError("period_s and window_s must be positive")
@@ -71,6 +87,8 @@ class AdaptiveController:
             raise ValueError("need 1 <= min_workers <= max_workers")
         if not 0 < low < 1 < high:
             raise ValueError("need 0 < low < 1 < high")
+        if growth <= 0 or not 0 <= tolerance < 1 or hold_windows < 0:
+            raise ValueError("need growth > 0, 0 <= tolerance < 1 and hold_windows >= 0")
         self.period_s = period_s
         self.window_s = window_s
         self.min_workers = min_workers
@@ -79,10 +97,14 @@ class AdaptiveController:
         self.high = high
         self.stages = stages
         self.min_done = min_done
-        self.grow_when_balanced = grow_when_balanced
-        self.min_gain = min_gain
-        self._probe: tuple[float, float] | None = None  # (ts, jobs/min) at the last growth
+        self.scale = scale
+        self.growth = growth
+        self.tolerance = tolerance
+        self.hold_windows = hold_windows
+        #: a scale-up being measured: (when, signal before, worker counts before)
+        self._trial: tuple[float, float, dict[str, int]] | None = None
         self._hold_until = 0.0
+        self._total_entered: dict[str, int] = {}  # whole run, for f_s
         self._done: deque[tuple[float, str, float]] = deque()
         self._entered: deque[tuple[float, str]] = deque()
         self.history: list[dict[str, Any]] = []
@@ -90,7 +112,8 @@ class AdaptiveController:
     def __repr__(self) -> str:
         return (
             f"AdaptiveController(period_s={self.period_s}, window_s={self.window_s}, "
-            f"min_workers={self.min_workers}, max_workers={self.max_workers})"
+            f"min_workers={self.min_workers}, max_workers={self.max_workers}, "
+            f"scale={self.scale})"
         )
 
     # -- measurement --------------------------------------------------------------------------
@@ -100,6 +123,7 @@ class AdaptiveController:
             self._done.append((event.ts, event.stage, event.latency_s or 0.0))
         elif event.kind == Kind.ITEM_ENQUEUED and event.stage is not None:
             self._entered.append((event.ts, event.stage))
+            self._total_entered[event.stage] = self._total_entered.get(event.stage, 0) + 1
 
     def rates(self, now: float, workers: dict[str, int], entry: str) -> dict[str, StageRate]:
         start = now - self.window_s
@@ -110,9 +134,7 @@ class AdaptiveController:
         lat: dict[str, list[float]] = {}
         for _, stage, latency in self._done:
             lat.setdefault(stage, []).append(latency)
-        entered: dict[str, int] = {}
-        for _, stage in self._entered:
-            entered[stage] = entered.get(stage, 0) + 1
+        entered = self._total_entered
         jobs = entered.get(entry, 0)
         out = {}
         for stage, n in workers.items():
@@ -151,50 +173,65 @@ class AdaptiveController:
         return changes
 
     def jobs_per_min(self, now: float, entry: str) -> float:
-        """Pipeline throughput: jobs that entered in the window (with a bound on jobs in
-        flight a job enters when another leaves, so this is the completion rate too)."""
+        """The objective's signal: jobs that entered the pipeline in the window (with a bound on
+        jobs in flight a job enters when another leaves, so this is the completion rate too)."""
         n = sum(1 for ts, stage in self._entered if stage == entry and ts >= now - self.window_s)
         return 60.0 * n / self.window_s
 
-    def probe(
-        self, rates: dict[str, StageRate], now: float, throughput: float
-    ) -> dict[str, tuple[int, str]]:
-        """When the stages are balanced, try one more worker on the bottleneck; keep doing so
-        while pipeline throughput grows by ``min_gain`` per window, pause two windows if not."""
-        if not self.grow_when_balanced or len(rates) < 2 or now < self._hold_until:
-            return {}
-        if self._probe is not None:
-            t0, before = self._probe
+    def scale_step(
+        self, rates: dict[str, StageRate], now: float, workers: dict[str, int], entry: str
+    ) -> dict[str, tuple[int, str]] | None:
+        """Start, judge or skip a scale-up trial; ``None`` while a trial is still measuring."""
+        signal = self.jobs_per_min(now, entry)
+        if self._trial is not None:
+            t0, before, previous = self._trial
             if now - t0 < self.window_s:
-                return {}  # the last growth is not measurable yet
-            self._probe = None
-            if throughput < before * (1 + self.min_gain):
-                self._hold_until = now + 2 * self.window_s
-                return {}
-        slowest = min(rates.values(), key=lambda r: r.capacity_per_min)
-        if slowest.workers >= self.max_workers:
+                return None  # the window does not yet lie entirely after the change
+            self._trial = None
+            if signal < before * (1 - self.tolerance):
+                self._hold_until = now + self.hold_windows * self.window_s
+                return {
+                    s: (
+                        n,
+                        f"scale-up lowered throughput {before:.2f} -> {signal:.2f} jobs/min: undo",
+                    )
+                    for s, n in previous.items()
+                    if workers.get(s) != n
+                }
+        if not self.scale or now < self._hold_until:
             return {}
-        self._probe = (now, throughput)
+        # Only when every stage has evidence: growing a stage we cannot measure is a guess.
+        if len(rates) < 2 or len(rates) < len(workers):
+            return {}
+        grown = {
+            s: min(self.max_workers, max(n + 1, math.ceil(n * (1 + self.growth))))
+            for s, n in workers.items()
+            if s in rates and n < self.max_workers
+        }
+        if not grown:
+            return {}
+        self._trial = (now, signal, dict(workers))
         return {
-            slowest.stage: (
-                slowest.workers + 1,
-                f"balanced; bottleneck at "
-                f"{slowest.capacity_per_min:.2f} jobs/min, throughput "
-                f"{throughput:.2f} jobs/min: probe one more worker",
-            )
+            s: (n, f"balanced at {signal:.2f} jobs/min: try {self.growth:.0%} more workers")
+            for s, n in grown.items()
         }
 
     def step(self, runtime: Any, now: float) -> dict[str, tuple[int, str]]:
-        rates = self.rates(now, dict(runtime.targets), runtime.entry)
-        changes = self.decide(rates)
-        if not changes:
-            changes = self.probe(rates, now, self.jobs_per_min(now, runtime.entry))
+        workers = dict(runtime.targets)
+        rates = self.rates(now, workers, runtime.entry)
+        if self._trial is not None:  # measuring a trial: judge it or wait, nothing else
+            changes = self.scale_step(rates, now, workers, runtime.entry) or {}
+        else:
+            changes = (
+                self.decide(rates) or self.scale_step(rates, now, workers, runtime.entry) or {}
+            )
         self.history.append(
             {
                 "ts": now,
                 "rates": {s: r.capacity_per_min for s, r in rates.items()},
-                "workers": dict(runtime.targets),
+                "workers": workers,
                 "changes": {s: n for s, (n, _) in changes.items()},
+                "jobs_per_min": self.jobs_per_min(now, runtime.entry),
             }
         )
         for stage, (n, reason) in changes.items():

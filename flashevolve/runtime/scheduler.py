@@ -161,10 +161,23 @@ class Runtime:
                 self._reconcile(name)
             self._tasks.append(asyncio.create_task(self._source(), name="flashevolve-source"))
             if self.controller is not None:
-                self._tasks.append(asyncio.create_task(self.controller.run(self)))
+                self._tasks.append(asyncio.create_task(self._control()))
             await self._finished.wait()
         finally:
             await self._shutdown()
+
+    async def _control(self) -> None:
+        """Run the worker controller; if it fails, say so in the log and keep the workers as
+        they are (a broken controller must neither pass silently nor end the run)."""
+        try:
+            await self.controller.run(self)
+        except Exception as err:
+            self.ctx.emit(
+                Kind.ERROR,
+                reason=f"worker controller failed, worker counts stay as they are: "
+                f"{type(err).__name__}: {err}",
+                data={"traceback": traceback.format_exc(limit=8)},
+            )
 
     async def _deadline(self, seconds: float) -> None:
         remaining = seconds - self.ctx.now()
