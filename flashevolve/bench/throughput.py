@@ -56,6 +56,14 @@ register(
         description="fixed workers 8/8/8, up to 64 proposals in flight",
     )
 )
+for _n in (16, 32):  # larger fixed settings, so "best fixed" is not only the defaults
+    register(
+        BenchConfig(
+            f"async{_n}",
+            workers={"rollout": _n, "propose": _n, "evaluate": _n},
+            description=f"fixed workers {_n}/{_n}/{_n}, up to 64 proposals in flight",
+        )
+    )
 register(
     BenchConfig(
         "k1=1/k3=1",
@@ -152,17 +160,27 @@ def run_bench(
     profile: str,
     minutes: float,
     seed: int = 0,
+    seeds: list[int] | None = None,
     staleness: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
+    """One row per configuration (x policy).  With several ``seeds`` each row is the mean over
+    the seeds (``seed="mean"``, per-seed rows under ``per_seed``): runs of one configuration
+    differ by more between seeds than many of the differences the ablation asks about."""
+    seeds = seeds or [seed]
     rows = []
     for name in configs:
         cfg = get_config(name)
         for policy in staleness or [None]:
-            if progress:
-                progress(f"running {name}" + (f" / {policy}" if policy else "") + " ...")
-            row, _ = run_config(cfg, profile=profile, minutes=minutes, seed=seed, staleness=policy)
-            rows.append(row)
+            runs = []
+            for s in seeds:
+                if progress:
+                    label = name + (f" / {policy}" if policy else "")
+                    progress(f"running {label} (seed {s}) ...")
+                row, _ = run_config(cfg, profile=profile, minutes=minutes, seed=s, staleness=policy)
+                row["seed"] = s
+                runs.append(row)
+            rows.append(runs[0] if len(runs) == 1 else mean_row(runs))
     base = next((r for r in rows if r["config"] == "sync"), None)
     for r in rows:
         r["speedup"] = (
@@ -178,6 +196,20 @@ def run_bench(
     return rows
 
 
+def mean_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of the numeric fields of several seeds' rows; the rest from the first row."""
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        values = [r.get(key) for r in runs]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        out[key] = sum(values) / len(values) if numeric else value
+    out["seed"] = "mean"
+    out["seeds"] = [r["seed"] for r in runs]
+    out["accepted_per_min_by_seed"] = " ".join(f"{r['accepted_per_min']:.2f}" for r in runs)
+    out["per_seed"] = runs
+    return out
+
+
 THROUGHPUT_COLUMNS = [
     ("config", "config", ""),
     ("proposals_per_min", "proposals/min", ".2f"),
@@ -190,6 +222,9 @@ THROUGHPUT_COLUMNS = [
     ("best_score", "best val", ".3f"),
     ("speedup", "speed-up", ".2f"),
 ]
+
+#: Extra column when rows are means over several seeds.
+SEEDS_COLUMN = ("accepted_per_min_by_seed", "accepted/min by seed", "")
 
 STALENESS_COLUMNS = [
     ("config", "config", ""),
@@ -206,4 +241,8 @@ STALENESS_COLUMNS = [
 
 
 def format_rows(rows: list[dict[str, Any]], staleness: bool = False) -> str:
-    return format_table(rows, STALENESS_COLUMNS if staleness else THROUGHPUT_COLUMNS)
+    columns = list(STALENESS_COLUMNS if staleness else THROUGHPUT_COLUMNS)
+    if any(r.get("seed") == "mean" for r in rows):
+        # counts averaged over seeds are not integers any more
+        columns = [(k, h, ".1f" if f == "d" else f) for k, h, f in columns] + [SEEDS_COLUMN]
+    return format_table(rows, columns)

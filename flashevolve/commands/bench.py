@@ -32,6 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma list of staleness policies to sweep, e.g. full,guarded,reflective",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma list of seeds, e.g. 0,1,2: each row is the mean over them "
+        "(per-seed rows in the JSON)",
+    )
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument(
         "--overhead",
@@ -59,16 +65,17 @@ def run(args: argparse.Namespace) -> int:
     for name in configs:
         get_config(name)
     policies = [s.strip() for s in args.staleness.split(",")] if args.staleness else None
+    seeds = _seeds(args.seeds) if args.seeds else [args.seed]
     print(
         f"SIMULATED serving ({args.profile}), {args.minutes:g} simulated minutes per config, "
-        f"seed {args.seed}",
+        f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}",
         file=sys.stderr,
     )
     rows = run_bench(
         configs,
         profile=args.profile,
         minutes=args.minutes,
-        seed=args.seed,
+        seeds=seeds,
         staleness=policies,
         progress=lambda m: print(m, file=sys.stderr),
     )
@@ -80,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "profile": args.profile,
                     "minutes": args.minutes,
-                    "seed": args.seed,
+                    "seeds": seeds,
                     "simulated": True,
                     "rows": rows,
                 },
@@ -90,6 +97,18 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    from flashevolve.errors import ConfigError
+
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds wants integers separated by commas, got {text!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds is empty; give e.g. --seeds 0,1,2")
+    return seeds
 
 
 def _overhead(args: argparse.Namespace) -> int:
