@@ -197,12 +197,16 @@ def run_bench(
 
 
 def mean_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The mean of the numeric fields of several seeds' rows; the rest from the first row."""
+    """The mean of the numeric fields of several seeds' rows; other fields only where every seed
+    agrees (e.g. the config name), else None -- the per-seed values stay under ``per_seed``."""
     out: dict[str, Any] = {}
     for key, value in runs[0].items():
         values = [r.get(key) for r in runs]
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        out[key] = sum(values) / len(values) if numeric else value
+        if numeric:
+            out[key] = sum(values) / len(values)
+        else:
+            out[key] = value if all(v == value for v in values) else None
     out["seed"] = "mean"
     out["seeds"] = [r["seed"] for r in runs]
     out["accepted_per_min_by_seed"] = " ".join(f"{r['accepted_per_min']:.2f}" for r in runs)
