@@ -188,3 +188,123 @@ def test_resume_continues_a_stopped_run_without_losing_admissions(tmp_path):
     events = [json.loads(x) for x in (out / "async" / "events.jsonl").open()]
     assert max(e["ts"] for e in events) > last_ts
     assert sum(e["kind"] == "run_started" for e in events) == 2
+
+
+# -- the reflective staleness policy from the command line ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--staleness", "nope"], "--staleness"),
+        (["--staleness", "reflective", "--reflective-k", "0"], "--reflective-k"),
+        (["--staleness", "reflective", "--reflective-max-wait", "-1"], "--reflective-max-wait"),
+        (["--staleness", "reflective", "--review-temperature", "-0.5"], "--review-temperature"),
+        (["--staleness", "reflective", "--review-max-tokens", "0"], "--review-max-tokens"),
+        (["--staleness", "full", "--reflective-k", "2"], "only applies to --staleness reflective"),
+        (["--staleness", "guarded", "--review-schema", "on"], "--review-schema on"),
+        (["--minibatch-size", "0"], "--minibatch-size"),
+        (["--task-max-tokens", "0"], "--task-max-tokens"),
+    ],
+)
+def test_run_options_are_checked_before_the_backend_starts(extra, fragment):
+    assert_clean_error(cli("run", "--backend", "sim", "--mode", "async", *extra), fragment)
+
+
+class RecordingResponder(ScriptedResponder):
+    """The simulator's workload content over HTTP, remembering each review request's extras."""
+
+    def __init__(self) -> None:
+        super().__init__(None, latency=FixedLatency(0.02))
+        self.reviews: list[dict | None] = []
+
+    async def respond(self, request):  # noqa: ANN001, ANN201
+        if request.stage == "patch":
+            self.reviews.append(request.extra_body)
+        return await super().respond(request)
+
+
+@pytest.mark.parametrize("schema", ["on", "auto"])
+def test_reflective_run_over_http(tmp_path, schema):
+    """``--staleness reflective`` end to end against the scripted server (real HTTP): every stale
+    item gets a recorded decision, patches name their stale items, the summary agrees with the
+    event log, and ``--review-schema on`` puts the batch's JSON schema on every review request
+    (``auto`` leaves it off for a non-local backend)."""
+    import json
+
+    import polars as pl
+
+    from flashevolve.events.log import EventLog, events_to_frame
+
+    responder = RecordingResponder()
+    out = tmp_path / "run"
+    with serve_in_thread(responder) as url:
+        proc = cli(
+            "run",
+            "--task",
+            "sim",
+            "--n-train",
+            "20",
+            "--n-val",
+            "6",
+            "--backend",
+            "openai",
+            "--base-url",
+            url,
+            "--model",
+            "scripted",
+            "--mode",
+            "async",
+            "--minutes",
+            "0.25",
+            "--workers",
+            "rollout=4,propose=4,evaluate=2",
+            "--max-in-flight",
+            "16",
+            "--minibatch-size",
+            "1",
+            "--staleness",
+            "reflective",
+            "--reflective-k",
+            "2",
+            "--reflective-max-wait",
+            "0.5",
+            "--review-schema",
+            schema,
+            "--out",
+            str(out),
+            "--no-report",
+        )
+    assert proc.returncode == 0, proc.stderr
+    events = events_to_frame(EventLog.read(out / "async" / "events.jsonl"))
+    stale = events.filter(pl.col("kind") == "stale_detected")
+    assert stale.height > 0, "no stale items: the run was too short to test anything"
+    assert stale["decision"].null_count() == 0 and stale["reason"].null_count() == 0
+    assert set(stale["decision"]) <= {"accept", "discard", "patch", "merged"}
+    summary = json.loads((out / "summary.json").read_text())["async"]
+    counts = stale.group_by("decision").len()
+    by = dict(zip(counts["decision"], counts["len"], strict=True))
+    assert summary["stale_seen"] == stale.height
+    assert summary["stale_patched"] > 0  # the simulator's reviewer patches items near the best
+    for key, decision in (
+        ("stale_accepted", "accept"),
+        ("stale_patched", "patch"),
+        ("stale_discarded", "discard"),
+        ("stale_merged", "merged"),
+    ):
+        assert summary[key] == by.get(decision, 0)
+    patched_items = set(stale.filter(pl.col("decision").is_in(["patch", "merged"]))["item_id"])
+    for row in events.filter(pl.col("kind") == "patch_made").iter_rows(named=True):
+        data = json.loads(row["data"])
+        assert data["patched_from"] and set(data["patched_from"]) <= patched_items
+    assert responder.reviews
+    formats = [(extra or {}).get("response_format") for extra in responder.reviews]
+    if schema == "on":
+        for fmt in formats:
+            assert fmt["type"] == "json_schema"
+            props = fmt["json_schema"]["schema"]["properties"]
+            ids = props["decisions"]["items"]["properties"]["item"]["enum"]
+            assert 1 <= len(ids) <= 2 and set(ids) <= set(stale["item_id"])
+            assert list(props["patched"]["anyOf"][0]["properties"]) == ["instruction"]
+    else:
+        assert formats == [None] * len(formats)

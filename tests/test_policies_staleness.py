@@ -299,3 +299,54 @@ def test_reflective_gate_patches_setting_reaches_the_workflow() -> None:
         summary[f"stale_{k}"] for k in ("accepted", "patched", "discarded", "merged")
     )
     random.seed(0)
+
+
+class _Recording:
+    """Wraps an LLM and keeps each request's extra_body (what an HTTP client would send)."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner, self.model, self.endpoint = inner, inner.model, inner.endpoint
+        self.extra: list[dict | None] = []
+
+    async def complete(self, request):  # noqa: ANN001, ANN201
+        self.extra.append(request.extra_body)
+        return await self.inner.complete(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_reflective_review_schema_is_made_per_batch() -> None:
+    ctx = make_ctx(
+        Scripted([answer([("i0", "patch"), ("i1", "discard")], {"instruction": "Merged."})])
+    )
+    ctx.reflection_llm = rec = _Recording(ctx.reflection_llm)
+    decisions = decide_all(
+        Reflective(k=2, review_schema=True, patch_chars=50), ctx, proposals(ctx, 2)
+    )
+    assert [d.action for d in decisions] == ["patch", "discard"]
+    assert all(d.data["review_schema"] is True for d in decisions)
+    (extra,) = rec.extra
+    fmt = extra["response_format"]
+    assert fmt["type"] == "json_schema"
+    schema = fmt["json_schema"]["schema"]
+    listed = schema["properties"]["decisions"]
+    assert listed["minItems"] == listed["maxItems"] == 2
+    assert listed["items"]["properties"]["item"]["enum"] == ["i0", "i1"]
+    patched = schema["properties"]["patched"]["anyOf"][0]
+    assert patched["required"] == ["instruction"] and patched["additionalProperties"] is False
+    assert patched["properties"]["instruction"]["maxLength"] == 50
+    # without the setting, no extra body
+    ctx = make_ctx(Scripted([answer([("i0", "discard")], None)]))
+    ctx.reflection_llm = rec = _Recording(ctx.reflection_llm)
+    decide_all(Reflective(k=1), ctx, proposals(ctx, 1))
+    assert rec.extra == [None]
+
+
+def test_reflective_patch_that_only_changes_whitespace_is_unchanged() -> None:
+    ctx = make_ctx()
+    best = ctx.pool.best().artifact["instruction"]
+    ctx = make_ctx(Scripted([answer([("i0", "patch")], {"instruction": best + "  \n"})]))
+    (d,) = decide_all(Reflective(k=1), ctx, proposals(ctx, 1))
+    assert d.action == "discard" and "unchanged" in d.reason
+    assert not ctx.log.of_kind(Kind.PATCH_MADE)

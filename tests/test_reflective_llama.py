@@ -2,15 +2,19 @@
 
 A short asynchronous GEPA run on ``ifeval-lite`` with many proposals in flight and a small
 validation split, so that admissions make in-flight proposals stale and the reviewer (the same
-SmolLM2-135M model) is asked about them.  A 135M model often answers with something that is not
-the required JSON; that must be recorded and treated as discard.  The test pins that every stale
-item got a recorded decision, that unusable answers never became artifacts, and that the
-decisions carry reasons; it reports what the model actually did.
+SmolLM2-135M model, with schema-constrained decoding: ``Reflective(review_schema=True)``, what
+``flashevolve run --staleness reflective --backend local`` uses) is asked about them.  What the
+model decides is its own business: the test pins the invariants -- every stale item got a
+recorded decision with a reason, unusable answers were discarded and never became artifacts, and
+every patch names real stale items -- and prints what the model did.  The 12-minute version of
+this run, through the CLI, is in docs/results/reflective-local-smollm2.json.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 import polars as pl
 import pytest
@@ -26,8 +30,7 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
     if find_llama_server() is None:
         pytest.skip("llama-server is not built: run `make llama-server`")
     from flashevolve import Evolver, backends
-    from flashevolve.backends.openai_compat import OpenAICompatLLM
-    from flashevolve.policies.reflective import Reflective, review_json_schema
+    from flashevolve.policies.reflective import Reflective
     from flashevolve.tasks import get_task
     from flashevolve.workflows.reflection import fenced_block_grammar
 
@@ -40,65 +43,46 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
     task.max_tokens = 64
     task._seed = {name: "Reply in capital letters, in one long paragraph." for name in task._seed}
     llm = backends.local(slots=4, ctx_per_slot=4096, startup_timeout_s=180)
-    # Short texts: a constrained answer must fit max_tokens or it is (rightly) discarded.
-    schema = review_json_schema(max_items=2, max_text=400)
-    reviewer = OpenAICompatLLM(
-        llm.endpoint,
-        llm.model,
-        max_retries=0,
-        extra_body={
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "review", "schema": schema},
-            }
-        },
-    )
     try:
         policy = Reflective(
             k=2,
             max_wait_s=1.0,
             history_tokens=200,
-            max_tokens=512,
-            temperature=0.0,
+            max_tokens=1024,  # above the schema's length bound: a constrained answer completes
             artifact_chars=800,
             feedback_chars=120,
-            reviewer=reviewer,
+            review_schema=True,
+            patch_chars=600,
         )
         ev = Evolver(
             task,
             llm,
             staleness=policy,
-            budget={"seconds": 150},  # CI-sized; a 10-minute run is in docs/benchmarks.md
+            budget={"seconds": 180},  # CI-sized; the 12-minute run is in docs/benchmarks.md
             workers={"rollout": 4, "propose": 4, "evaluate": 2},
             max_in_flight=16,
             minibatch_size=1,
             skip_perfect=False,
-            reflection_max_tokens=200,
-            reflection_extra_body={"grammar": fenced_block_grammar()},
+            # short reflections: more proposals (and so earlier admissions) in the budget
+            reflection_max_tokens=120,
+            reflection_extra_body={"grammar": fenced_block_grammar(max_chars=300)},
             eval_concurrency=4,
             seed=0,
             run_dir=run_dir,
         )
-        summary = asyncio.run(ev.run())
+        ev.start()
+        # Stop once two stale decisions are recorded (that is all the invariants need) or at the
+        # budget; a bound on a readiness poll, not a timing assertion.
+        while ev.status()["state"] == "running" and sum(ev.status()["stale"].values()) < 2:
+            time.sleep(1.0)
+        ev.stop()
+        summary = ev.wait(timeout=120)
     finally:
         llm.close()
     df = ev.events
     stale = df.filter(pl.col("kind") == Kind.STALE_DETECTED)
-    print(
-        "summary:",
-        {
-            k: summary[k]
-            for k in (
-                "proposals",
-                "accepted",
-                "stale_seen",
-                "stale_accepted",
-                "stale_patched",
-                "stale_discarded",
-                "stale_merged",
-            )
-        },
-    )
+    keys = ("proposals", "accepted", "stale_seen", "stale_accepted", "stale_patched")
+    print("summary:", {k: summary[k] for k in (*keys, "stale_discarded", "stale_merged")})
     print(stale.select("item_id", "lag", "decision", "reason").to_dicts())
     assert summary["proposals"] >= 1
     if stale.is_empty():
@@ -106,10 +90,21 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
     assert stale["decision"].null_count() == 0
     assert stale["reason"].null_count() == 0
     assert set(stale["decision"].to_list()) <= {"accept", "discard", "patch", "merged"}
-    patched = df.filter(pl.col("kind") == Kind.PATCH_MADE)
-    # A patch exists only if a valid answer produced it; every patch names its stale items.
-    for row in patched.iter_rows(named=True):
-        assert '"patched_from"' in row["data"]
+    assert summary["stale_seen"] == stale.height
+    data = [json.loads(d) for d in stale["data"]]
+    # Unusable answers are discarded and never carry an artifact of their own.
+    for row, d in zip(stale.iter_rows(named=True), data, strict=True):
+        assert d.get("review_schema") is True
+        if d.get("malformed"):
+            assert row["decision"] == "discard" and "unusable review answer" in row["reason"]
+    # A patch exists only with its patch_made event, and names stale items folded into it.
+    folded = set(stale.filter(pl.col("decision").is_in(["patch", "merged"]))["item_id"])
+    patches = df.filter(pl.col("kind") == Kind.PATCH_MADE)
+    assert patches.height == summary["stale_patched"]
+    for row in patches.iter_rows(named=True):
+        made = json.loads(row["data"])
+        assert made["patched_from"] and set(made["patched_from"]) <= folded
+        assert stale.filter(pl.col("artifact_id") == row["artifact_id"]).height >= 1
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +128,17 @@ def reviewer_server():
 def test_reflective_review_call_against_llama_server(reviewer_server, constrained) -> None:
     """One batched review of two hand-made stale proposals, answered by the real model.
 
-    ``free``: the plain client -- SmolLM2-135M usually rambles, so the answer is recorded as
-    unusable and both items are discarded.  ``json-schema``: the reviewer's client asks
-    llama-server for schema-constrained decoding (``review_json_schema``), which makes a valid
-    answer (and so a real accept / discard / patch) likely.  Either way every item gets a
-    recorded decision with a reason, and a patch exists only with its ``patch_made`` event.
+    ``free``: no constraint -- SmolLM2-135M usually rambles, so the answer is recorded as
+    unusable and both items are discarded.  ``json-schema``: ``Reflective(review_schema=True)``
+    asks llama-server for schema-constrained decoding with this batch's item ids and the best's
+    component names (``review_json_schema``), which makes a valid answer (and so a real accept /
+    discard / patch) likely.  Either way every item gets a recorded decision with a reason, and a
+    patch exists only with its ``patch_made`` event.
     """
     from flashevolve.artifacts import Artifact
     from flashevolve.backends.openai_compat import OpenAICompatLLM
     from flashevolve.events.log import EventLog
-    from flashevolve.policies.reflective import Reflective, review_json_schema
+    from flashevolve.policies.reflective import Reflective
     from flashevolve.policies.staleness import StaleItem
     from flashevolve.pool import ArtifactPool
     from flashevolve.runtime.budget import Budget, BudgetTracker
@@ -186,23 +182,12 @@ def test_reflective_review_call_against_llama_server(reviewer_server, constraine
         )
         for k, extra in enumerate(extras)
     ]
-    extra_body = None
-    if constrained:
-        schema = review_json_schema(max_items=2, item_ids=["i0", "i1"])
-        extra_body = {
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "review", "schema": schema},
-            }
-        }
 
     async def go():
         clock = LoopClock()
         clock.start()
         log = EventLog(clock=clock)
-        client = OpenAICompatLLM(
-            reviewer_server.endpoint, reviewer_server.model, max_retries=0, extra_body=extra_body
-        )
+        client = OpenAICompatLLM(reviewer_server.endpoint, reviewer_server.model, max_retries=0)
         inst = InstrumentedLLM(client, "reflection", log, InFlight())
         ctx = StageContext(
             task=task,
@@ -213,7 +198,14 @@ def test_reflective_review_call_against_llama_server(reviewer_server, constraine
             reflection_llm=inst,
             tracker=BudgetTracker(Budget()),
         )
-        policy = Reflective(k=2, max_tokens=384, temperature=0.0, history_tokens=200)
+        policy = Reflective(
+            k=2,
+            max_tokens=384 if not constrained else 1024,
+            temperature=0.0,
+            history_tokens=200,
+            review_schema=constrained,
+            patch_chars=600,
+        )
         try:
             decisions = await asyncio.gather(*(policy.decide(it, ctx) for it in items))
         finally:

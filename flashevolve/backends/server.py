@@ -9,9 +9,11 @@ text to answer) times a latency model (when to answer):
 - :class:`SimulatorResponder` -- the serving simulator (:class:`SimulatedLLM`) in real time,
   optionally ``speed`` times faster; its rate limits answer HTTP 429 and the client retries.
 
-Other endpoints: ``/v1/models`` and ``/health``.  Non-streaming only.  Unknown request fields are
-accepted and ignored.  A client that disconnects cancels its handler (aiohttp
-``handler_cancellation``), which cancels the simulated request: a real abort, KV freed.
+Other endpoints: ``/v1/models`` and ``/health``.  Non-streaming only.  Other request fields (e.g.
+``response_format``, a llama.cpp ``grammar``) are accepted and handed to the responder as
+``request.extra_body``; the built-in responders ignore them (tests read them).  A client that
+disconnects cancels its handler (aiohttp ``handler_cancellation``), which cancels the simulated
+request: a real abort, KV freed.
 """
 
 from __future__ import annotations
@@ -185,6 +187,12 @@ def _error(
     return web.json_response(body, status=status)
 
 
+#: Request fields the server itself reads (or that every client sends); the rest is extra_body.
+_STANDARD_FIELDS = frozenset(
+    {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed", "stream"}
+)
+
+
 def _parse_messages(raw: Any) -> list[dict[str, str]]:
     if not isinstance(raw, list) or not raw:
         raise ValueError("'messages' must be a non-empty list of {role, content} objects")
@@ -315,6 +323,7 @@ class OpenAICompatServer:
                 temperature=body.get("temperature"),
                 seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
                 stage=http.headers.get(STAGE_HEADER, ""),
+                extra_body={k: v for k, v in body.items() if k not in _STANDARD_FIELDS} or None,
             )
         except ValueError as err:
             self.errors += 1

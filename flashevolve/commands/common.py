@@ -33,6 +33,12 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         help="environment variable holding the API key (never written anywhere)",
     )
     g.add_argument("--slots", type=int, default=4, help="local: parallel llama-server slots")
+    g.add_argument(
+        "--ctx-per-slot",
+        type=int,
+        default=None,
+        help="local: context tokens per slot, prompt + answer (default 2048)",
+    )
     g.add_argument("--port", type=int, default=None, help="local/vllm: port (default: free)")
     g.add_argument(
         "--concurrency", type=int, default=None, help="max requests in flight to the endpoint"
@@ -49,6 +55,8 @@ def make_backend(args: argparse.Namespace) -> LLM:
             kwargs["model"] = args.model
         if args.port:
             kwargs["port"] = args.port
+        if getattr(args, "ctx_per_slot", None) is not None:
+            kwargs["ctx_per_slot"] = args.ctx_per_slot
         return backends.local(**kwargs)
     if kind == "openai":
         if not args.base_url or not args.model:

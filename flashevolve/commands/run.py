@@ -69,7 +69,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", default=None, help="also write the per-mode summary here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--staleness", default="full", help="full, guarded or reflective")
     p.add_argument(
         "--workers", default=None, help="async worker counts, e.g. rollout=4,propose=2,evaluate=4"
     )
@@ -87,8 +86,149 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="constrain reflections to one closed fenced block with a llama.cpp grammar "
         "(auto: on for --backend local, whose tiny default model rarely closes its block)",
     )
+    p.add_argument(
+        "--minibatch-size",
+        type=int,
+        default=None,
+        help="GEPA: train examples per proposal (default 3)",
+    )
+    p.add_argument(
+        "--skip-perfect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="GEPA: skip reflection when the parent is perfect on the minibatch (default on)",
+    )
+    p.add_argument(
+        "--reflection-max-tokens",
+        type=int,
+        default=None,
+        help="token cap of a reflection answer (default: the server's)",
+    )
+    p.add_argument(
+        "--task-max-tokens",
+        type=int,
+        default=None,
+        help="token cap of a task answer (default: the task's own, 200 for ifeval-lite)",
+    )
     p.add_argument("--list-tasks", action="store_true", help="list built-in tasks and exit")
+    _add_staleness_arguments(p)
     add_backend_arguments(p)
+
+
+def _add_staleness_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("staleness (async mode; see docs/mechanisms.md)")
+    g.add_argument(
+        "--staleness",
+        default="full",
+        help="full (accept all stale work), guarded (drop it past a lag) or reflective (an LLM "
+        "reviews it: accept, discard or patch into the current best)",
+    )
+    g.add_argument(
+        "--staleness-counter",
+        choices=("pool", "frontier"),
+        default="pool",
+        help="what makes work stale: any admission (pool) or a Pareto-front change (frontier)",
+    )
+    g.add_argument(
+        "--reflective-k",
+        type=int,
+        default=None,
+        help="reflective: stale items reviewed per call (default 4)",
+    )
+    g.add_argument(
+        "--reflective-max-wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="reflective: review a smaller batch after this long (run clock; default 5)",
+    )
+    g.add_argument(
+        "--review-max-tokens",
+        type=int,
+        default=None,
+        help="reflective: token cap of a review answer (default 4096)",
+    )
+    g.add_argument(
+        "--review-temperature",
+        type=float,
+        default=None,
+        help="reflective: sampling temperature of the review calls (default: the server's)",
+    )
+    g.add_argument(
+        "--review-schema",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="reflective: ask the server for JSON-schema-constrained review answers (the batch's "
+        "item ids, the artifact's component names, capped texts; OpenAI-style response_format, "
+        "served by llama-server and vLLM). auto: on for --backend local, whose tiny default "
+        "model rarely writes valid JSON unaided. The strict answer parser is used either way",
+    )
+
+
+_REFLECTIVE_ONLY = {
+    "reflective_k": "--reflective-k",
+    "reflective_max_wait": "--reflective-max-wait",
+    "review_max_tokens": "--review-max-tokens",
+    "review_temperature": "--review-temperature",
+}
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Validate the options before a backend is started; one clear line per mistake."""
+    for name, flag in (
+        ("minibatch_size", "--minibatch-size"),
+        ("reflection_max_tokens", "--reflection-max-tokens"),
+        ("task_max_tokens", "--task-max-tokens"),
+        ("reflective_k", "--reflective-k"),
+        ("review_max_tokens", "--review-max-tokens"),
+        ("max_in_flight", "--max-in-flight"),
+    ):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if args.reflective_max_wait is not None and args.reflective_max_wait < 0:
+        raise ConfigError(f"--reflective-max-wait must be >= 0, got {args.reflective_max_wait:g}")
+    if args.review_temperature is not None and args.review_temperature < 0:
+        raise ConfigError(f"--review-temperature must be >= 0, got {args.review_temperature:g}")
+    policy = args.staleness.strip().lower().replace("-", "_")
+    known = ("full", "full_async", "guarded", "reflective", "reflective_async")
+    if policy not in known:
+        raise ConfigError(
+            f"unknown --staleness {args.staleness!r}; choose full, guarded or reflective"
+        )
+    args.staleness = policy
+    if not policy.startswith("reflective"):
+        given = [flag for name, flag in _REFLECTIVE_ONLY.items() if getattr(args, name) is not None]
+        if args.review_schema == "on":
+            given.append("--review-schema on")
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to "
+                f"--staleness reflective "
+                f"(got --staleness {args.staleness})"
+            )
+
+
+def _staleness_policy(args: argparse.Namespace) -> Any:
+    """The policy object for ``--staleness`` and its options (a name for full/guarded)."""
+    if not args.staleness.startswith("reflective"):
+        return args.staleness
+    from flashevolve.policies.reflective import Reflective
+
+    schema = args.review_schema
+    options: dict[str, Any] = {
+        "review_schema": schema == "on"
+        or (schema == "auto" and args.backend.partition(":")[0] == "local"),
+        "temperature": args.review_temperature,
+    }
+    for name, key in (
+        ("reflective_k", "k"),
+        ("reflective_max_wait", "max_wait_s"),
+        ("review_max_tokens", "max_tokens"),
+    ):
+        if getattr(args, name) is not None:
+            options[key] = getattr(args, name)
+    return Reflective(**options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--mode takes sync and/or async, got {args.mode!r}")
     if args.minutes <= 0:
         raise ConfigError("--minutes must be positive")
+    _check_arguments(args)
     task = _load_task(args)
     out = Path(args.resume or args.out or f"runs/{task.name}")
     if args.resume and not out.exists():
@@ -161,7 +302,15 @@ def run(args: argparse.Namespace) -> int:
 def _load_task(args: argparse.Namespace) -> Any:
     from flashevolve.tasks import get_task, load_task_file
 
-    sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None}
+    sizes = {
+        k: v
+        for k, v in (
+            ("n_train", args.n_train),
+            ("n_val", args.n_val),
+            ("max_tokens", args.task_max_tokens),
+        )
+        if v is not None
+    }
     if Path(args.task).suffix in (".json", ".jsonl"):
         return load_task_file(args.task, kind=args.task_kind, **sizes)
     return get_task(args.task, **sizes)
@@ -182,13 +331,22 @@ def _make_evolver(
         from flashevolve.workflows.reflection import fenced_block_grammar
 
         kwargs["reflection_extra_body"] = {"grammar": fenced_block_grammar()}
+    for name, key in (
+        ("minibatch_size", "minibatch_size"),
+        ("skip_perfect", "skip_perfect"),
+        ("reflection_max_tokens", "reflection_max_tokens"),
+    ):
+        if getattr(args, name) is not None:
+            kwargs[key] = getattr(args, name)
+    # a fresh policy per mode: the reflective one keeps per-run state (its review batches)
+    kwargs["staleness"] = _staleness_policy(args)
+    kwargs["staleness_counter"] = args.staleness_counter
     run_dir = out / mode
     resume = bool(args.resume) and (run_dir / "events.jsonl").exists()
     return Evolver(
         task,
         backend,
         mode=mode,
-        staleness=args.staleness,
         seed=args.seed,
         budget={"seconds": args.minutes * 60},
         run_dir=run_dir,

@@ -88,11 +88,15 @@ class Reflective:
         artifact_chars: int = 4000,
         feedback_chars: int = 300,
         reviewer: Any = None,
+        review_schema: bool = False,
+        patch_chars: int = 1000,
     ) -> None:
         if k < 1:
             raise ValueError("k (stale items per review call) must be at least 1")
         if max_wait_s < 0:
             raise ValueError("max_wait_s must be >= 0")
+        if patch_chars < 1:
+            raise ValueError("patch_chars must be at least 1")
         self.k = k
         self.max_wait_s = max_wait_s
         self.history_tokens = history_tokens
@@ -104,6 +108,12 @@ class Reflective:
         #: an LLM for the review calls only (e.g. a client with schema-constrained decoding,
         #: see review_json_schema); None uses the run's reflection backend.
         self.reviewer = reviewer
+        #: ask the server for schema-constrained decoding on every review request (OpenAI-style
+        #: ``response_format`` json_schema in the request's extra_body; llama-server, vLLM): the
+        #: batch's item ids, the best's component names, texts capped (``patched`` texts at
+        #: ``patch_chars``).  Backends without extra_body support ignore it.
+        self.review_schema = review_schema
+        self.patch_chars = patch_chars
         self._reviewer_wrapped: tuple[Any, Any] | None = None
         self._waiting: list[_Waiting] = []
         self._timer: asyncio.Task | None = None
@@ -114,7 +124,13 @@ class Reflective:
     def __repr__(self) -> str:
         return (
             f"Reflective(k={self.k}, max_wait_s={self.max_wait_s}, "
-            f"history_tokens={self.history_tokens}, gate_patches={self.gate_patches})"
+            f"history_tokens={self.history_tokens}, gate_patches={self.gate_patches}"
+            + (
+                f", review_schema=True, patch_chars={self.patch_chars}"
+                if self.review_schema
+                else ""
+            )
+            + ")"
         )
 
     async def decide(self, item: StaleItem, ctx: StageContext) -> StaleDecision:
@@ -195,8 +211,11 @@ class Reflective:
             stage="patch",
             item_id=items[0].item_id,
             metadata={"items": [it.item_id for it in items]},
+            extra_body=self._schema_body(items, best) if self.review_schema else None,
         )
         base = {"batch": batch_id, "batch_size": len(items), "trigger": trigger, "best_id": best.id}
+        if self.review_schema:
+            base["review_schema"] = True
         result = await self._llm(ctx).complete(request)
         parsed = parse_answer(result.text, result.finish_reason)
         if parsed.answer is None:
@@ -208,6 +227,20 @@ class Reflective:
                 for _ in items
             ]
         return self._apply(items, parsed.answer, ctx, best, base)
+
+    def _schema_body(self, items: list[StaleItem], best: Any) -> dict[str, Any]:
+        schema = review_json_schema(
+            item_ids=[it.item_id for it in items],
+            components=list(best.artifact.names),
+            max_text=self.patch_chars,
+            max_rationale=200,
+        )
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "review", "schema": schema},
+            }
+        }
 
     def _llm(self, ctx: StageContext) -> Any:
         if self.reviewer is None:
@@ -310,7 +343,9 @@ class Reflective:
             frontier_stamp=ctx.pool.frontier_version,
             meta={"patched_from": patch_ids, "next_component": best.next_component},
         )
-        if art.id == best.id:
+        if art.id == best.id or all(
+            v.strip() == best.artifact.components[k].strip() for k, v in known.items()
+        ):
             return None, "the patch leaves the current best unchanged"
         if art.id in ctx.pool:
             return None, f"the patch duplicates pool candidate {art.id}"
@@ -321,7 +356,13 @@ class Reflective:
             parent_id=best.id,
             version_stamp=ctx.pool.pool_version,
             frontier_stamp=ctx.pool.frontier_version,
-            data={"patched_from": patch_ids, "stale_artifacts": stale, "components": sorted(known)},
+            data={
+                "patched_from": patch_ids,
+                "stale_artifacts": stale,
+                "components": sorted(known),
+                # what the reviewer wrote (capped), so a patch can be read in the log
+                "texts": {k: v[: self.artifact_chars] for k, v in known.items()},
+            },
         )
         return art, None
 

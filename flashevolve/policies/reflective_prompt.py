@@ -68,46 +68,60 @@ class PatchAnswer(BaseModel):
 
 
 def review_json_schema(
-    max_items: int = 16, item_ids: list[str] | None = None, max_text: int = 4000
+    max_items: int = 16,
+    item_ids: list[str] | None = None,
+    max_text: int = 4000,
+    components: list[str] | None = None,
+    max_rationale: int = 300,
 ) -> dict[str, Any]:
     """The answer schema as JSON Schema, for servers with constrained decoding.
 
     Give the *reviewer's* client (llama-server, vLLM) ``extra_body={"response_format": {"type":
     "json_schema", "json_schema": {"name": "review", "schema": review_json_schema(k)}}}``; with
-    ``max_items = k`` a small model cannot ramble on with invented items.  The parser stays the
-    judge either way; the schema only makes valid answers likelier.
+    ``max_items = k`` a small model cannot ramble on with invented items.  ``Reflective(
+    review_schema=True)`` does this per request, with the batch's own ``item_ids`` (exactly one
+    decision per item, ids from the batch) and the best artifact's ``components`` (the only keys
+    ``patched`` may use).  Every text is capped, so a constrained answer has a bounded length.
+    The parser stays the judge either way; the schema only makes valid answers likelier.
     """
     item: dict[str, Any] = {"type": "string", "maxLength": 32}
+    n_min = 1
     if item_ids:
         item = {"type": "string", "enum": list(item_ids)}
+        n_min = max_items = len(item_ids)
+    text: dict[str, Any] = {"type": "string", "maxLength": max_text}
+    patched_obj: dict[str, Any] = {"type": "object", "additionalProperties": text}
+    if components:
+        text = {"type": "string", "minLength": 1, "maxLength": max_text}
+        patched_obj = {
+            "type": "object",
+            "properties": {name: text for name in components},
+            # one component: its text is required; several: any subset of them
+            "required": list(components) if len(components) == 1 else [],
+            "additionalProperties": False,
+        }
     return {
         "type": "object",
         "properties": {
             "decisions": {
                 "type": "array",
-                "minItems": 1,
+                "minItems": n_min,
                 "maxItems": max_items,
                 "items": {
                     "type": "object",
                     "properties": {
                         "item": item,
                         "decision": {"type": "string", "enum": [ACCEPT, DISCARD, PATCH]},
-                        "rationale": {"type": "string", "maxLength": 300},
+                        "rationale": {"type": "string", "maxLength": max_rationale},
                     },
                     "required": ["item", "decision", "rationale"],
+                    "additionalProperties": False,
                 },
             },
-            "patched": {
-                "anyOf": [
-                    {
-                        "type": "object",
-                        "additionalProperties": {"type": "string", "maxLength": max_text},
-                    },
-                    {"type": "null"},
-                ]
-            },
+            "patched": {"anyOf": [patched_obj, {"type": "null"}]},
         },
         "required": ["decisions", "patched"],
+        "additionalProperties": False,
     }
 
 
