@@ -106,7 +106,9 @@ def test_f_s_counts_the_whole_run_not_the_window() -> None:
 
 
 def test_scale_trial_kept_unless_throughput_falls_then_undone_and_held() -> None:
-    c = AdaptiveController(window_s=120, growth=0.25, tolerance=0.05, hold_windows=2)
+    c = AdaptiveController(
+        window_s=120, growth=0.25, initial_growth=0.25, tolerance=0.05, hold_windows=2
+    )
     rt = FakeRuntime({"rollout": 4, "propose": 8})
     lat = {"rollout": 10, "propose": 20}  # capacities 24 and 24 jobs/min: balanced
     feed(c, now=100, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=20)
@@ -130,6 +132,21 @@ def test_scale_trial_kept_unless_throughput_falls_then_undone_and_held() -> None
     assert c.step(rt, 589) == {}
     feed(c, now=600, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
     assert c.step(rt, 600) != {}  # and then it tries again
+
+
+def test_slow_start_doubles_until_the_first_undo() -> None:
+    c = AdaptiveController(window_s=120, growth=0.25, initial_growth=1.0, tolerance=0.05)
+    rt = FakeRuntime({"rollout": 4, "propose": 4})
+    lat = {"rollout": 10, "propose": 10}
+    feed(c, now=100, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=20)
+    assert {s: n for s, (n, _) in c.step(rt, 100).items()} == {"rollout": 8, "propose": 8}
+    feed(c, now=225, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
+    assert {s: n for s, (n, _) in c.step(rt, 225).items()} == {"rollout": 16, "propose": 16}
+    feed(c, now=350, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=20)
+    assert {s: n for s, (n, _) in c.step(rt, 350).items()} == {"rollout": 8, "propose": 8}
+    feed(c, now=700, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
+    # after the undo and the hold: +25% steps, no more doubling
+    assert {s: n for s, (n, _) in c.step(rt, 700).items()} == {"rollout": 10, "propose": 10}
 
 
 def test_scale_needs_evidence_from_every_stage_and_respects_bounds() -> None:
