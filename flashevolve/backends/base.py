@@ -21,6 +21,10 @@ class ChatRequest:
     #: Server-specific request fields (e.g. a llama.cpp ``grammar``); OpenAI-compatible backends
     #: merge them into the request body, others ignore them.
     extra_body: dict[str, Any] | None = None
+    #: Filled in by a backend while the request runs, so that what it knows survives a
+    #: cancellation: ``completion_tokens`` generated so far (the work thrown away if the caller
+    #: cancels).  Backends that cannot tell leave it empty.
+    partial: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -7,8 +7,9 @@
   a speculative admission counts when it is confirmed, never when it is rolled back).
 - best validation score over time: running maximum over admissions (a step function).
 - tokens per proposal / per accepted proposal: all prompt + completion tokens of the run divided
-  by the count; wasted tokens: completion tokens of requests cancelled before they finished
-  (as far as the backend reports them).
+  by the count; wasted tokens: completion tokens of requests cancelled before they finished, as
+  far as the backend reports them (the simulator always; HTTP only when streaming) --
+  ``cancelled_tokens_unknown`` counts the cancelled requests it could not.
 - backend concurrency: requests in flight, a step function of time; mean is time-weighted.
 """
 
@@ -79,6 +80,7 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
     tokens = prompt_tokens + completion_tokens
     cancelled = df.filter(pl.col("kind") == Kind.REQUEST_CANCELLED)
     wasted = int(cancelled["completion_tokens"].fill_null(0).sum()) if cancelled.height else 0
+    wasted_unknown = int(cancelled["completion_tokens"].is_null().sum()) if cancelled.height else 0
     best = best_score_series(df)
     seed = _seed_score(df)
     mean_conc, peak_conc = concurrency_stats(df, duration)
@@ -103,6 +105,9 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
         "tokens_per_proposal": tokens / proposals if proposals else None,
         "tokens_per_accepted": tokens / accepted if accepted else None,
         "wasted_tokens": wasted,
+        "cancelled_requests": cancelled.height,
+        # cancelled requests whose generated tokens the backend could not tell (plain HTTP)
+        "cancelled_tokens_unknown": wasted_unknown,
         "requests": finished.height,
         "failed_requests": _count(df, Kind.REQUEST_FAILED),
         "mean_concurrency": mean_conc,

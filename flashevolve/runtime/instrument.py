@@ -40,6 +40,7 @@ class InstrumentedLLM:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         request.role = self.role
+        request.partial.clear()  # a reused request object must not carry an old count
         rid = f"r{next(self.in_flight.ids)}"
         self.in_flight.count += 1
         self.in_flight.peak = max(self.in_flight.peak, self.in_flight.count)
@@ -49,8 +50,15 @@ class InstrumentedLLM:
             result = await self.inner.complete(request)
         except asyncio.CancelledError:
             self.in_flight.count -= 1
+            # Work thrown away, when the backend could tell (the simulator, streaming HTTP);
+            # None when it could not.
             self._emit(
-                Kind.REQUEST_CANCELLED, request, rid, reason="cancelled", latency_s=self._since(t0)
+                Kind.REQUEST_CANCELLED,
+                request,
+                rid,
+                reason="cancelled",
+                latency_s=self._since(t0),
+                completion_tokens=request.partial.get("completion_tokens"),
             )
             raise
         except LLMError as err:

@@ -54,7 +54,11 @@ class SimulatedApi:
             self._window_tokens -= self._tokens.popleft()[1]
 
     async def generate(
-        self, prompt_tokens: int, completion_tokens: int, rng: random.Random
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        rng: random.Random,
+        partial: dict[str, int] | None = None,
     ) -> Timing:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -88,8 +92,10 @@ class SimulatedApi:
             await asyncio.sleep(duration)
         except asyncio.CancelledError:
             spent = loop.time() - now
-            made = int(max(0.0, spent - ttft) * p.per_stream_tokens_per_s)
-            self.wasted_tokens += min(made, completion_tokens)
+            made = min(int(max(0.0, spent - ttft) * p.per_stream_tokens_per_s), completion_tokens)
+            self.wasted_tokens += made
+            if partial is not None:
+                partial["completion_tokens"] = made
             self.cancelled_requests += 1
             raise
         finally:

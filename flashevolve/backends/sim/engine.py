@@ -106,8 +106,11 @@ class ServingEngine:
     def queued(self) -> int:
         return len(self._queue)
 
-    async def generate(self, prompt_tokens: int, completion_tokens: int) -> Timing:
-        """Serve one request; returns its timing.  Cancelling the caller aborts the request."""
+    async def generate(
+        self, prompt_tokens: int, completion_tokens: int, partial: dict[str, int] | None = None
+    ) -> Timing:
+        """Serve one request; returns its timing.  Cancelling the caller aborts the request and
+        writes the tokens it had generated into ``partial["completion_tokens"]``."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -129,7 +132,9 @@ class ServingEngine:
         try:
             return await seq.future
         except asyncio.CancelledError:
-            self._cancel(seq)
+            made = self._cancel(seq)
+            if partial is not None:
+                partial["completion_tokens"] = made
             raise
 
     def stats(self) -> dict[str, Any]:
@@ -258,10 +263,12 @@ class ServingEngine:
         self._admit(now)
         self._replan(now)
 
-    def _cancel(self, seq: _Seq) -> None:
-        """The caller went away: drop the sequence, free its KV, count the work thrown away."""
+    def _cancel(self, seq: _Seq) -> int:
+        """The caller went away: drop the sequence, free its KV, count the work thrown away
+        (returned: tokens it had generated)."""
         now = self._now()
         self._advance(now)
+        made = 0
         if seq.state == "queued":
             self._queue.remove(seq)
         elif seq.state == "prefill":
@@ -272,11 +279,12 @@ class ServingEngine:
         elif seq.state == "decode":
             self._decoding.pop(seq.id, None)
             self.kv_used -= seq.kv_tokens
-            made = min(seq.completion_tokens, int(self._steps - seq.start_step))
-            self.wasted_tokens += max(0, made)
+            made = max(0, min(seq.completion_tokens, int(self._steps - seq.start_step)))
+            self.wasted_tokens += made
         else:  # finished just as the caller was cancelled: nothing to free
-            return
+            return 0
         seq.state = "cancelled"
         self.cancelled_requests += 1
         self._admit(now)
         self._replan(now)
+        return made

@@ -128,9 +128,11 @@ class SimulatedLLM:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         if isinstance(server, ServingEngine):
-            timing: Timing = await server.generate(prompt_tokens, length)
+            timing: Timing = await server.generate(prompt_tokens, length, request.partial)
         else:
-            timing = await server.generate(prompt_tokens, length, random.Random(f"ttft:{key}"))
+            timing = await server.generate(
+                prompt_tokens, length, random.Random(f"ttft:{key}"), request.partial
+            )
         return ChatResult(
             text=text,
             prompt_tokens=prompt_tokens,
