@@ -121,8 +121,10 @@ def test_malformed_bodies_get_400_in_openai_shape() -> None:
             )
             no_messages = client.post(url, json={"model": "m"})
             bad_tokens = client.post(url, json={"messages": MSGS, "max_tokens": -3})
-            stream = client.post(url, json={"messages": MSGS, "stream": True})
-        for r in (bad_json, no_messages, bad_tokens, stream):
+            bad_stream_options = client.post(
+                url, json={"messages": MSGS, "stream": True, "stream_options": "usage please"}
+            )
+        for r in (bad_json, no_messages, bad_tokens, bad_stream_options):
             assert r.status_code == 400
             assert r.json()["error"]["type"] == "invalid_request_error"
         assert "messages" in no_messages.json()["error"]["message"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from flashevolve.backends.base import ChatRequest, ChatResult, LLMError
@@ -24,6 +26,14 @@ class OpenAICompatLLM:
       sleeps on the injectable clock.
     - Cancelling the caller's task closes the HTTP connection, which vLLM and llama-server treat
       as an abort.
+    - ``stream=True`` asks for server-sent events (``stream_options.include_usage``) and keeps
+      ``request.partial["completion_tokens"]`` up to date while the answer arrives, so a
+      cancelled request still tells how much was generated.  Until the final usage chunk that
+      number is a count of non-empty content (or reasoning) chunks -- an estimate: vLLM and
+      llama-server send about one chunk per token; the usage chunk then gives the exact count,
+      which also goes into the result.  A server that sends no usage leaves the chunk count
+      (and 0 prompt tokens) in the result.  Each retry starts the count over.  The default
+      (``False``) is one plain JSON response, and ``partial`` stays empty.
     - The API key is read from ``api_key_env`` (or given directly) and never logged: ``repr`` and
       ``describe`` leave it out.
     """
@@ -43,6 +53,7 @@ class OpenAICompatLLM:
         extra_body: dict[str, Any] | None = None,
         clock: Clock | None = None,
         seed: int = 0,
+        stream: bool = False,
     ) -> None:
         import openai  # imported here so the core imports without the SDK being reachable
 
@@ -60,6 +71,7 @@ class OpenAICompatLLM:
         self.backoff_s = backoff_s
         self.default_max_tokens = default_max_tokens
         self.extra_body = dict(extra_body or {})
+        self.stream = stream
         self.clock = clock or LoopClock()
         self._rng = random.Random(seed)
         self._openai = openai
@@ -79,6 +91,7 @@ class OpenAICompatLLM:
             "endpoint": self.endpoint,
             "model": self.model,
             "max_concurrency": self.max_concurrency,
+            "stream": self.stream,
         }
 
     async def complete(self, request: ChatRequest) -> ChatResult:
@@ -110,7 +123,6 @@ class OpenAICompatLLM:
         return state
 
     async def _once(self, client: Any, request: ChatRequest) -> ChatResult:
-        openai = self._openai
         kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages}
         max_tokens = request.max_tokens or self.default_max_tokens
         if max_tokens is not None:
@@ -125,21 +137,10 @@ class OpenAICompatLLM:
         # Our own servers use the stage to model output lengths; other servers ignore the header.
         headers = {"X-Flashevolve-Stage": request.stage} if request.stage else None
         t0 = self.clock.now()
-        try:
+        with self._llm_errors():
+            if self.stream:
+                return await self._streamed(client, request, kwargs, headers, t0)
             resp = await client.chat.completions.create(**kwargs, extra_headers=headers)
-        except openai.APIStatusError as err:
-            raise LLMError(
-                f"{self.endpoint} answered HTTP {err.status_code}: {_short(err.message)}",
-                status=err.status_code,
-                retryable=err.status_code in RETRYABLE_STATUS,
-            ) from err
-        except openai.APITimeoutError as err:
-            raise LLMError(f"{self.endpoint} timed out", retryable=True) from err
-        except openai.APIConnectionError as err:
-            raise LLMError(
-                f"cannot reach {self.endpoint}: is the server running? ({_short(str(err))})",
-                retryable=True,
-            ) from err
         latency = self.clock.now() - t0
         choice = resp.choices[0] if resp.choices else None
         text = (choice.message.content if choice and choice.message else None) or ""
@@ -153,6 +154,88 @@ class OpenAICompatLLM:
             model=resp.model or self.model,
         )
 
+    async def _streamed(
+        self,
+        client: Any,
+        request: ChatRequest,
+        kwargs: dict[str, Any],
+        headers: dict[str, str] | None,
+        t0: float,
+    ) -> ChatResult:
+        partial = request.partial
+        partial["completion_tokens"] = 0  # per attempt: a retry starts over
+        stream = await client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}, extra_headers=headers
+        )
+        parts: list[str] = []
+        finish: str | None = None
+        usage: Any = None
+        model = ""
+        # Leaving the block any way (done, error, cancelled) closes the response: an early
+        # exit closes the connection, which the server takes as an abort.
+        async with stream:
+            async for chunk in stream:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    delta = choice.delta
+                    content = delta.content if delta is not None else None
+                    if content:
+                        parts.append(content)
+                    # Reasoning models stream their thinking in a separate field (vLLM and
+                    # llama-server: reasoning_content); it is not text, but it is generated.
+                    if content or _reasoning(delta):
+                        partial["completion_tokens"] += 1
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        latency = self.clock.now() - t0
+        completion = getattr(usage, "completion_tokens", None)
+        if completion is None:  # no usage chunk: the chunk count is the best we know
+            completion = partial["completion_tokens"]
+        partial["completion_tokens"] = int(completion)
+        return ChatResult(
+            text="".join(parts),
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(completion),
+            latency_s=latency,
+            finish_reason=finish or "stop",
+            model=model or self.model,
+        )
+
+    @contextlib.contextmanager
+    def _llm_errors(self) -> Iterator[None]:
+        """Translate the SDK's exceptions into ``LLMError`` (streamed or not)."""
+        openai = self._openai
+        try:
+            yield
+        except openai.APIStatusError as err:
+            raise LLMError(
+                f"{self.endpoint} answered HTTP {err.status_code}: {_short(err.message)}",
+                status=err.status_code,
+                retryable=err.status_code in RETRYABLE_STATUS,
+            ) from err
+        except openai.APITimeoutError as err:
+            raise LLMError(f"{self.endpoint} timed out", retryable=True) from err
+        except openai.APIConnectionError as err:
+            raise LLMError(
+                f"cannot reach {self.endpoint}: is the server running? ({_short(str(err))})",
+                retryable=True,
+            ) from err
+        except openai.APIError as err:
+            # An ``error`` event inside a stream (the status was 200 when it began); vLLM puts
+            # the HTTP status it means in ``code``.
+            body = err.body if isinstance(err.body, dict) else {}
+            code = body.get("code")
+            status = code if isinstance(code, int) and not isinstance(code, bool) else None
+            raise LLMError(
+                f"{self.endpoint} reported an error: {_short(err.message)}",
+                status=status,
+                retryable=status in RETRYABLE_STATUS,
+            ) from err
+
     async def aclose(self) -> None:
         """Close this loop's HTTP client (clients of finished loops went with their loop)."""
         try:
@@ -162,6 +245,10 @@ class OpenAICompatLLM:
         state = self._per_loop.pop(loop, None)
         if state is not None:
             await state[0].close()
+
+
+def _reasoning(delta: Any) -> str | None:
+    return getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
 
 
 def _short(text: str, limit: int = 300) -> str:

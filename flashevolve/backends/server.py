@@ -9,11 +9,14 @@ text to answer) times a latency model (when to answer):
 - :class:`SimulatorResponder` -- the serving simulator (:class:`SimulatedLLM`) in real time,
   optionally ``speed`` times faster; its rate limits answer HTTP 429 and the client retries.
 
-Other endpoints: ``/v1/models`` and ``/health``.  Non-streaming only.  Other request fields (e.g.
-``response_format``, a llama.cpp ``grammar``) are accepted and handed to the responder as
-``request.extra_body``; the built-in responders ignore them (tests read them).  A client that
-disconnects cancels its handler (aiohttp ``handler_cancellation``), which cancels the simulated
-request: a real abort, KV freed.
+Other endpoints: ``/v1/models`` and ``/health``.  ``stream=true`` answers OpenAI-format
+server-sent events (:mod:`flashevolve.backends.sse`): the scripted responder spreads its pieces
+over the latency it models; other responders (the simulator) send theirs when the answer is
+ready.  Other request fields (e.g. ``response_format``, a llama.cpp ``grammar``) are accepted and
+handed to the responder as ``request.extra_body``; the built-in responders ignore them (tests
+read them).  A client that disconnects -- waiting or mid-stream -- cancels its handler (aiohttp
+``handler_cancellation``), which cancels the responder's work (for the simulator: a real abort,
+KV freed) and counts as ``cancelled``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import json
 import math
 import random
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from flashevolve.backends import sse
 from flashevolve.backends.base import ChatRequest, LLMError
 from flashevolve.backends.sim.lengths import count_prompt_tokens, count_tokens
 from flashevolve.backends.sim.llm import SimulatedLLM, request_key
@@ -53,6 +57,10 @@ class Reply:
 
 
 class Responder(Protocol):
+    """Answers requests.  It may also have ``respond_stream(request)``: an async iterator of text
+    pieces paced as they would be generated, ending with the :class:`Reply` (used for
+    ``stream=true``; without it the server streams the whole answer once ``respond`` returns)."""
+
     model: str
 
     async def respond(self, request: ChatRequest) -> Reply:
@@ -132,7 +140,8 @@ class ScriptedResponder:
             return ""
         return str(script[index % len(script)])
 
-    async def respond(self, request: ChatRequest) -> Reply:
+    def _plan(self, request: ChatRequest) -> tuple[Reply, float]:
+        """The answer and its latency (or the scripted error)."""
         index = next(self._arrivals)
         if self.error_fn is not None:
             status = self.error_fn(request, index)
@@ -140,16 +149,39 @@ class ScriptedResponder:
                 raise LLMError(f"scripted error {status}", status=status, retryable=status == 429)
         key = request_key(self.seed, request, request.stage)
         text = self._text(request, index, random.Random(f"text:{key}"))
+        latency = self.latency.sample(random.Random(f"latency:{key}"))
+        return Reply(text, count_prompt_tokens(request.messages), count_tokens(text)), latency
+
+    async def respond(self, request: ChatRequest) -> Reply:
+        reply, latency = self._plan(request)
         self.in_flight += 1
         try:
-            await asyncio.sleep(self.latency.sample(random.Random(f"latency:{key}")))
+            await asyncio.sleep(latency)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
         finally:
             self.in_flight -= 1
         self.completed += 1
-        return Reply(text, count_prompt_tokens(request.messages), count_tokens(text))
+        return reply
+
+    async def respond_stream(self, request: ChatRequest) -> AsyncIterator[str | Reply]:
+        """The same answer as :meth:`respond`, one piece per token spread over the same latency,
+        then the :class:`Reply`.  Closing the stream early counts as cancelled."""
+        reply, latency = self._plan(request)
+        self.in_flight += 1
+        try:
+            pieces = sse.split_pieces(reply.text, reply.completion_tokens)
+            async with contextlib.aclosing(sse.paced(pieces, latency)) as paced:
+                async for piece in paced:
+                    yield piece
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        self.completed += 1
+        yield reply
 
 
 class SimulatorResponder:
@@ -187,10 +219,19 @@ def _error(
     return web.json_response(body, status=status)
 
 
+def _llm_error(err: LLMError) -> web.Response:
+    status = err.status or 500
+    if status == 429:
+        return _error(429, str(err), kind="requests", code="rate_limit_exceeded")
+    return _error(
+        status, str(err), kind="server_error" if status >= 500 else "invalid_request_error"
+    )
+
+
 #: Request fields the server itself reads (or that every client sends); the rest is extra_body.
 _STANDARD_FIELDS = frozenset(
-    {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed", "stream"}
-)
+    {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed"}
+) | {"stream", "stream_options"}
 
 
 def _parse_messages(raw: Any) -> list[dict[str, str]]:
@@ -304,8 +345,9 @@ class OpenAICompatServer:
         try:
             if not isinstance(body, dict):
                 raise ValueError("the request body must be a JSON object")
-            if body.get("stream"):
-                raise ValueError("streaming is not supported by this server; send stream=false")
+            stream_options = body.get("stream_options") or {}
+            if not isinstance(stream_options, dict):
+                raise ValueError("'stream_options' must be an object")
             model = body.get("model")
             if self.strict_model and model is not None and model != self.responder.model:
                 # Like OpenAI and vLLM: an unknown model name is a 404, not a silent answer.
@@ -328,6 +370,8 @@ class OpenAICompatServer:
         except ValueError as err:
             self.errors += 1
             return _error(400, str(err), kind="invalid_request_error")
+        if body.get("stream"):
+            return await self._stream(http, request, bool(stream_options.get("include_usage")))
         self.in_flight += 1
         try:
             reply = await self.responder.respond(request)
@@ -336,21 +380,47 @@ class OpenAICompatServer:
             raise
         except LLMError as err:
             self.errors += 1
-            status = err.status or 500
-            if status == 429:
-                return _error(429, str(err), kind="requests", code="rate_limit_exceeded")
-            return _error(
-                status, str(err), kind="server_error" if status >= 500 else "invalid_request_error"
-            )
+            return _llm_error(err)
         finally:
             self.in_flight -= 1
         self.completed += 1
         return web.json_response(self._body(request, reply))
 
-    def _body(self, request: ChatRequest, reply: Reply) -> dict[str, Any]:
+    async def _stream(
+        self, http: web.Request, request: ChatRequest, include_usage: bool
+    ) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            resp, outcome = await sse.stream_chat(
+                http,
+                sse.reply_stream(self.responder, request),
+                rid=self._new_id(),
+                model=self.responder.model,
+                include_usage=include_usage,
+            )
+        except asyncio.CancelledError:
+            self.cancelled += 1  # the client went away; closing the stream stopped the work
+            raise
+        except LLMError as err:  # failed before the first piece: an ordinary HTTP error
+            self.errors += 1
+            return _llm_error(err)
+        finally:
+            self.in_flight -= 1
+        if outcome == "completed":
+            self.completed += 1
+        elif outcome == "error":
+            self.errors += 1
+        else:
+            self.cancelled += 1
+        return resp
+
+    def _new_id(self) -> str:
         rid = hashlib.blake2b(f"{next(self._ids)}".encode(), digest_size=6).hexdigest()
+        return f"chatcmpl-sim-{rid}"
+
+    def _body(self, request: ChatRequest, reply: Reply) -> dict[str, Any]:
         return {
-            "id": f"chatcmpl-sim-{rid}",
+            "id": self._new_id(),
             "object": "chat.completion",
             "created": 0,  # a test/simulator server: no wall timestamp on purpose
             "model": self.responder.model,

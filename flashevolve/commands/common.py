@@ -43,6 +43,12 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--concurrency", type=int, default=None, help="max requests in flight to the endpoint"
     )
+    g.add_argument(
+        "--stream",
+        action="store_true",
+        help="local/openai: stream answers (SSE), so the tokens of cancelled requests are "
+        "counted as wasted work",
+    )
 
 
 def make_backend(args: argparse.Namespace) -> LLM:
@@ -57,6 +63,8 @@ def make_backend(args: argparse.Namespace) -> LLM:
             kwargs["port"] = args.port
         if getattr(args, "ctx_per_slot", None) is not None:
             kwargs["ctx_per_slot"] = args.ctx_per_slot
+        if getattr(args, "stream", False):
+            kwargs["stream"] = True
         return backends.local(**kwargs)
     if kind == "openai":
         if not args.base_url or not args.model:
@@ -66,6 +74,7 @@ def make_backend(args: argparse.Namespace) -> LLM:
             args.model,
             api_key_env=args.api_key_env,
             max_concurrency=args.concurrency or 16,
+            stream=getattr(args, "stream", False),
         )
     if kind == "vllm":
         if not args.model:
