@@ -22,7 +22,7 @@ from flashevolve.events.schema import Event, Kind
 from flashevolve.policies.staleness import make_policy
 from flashevolve.pool import ArtifactPool
 from flashevolve.runtime.budget import BudgetTracker
-from flashevolve.runtime.clock import LoopClock, run_virtual
+from flashevolve.runtime.clock import LoopClock, cancel_all_tasks, run_virtual
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
 from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, normalize_workers
@@ -278,6 +278,9 @@ class Evolver:
                 self._error = err
             finally:
                 try:
+                    # Owned work is cancelled by the runtime; this catches anything a plug-in
+                    # started on its own, so no task is destroyed while pending.
+                    cancel_all_tasks(loop)
                     loop.run_until_complete(loop.shutdown_asyncgens())
                     # asyncio.to_thread (e.g. stopping a server process) uses the loop's default
                     # executor: join its threads so none outlives the run

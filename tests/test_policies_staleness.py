@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 
 import pytest
 
@@ -350,3 +351,211 @@ def test_reflective_patch_that_only_changes_whitespace_is_unchanged() -> None:
     (d,) = decide_all(Reflective(k=1), ctx, proposals(ctx, 1))
     assert d.action == "discard" and "unchanged" in d.reason
     assert not ctx.log.of_kind(Kind.PATCH_MADE)
+
+
+# -- the order the reviewer sees (position bias) ---------------------------------------------------
+
+_SHOWN_RE = re.compile(r"^## Stale item (\S+) ", re.MULTILINE)
+
+
+class ByPrompt(WorkloadContent):
+    """A reviewer whose answer is made from the prompt: ``answer_for(ids as shown) -> text``."""
+
+    def __init__(self, answer_for) -> None:  # noqa: ANN001
+        super().__init__()
+        self.answer_for = answer_for
+        self.shown: list[list[str]] = []
+
+    def respond(self, messages, stage, rng, *, truncated=False):  # noqa: ANN001
+        if stage == "patch":
+            shown = _SHOWN_RE.findall(str(messages[-1]["content"]))
+            self.shown.append(shown)
+            return self.answer_for(shown)
+        return super().respond(messages, stage, rng, truncated=truncated)
+
+
+#: what the reviewer says about each item, whatever position it is shown in
+VERDICTS = {"i0": "patch", "i1": "discard", "i2": "patch", "i3": "accept"}
+
+
+def _by_id_reversed(shown: list[str]) -> str:
+    # decisions listed in the reverse of the shown order: matching must go by id
+    return answer(
+        [(i, VERDICTS[i]) for i in reversed(shown)],
+        {"instruction": "Merged.\n[[sim-quality=0.450]]"},
+    )
+
+
+def test_reflective_shows_each_batch_in_a_recorded_permutation() -> None:
+    orders = set()
+    for seed in range(6):
+        content = ByPrompt(_by_id_reversed)
+        ctx = make_ctx(content)
+        ctx.seed = seed
+        ctx.reflection_llm = rec = _Recording(ctx.reflection_llm)
+        items = proposals(ctx, 4)
+        decisions = decide_all(Reflective(k=4, review_schema=True), ctx, items)
+        (shown,) = content.shown
+        orders.add(tuple(shown))
+        # every decision records the same batch order: what the prompt showed, a permutation
+        assert all(d.data["shown_order"] == shown for d in decisions)
+        assert sorted(shown) == ["i0", "i1", "i2", "i3"]
+        assert [d.data["position"] for d in decisions] == [shown.index(it.item_id) for it in items]
+        # the schema's item enum and the prompt's id list follow the shown order too
+        schema = rec.extra[0]["response_format"]["json_schema"]["schema"]
+        assert schema["properties"]["decisions"]["items"]["properties"]["item"]["enum"] == shown
+        # decisions still belong to the right items; patch bookkeeping is in arrival order
+        assert [d.action for d in decisions] == ["patch", "discard", "merged", "accept"]
+        assert all(d.data["matched_by"] == "id" for d in decisions)
+        assert decisions[0].patched_from == ("i0", "i2")
+        assert decisions[0].artifact.parents[1:] == (items[0].artifact.id, items[2].artifact.id)
+    assert len(orders) > 1  # the seeds do shuffle (identity for all six would be a bug)
+
+
+def test_reflective_order_is_seeded_per_run() -> None:
+    def orders(seed: int, shuffle: bool = True) -> list[list[str]]:
+        content = ByPrompt(lambda shown: answer([(i, "discard") for i in shown], None))
+        ctx = make_ctx(content)
+        ctx.seed = seed
+        decisions = decide_all(Reflective(k=3, shuffle=shuffle), ctx, proposals(ctx, 9))
+        # three batches of three, in arrival order; each decision names its batch's order
+        recorded = [decisions[b * 3].data["shown_order"] for b in range(3)]
+        assert recorded == content.shown
+        return recorded
+
+    # the run's per-stage stream "review-order": one shuffle per batch, in batch order
+    rng = random.Random("7:review-order")
+    expected = []
+    for b in range(3):
+        order = [0, 1, 2]
+        rng.shuffle(order)
+        expected.append([f"i{3 * b + p}" for p in order])
+    assert orders(7) == orders(7) == expected
+    assert orders(8) != orders(7)
+    assert orders(7, shuffle=False) == [["i0", "i1", "i2"], ["i3", "i4", "i5"], ["i6", "i7", "i8"]]
+
+
+def test_reflective_position_fallback_follows_the_shown_order() -> None:
+    # Ids the batch does not have, as many decisions as items: the n-th decision belongs to the
+    # n-th item *as shown* (seed 3 shows a batch of two reversed).
+    content = ByPrompt(lambda shown: answer([("first", "accept"), ("second", "discard")], None))
+    ctx = make_ctx(content)
+    ctx.seed = 3
+    decisions = decide_all(Reflective(k=2), ctx, proposals(ctx, 2))
+    assert content.shown == [["i1", "i0"]]
+    assert [d.action for d in decisions] == ["discard", "accept"]
+    assert [d.data["position"] for d in decisions] == [1, 0]
+    assert all(d.data["matched_by"] == "position" for d in decisions)
+
+
+def test_reflective_unusable_answer_and_single_items_record_positions() -> None:
+    ctx = make_ctx(Scripted(["not json", answer([("i0", "accept")], None)]))
+    ctx.seed = 3
+    decisions = decide_all(Reflective(k=2), ctx, proposals(ctx, 2))
+    assert [d.action for d in decisions] == ["discard", "discard"]
+    assert [d.data["position"] for d in decisions] == [1, 0]
+    assert decisions[0].data["shown_order"] == ["i1", "i0"] and decisions[0].data["malformed"]
+    (d,) = decide_all(Reflective(k=1), ctx, proposals(ctx, 1))
+    assert d.data["position"] == 0 and d.data["shown_order"] == ["i0"]
+    # a failed review call (the script has no answer left) is a discard with the order recorded
+    decisions = decide_all(Reflective(k=2), ctx, proposals(ctx, 2))
+    assert [d.action for d in decisions] == ["discard", "discard"]
+    assert all(d.reason.startswith("review failed") for d in decisions)
+    assert sorted(d.data["position"] for d in decisions) == [0, 1]
+    assert decisions[0].data["batch_size"] == 2
+
+
+def test_reflective_positions_are_in_the_run_events() -> None:
+    from flashevolve import Evolver
+
+    def stale_events() -> list[tuple[str, str, str, int, tuple[str, ...]]]:
+        ev = Evolver(
+            SimulatedTask(n_train=12, n_val=6, seed=0),
+            simulated(seed=0),
+            budget=300,
+            workers={"rollout": 4, "propose": 4, "evaluate": 2},
+            max_in_flight=16,
+            staleness=Reflective(k=2),
+            seed=1,
+        )
+        ev.run_virtual()
+        rows = []
+        for e in ev.events.filter(ev.events["kind"] == Kind.STALE_DETECTED).iter_rows(named=True):
+            d = json.loads(e["data"])
+            rows.append(
+                (e["item_id"], e["decision"], d["batch"], d["position"], tuple(d["shown_order"]))
+            )
+        return rows
+
+    rows = stale_events()
+    assert rows
+    batches: dict[str, list] = {}
+    for item, _decision, batch, position, shown in rows:
+        assert shown[position] == item  # the item was shown where its event says
+        batches.setdefault(batch, []).append((position, shown))
+    for members in batches.values():
+        assert len({shown for _, shown in members}) == 1  # one order per batch
+        assert sorted(p for p, _ in members) == list(range(len(members)))
+    # two-item batches were shown both ways round: in id order and reversed
+    pairs = {shown for *_, shown in rows if len(shown) == 2}
+    assert {shown == tuple(sorted(shown, key=lambda i: int(i[1:]))) for shown in pairs} == {
+        True,
+        False,
+    }
+    assert stale_events() == rows  # same seed, same run, same orders
+    random.seed(0)
+
+
+def test_reflective_timers_and_reviews_do_not_outlive_the_run() -> None:
+    """A stale item still waiting for company when the run ends must not leave its timer (or a
+    review call) pending on the loop."""
+    import asyncio
+
+    from flashevolve import Evolver
+    from flashevolve.backends.sim import SimulatedTask, simulated
+    from flashevolve.policies.reflective import Reflective
+    from flashevolve.runtime.clock import run_virtual
+
+    policy = Reflective(k=4, max_wait_s=10_000)  # a part batch waits until the end
+
+    async def main():
+        ev = Evolver(
+            SimulatedTask(n_train=20, n_val=6, seed=0),
+            simulated(seed=0),
+            budget=300,
+            workers={"rollout": 4, "propose": 4, "evaluate": 8},
+            max_in_flight=16,
+            staleness=policy,
+            seed=0,
+        )
+        summary = await ev.run()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return summary, others, len(policy._waiting)
+
+    summary, leftovers, waiting_at_end = run_virtual(main)
+    assert summary["stale_seen"] > 0
+    assert waiting_at_end > 0, "the case under test: a part batch was waiting when the run ended"
+    assert leftovers == []
+
+
+def test_reflective_batches_never_wait_for_more_items_than_the_stage_has_workers() -> None:
+    """Each waiting item holds a gate worker: with k above the worker count a batch could only
+    leave by max_wait_s and the gate would stand still until then."""
+    from flashevolve import Evolver
+    from flashevolve.backends.sim import SimulatedTask, simulated
+    from flashevolve.policies.reflective import Reflective
+
+    ev = Evolver(
+        SimulatedTask(n_train=20, n_val=6, seed=0),
+        simulated(seed=0),
+        budget=600,
+        workers={"rollout": 4, "propose": 4, "evaluate": 2},
+        max_in_flight=16,
+        staleness=Reflective(k=8, max_wait_s=10_000),
+        seed=0,
+    )
+    summary = ev.run_virtual()
+    stale = ev.events.filter(ev.events["kind"] == Kind.STALE_DETECTED)
+    assert summary["stale_seen"] > 0 and stale["decision"].null_count() == 0
+    sizes = [json.loads(d)["batch_size"] for d in stale["data"].to_list()]
+    assert max(sizes) <= 2  # batches of at most the gate's 2 workers

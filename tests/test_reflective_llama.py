@@ -84,6 +84,7 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
     keys = ("proposals", "accepted", "stale_seen", "stale_accepted", "stale_patched")
     print("summary:", {k: summary[k] for k in (*keys, "stale_discarded", "stale_merged")})
     print(stale.select("item_id", "lag", "decision", "reason").to_dicts())
+    print("positions shown:", [json.loads(d).get("position") for d in stale["data"]])
     assert summary["proposals"] >= 1
     if stale.is_empty():
         pytest.skip("no proposal went stale in this short run (nothing was admitted in time)")
@@ -95,6 +96,9 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
     # Unusable answers are discarded and never carry an artifact of their own.
     for row, d in zip(stale.iter_rows(named=True), data, strict=True):
         assert d.get("review_schema") is True
+        # the order the reviewer saw the batch in, and where this item was in it
+        assert d["shown_order"][d["position"]] == row["item_id"]
+        assert len(d["shown_order"]) == d["batch_size"]
         if d.get("malformed"):
             assert row["decision"] == "discard" and "unusable review answer" in row["reason"]
     # A patch exists only with its patch_made event, and names stale items folded into it.
@@ -216,9 +220,12 @@ def test_reflective_review_call_against_llama_server(reviewer_server, constraine
     for it, d in zip(items, decisions, strict=True):
         head = d.data.get("answer_head", "")[:160].replace("\n", " ")
         print(
-            f"[{'schema' if constrained else 'free'}] {it.item_id} {d.action} | {d.reason} | {head}"
+            f"[{'schema' if constrained else 'free'}] {it.item_id} shown at {d.data['position']}: "
+            f"{d.action} | {d.reason} | {head}"
         )
     assert len(decisions) == 2
+    assert sorted(d.data["position"] for d in decisions) == [0, 1]
+    assert all(d.data["shown_order"] == decisions[0].data["shown_order"] for d in decisions)
     assert all(d.action in ("accept", "discard", "patch", "merged") and d.reason for d in decisions)
     assert len(log.of_kind(Kind.REQUEST_FINISHED)) == 1  # one call for the batch of two
     patches = log.of_kind(Kind.PATCH_MADE)

@@ -11,13 +11,19 @@ the proposal still adds something.  Per review call the policy shows the reviewe
 
 and asks for JSON: ``{"decisions": [{"item", "decision": accept|discard|patch, "rationale"}],
 "patched": {component: text} | null}``.  All items decided ``patch`` are folded into *one*
-repaired artifact (the best with ``patched`` merged in): the first of them carries it (action
-``patch``), the others are ``merged`` into it.  An answer that is not valid JSON of that shape, or
-that was cut off at ``max_tokens``, is recorded with its reason and every item of the batch is
-discarded -- a malformed answer is never adopted.
+repaired artifact (the best with ``patched`` merged in): the first of them in arrival order
+carries it (action ``patch``), the others are ``merged`` into it.  An answer that is not valid
+JSON of that shape, or that was cut off at ``max_tokens``, is recorded with its reason and every
+item of the batch is discarded -- a malformed answer is never adopted.
 
 Batching: decisions wait until ``k`` stale items are queued or ``max_wait_s`` (run clock) passed
 since the first of them arrived, whichever comes first.
+
+Order: the items of a batch are shown in a seeded random order (``ctx.rng("review-order")``, so a
+run is as reproducible as its seed), because LLM judges favour a position (SmolLM2-135M accepted
+the first-listed item of every batch); shuffling makes that bias fall on random items instead of
+always on the oldest one.  Every decision records its shown ``position`` (0-based) and the batch's
+``shown_order``; ``shuffle=False`` shows the items in arrival order.
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ class Reflective:
         reviewer: Any = None,
         review_schema: bool = False,
         patch_chars: int = 1000,
+        shuffle: bool = True,
     ) -> None:
         if k < 1:
             raise ValueError("k (stale items per review call) must be at least 1")
@@ -114,6 +121,9 @@ class Reflective:
         #: ``patch_chars``).  Backends without extra_body support ignore it.
         self.review_schema = review_schema
         self.patch_chars = patch_chars
+        #: show a batch's items in a seeded random order (``ctx.rng("review-order")``) instead of
+        #: arrival order, so a reviewer's position bias does not always favour the oldest item.
+        self.shuffle = shuffle
         self._reviewer_wrapped: tuple[Any, Any] | None = None
         self._waiting: list[_Waiting] = []
         self._timer: asyncio.Task | None = None
@@ -130,6 +140,7 @@ class Reflective:
                 if self.review_schema
                 else ""
             )
+            + ("" if self.shuffle else ", shuffle=False")
             + ")"
         )
 
@@ -139,11 +150,19 @@ class Reflective:
             return StaleDecision(ACCEPT, reason="no proposal to review at this stage")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(item, future))
-        if len(self._waiting) >= self.k:
+        if len(self._waiting) >= self._batch_size(item.stage, ctx):
             self._flush(ctx)
         elif self._timer is None or self._timer.done():
-            self._timer = asyncio.create_task(self._flush_later(ctx))
+            self._timer = ctx.spawn(self._flush_later(ctx), name="reflective-wait")
         return await future
+
+    def _batch_size(self, stage: str, ctx: StageContext) -> int:
+        """``k``, but never more than the workers of the checking stage: each waiting item holds
+        one of them, so with fewer workers than ``k`` a batch could only ever leave by
+        ``max_wait_s`` -- and the stage would stand still until then."""
+        runtime = ctx.settings.get("runtime")
+        workers = getattr(runtime, "targets", {}).get(stage) if runtime is not None else None
+        return max(1, min(self.k, workers)) if workers else self.k
 
     def _wire(self, ctx: StageContext) -> None:
         """Tell the workflow whether patched artifacts go through the minibatch gate."""
@@ -168,36 +187,67 @@ class Reflective:
             batch, self._waiting = self._waiting[: self.k], self._waiting[self.k :]
             batch = [w for w in batch if not w.future.done()]  # waiters cancelled at shutdown
             if batch:
-                task = asyncio.create_task(self._review(batch, ctx, reason))
+                task = ctx.spawn(self._review(batch, ctx, reason), name="reflective-review")
                 self._calls.add(task)
                 task.add_done_callback(self._calls.discard)
             if len(self._waiting) < self.k:
                 break
         if self._waiting:
-            self._timer = asyncio.create_task(self._flush_later(ctx))
+            self._timer = ctx.spawn(self._flush_later(ctx), name="reflective-wait")
 
     async def _review(self, batch: list[_Waiting], ctx: StageContext, trigger: str) -> None:
         self._batches += 1
         batch_id = f"pb{self._batches}"
         items = [w.item for w in batch]
+        order = self.shown_order(items, ctx)
         try:
-            decisions = await self.review(items, ctx, batch_id=batch_id, trigger=trigger)
+            decisions = await self.review(
+                items, ctx, batch_id=batch_id, trigger=trigger, order=order
+            )
         except Exception as err:  # noqa: BLE001 -- a failed review must not hang the gate
             reason = f"review failed: {type(err).__name__}: {err}"
+            data = {"batch": batch_id, "batch_size": len(items), **_order_data(items, order)}
             decisions = [
-                StaleDecision(DISCARD, reason=reason, data={"batch": batch_id}) for _ in items
+                StaleDecision(DISCARD, reason=reason, data={**data, "position": order.index(i)})
+                for i in range(len(items))
             ]
         for w, d in zip(batch, decisions, strict=True):
             if not w.future.done():
                 w.future.set_result(d)
 
+    def shown_order(self, items: list[StaleItem], ctx: StageContext) -> list[int]:
+        """The order the reviewer sees ``items`` in: ``order[p]`` is the index of the item shown at
+        position ``p``.  Seeded (``ctx.rng("review-order")``), one draw per batch; identity with
+        ``shuffle=False`` or a single item."""
+        order = list(range(len(items)))
+        if self.shuffle and len(items) > 1:
+            ctx.rng("review-order").shuffle(order)
+        return order
+
     async def review(
-        self, items: list[StaleItem], ctx: StageContext, *, batch_id: str = "pb", trigger: str = "k"
+        self,
+        items: list[StaleItem],
+        ctx: StageContext,
+        *,
+        batch_id: str = "pb",
+        trigger: str = "k",
+        order: list[int] | None = None,
     ) -> list[StaleDecision]:
-        """One reviewer call for ``items``; returns one decision per item, in order."""
+        """One reviewer call for ``items``; returns one decision per item, in ``items``' order.
+
+        The reviewer sees the items in ``order`` (default: :meth:`shown_order`); each decision's
+        ``data.position`` is where its item was shown, ``data.shown_order`` the batch's item ids
+        as shown.
+        """
+        if order is None:
+            order = self.shown_order(items, ctx)
+        if sorted(order) != list(range(len(items))):
+            raise ValueError(f"order {order} is not a permutation of the {len(items)} items")
+        shown = [items[i] for i in order]
+        position = {it.item_id: p for p, it in enumerate(shown)}
         best = ctx.pool.best()
         prompt = build_patch_prompt(
-            items,
+            shown,
             ctx,
             history_tokens=self.history_tokens,
             artifact_chars=self.artifact_chars,
@@ -211,9 +261,15 @@ class Reflective:
             stage="patch",
             item_id=items[0].item_id,
             metadata={"items": [it.item_id for it in items]},
-            extra_body=self._schema_body(items, best) if self.review_schema else None,
+            extra_body=self._schema_body(shown, best) if self.review_schema else None,
         )
-        base = {"batch": batch_id, "batch_size": len(items), "trigger": trigger, "best_id": best.id}
+        base = {
+            "batch": batch_id,
+            "batch_size": len(items),
+            "trigger": trigger,
+            "best_id": best.id,
+            **_order_data(items, order),
+        }
         if self.review_schema:
             base["review_schema"] = True
         result = await self._llm(ctx).complete(request)
@@ -222,11 +278,13 @@ class Reflective:
             data = {**base, "malformed": True, "answer_head": (result.text or "")[:300]}
             return [
                 StaleDecision(
-                    DISCARD, reason=f"unusable review answer ({parsed.reason})", data=data
+                    DISCARD,
+                    reason=f"unusable review answer ({parsed.reason})",
+                    data={**data, "position": position[it.item_id]},
                 )
-                for _ in items
+                for it in items
             ]
-        return self._apply(items, parsed.answer, ctx, best, base)
+        return self._apply(items, shown, parsed.answer, ctx, best, base)
 
     def _schema_body(self, items: list[StaleItem], best: Any) -> dict[str, Any]:
         schema = review_json_schema(
@@ -257,6 +315,7 @@ class Reflective:
     def _apply(
         self,
         items: list[StaleItem],
+        shown: list[StaleItem],
         answer: PatchAnswer,
         ctx: StageContext,
         best: Any,
@@ -269,7 +328,8 @@ class Reflective:
                 by_id = {it.item_id: answer.decisions[0] for it in items}
                 matched = "single"
             elif len(answer.decisions) == len(items):
-                by_id = {it.item_id: d for it, d in zip(items, answer.decisions, strict=True)}
+                # the n-th decision belongs to the n-th item *as shown*
+                by_id = {it.item_id: d for it, d in zip(shown, answer.decisions, strict=True)}
                 matched = "position"
         chosen: list[tuple[str, str]] = []
         for it in items:
@@ -281,8 +341,15 @@ class Reflective:
             patched_art, patch_problem = self._merge(items, patch_ids, answer.patched, ctx, best)
         out: list[StaleDecision] = []
         first_patch = True
+        position = {it.item_id: p for p, it in enumerate(shown)}
         for it, (dec, why) in zip(items, chosen, strict=True):
-            data = {**base, "matched_by": matched, "rationale": why, "answered": dec}
+            data = {
+                **base,
+                "position": position[it.item_id],
+                "matched_by": matched,
+                "rationale": why,
+                "answered": dec,
+            }
             if it.item_id not in by_id:
                 out.append(
                     StaleDecision(
@@ -365,6 +432,11 @@ class Reflective:
             },
         )
         return art, None
+
+
+def _order_data(items: list[StaleItem], order: list[int]) -> dict[str, Any]:
+    """What every decision of a batch records about the order the reviewer saw."""
+    return {"shown_order": [items[i].item_id for i in order]}
 
 
 POLICIES["reflective"] = Reflective

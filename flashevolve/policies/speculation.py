@@ -235,11 +235,7 @@ class Speculation:
     # -- background work ----------------------------------------------------------------------
     def spawn(self, ctx: StageContext, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
         """Background work owned by the run: the runtime cancels it at shutdown."""
-        runtime = ctx.settings.get("runtime")
-        if runtime is not None and hasattr(runtime, "spawn"):
-            task = runtime.spawn(coro, name=name)
-        else:
-            task = asyncio.create_task(coro, name=name)
+        task = ctx.spawn(coro, name=name)
         self.tails.add(task)
         task.add_done_callback(self.tails.discard)
         return task

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,15 @@ class StageContext:
 
     def now(self) -> float:
         return self.clock.now()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task:
+        """Background work owned by the run (a speculative tail, a policy's timer): the runtime
+        cancels it at shutdown, so nothing outlives the run.  Without a runtime (a policy driven
+        directly in a test) it is a plain task."""
+        runtime = self.settings.get("runtime")
+        if runtime is not None and hasattr(runtime, "spawn"):
+            return runtime.spawn(coro, name=name)
+        return asyncio.create_task(coro, name=name)
 
     def emit(self, kind: Kind | str, **fields: Any) -> Event:
         fields.setdefault("pool_version", self.pool.pool_version)
