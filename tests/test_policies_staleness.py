@@ -22,6 +22,22 @@ from flashevolve.runtime.clock import LoopClock, run_virtual
 from flashevolve.runtime.context import StageContext
 
 
+def sim_evolver(staleness, *, n_train=12, n_val=6, budget=300, evaluate=2, seed=0, **kw):
+    """An async GEPA run on the simulator with enough jobs in flight for items to go stale."""
+    from flashevolve import Evolver
+
+    return Evolver(
+        SimulatedTask(n_train=n_train, n_val=n_val, seed=0),
+        simulated(seed=0),
+        budget=budget,
+        workers={"rollout": 4, "propose": 4, "evaluate": evaluate},
+        max_in_flight=16,
+        staleness=staleness,
+        seed=seed,
+        **kw,
+    )
+
+
 def stale(
     item_id: str = "i1",
     lag: int = 1,
@@ -283,16 +299,8 @@ def test_reflective_history_is_capped_newest_first() -> None:
 
 
 def test_reflective_gate_patches_setting_reaches_the_workflow() -> None:
-    from flashevolve import Evolver
 
-    ev = Evolver(
-        SimulatedTask(n_train=12, n_val=6, seed=0),
-        simulated(seed=0),
-        budget=300,
-        workers={"rollout": 4, "propose": 4, "evaluate": 2},
-        max_in_flight=16,
-        staleness=Reflective(k=2, gate_patches=False),
-    )
+    ev = sim_evolver(Reflective(k=2, gate_patches=False))
     summary = ev.run_virtual()
     assert ev.workflow.gate_patches is False
     assert summary["stale_seen"] > 0
@@ -466,18 +474,9 @@ def test_reflective_unusable_answer_and_single_items_record_positions() -> None:
 
 
 def test_reflective_positions_are_in_the_run_events() -> None:
-    from flashevolve import Evolver
 
     def stale_events() -> list[tuple[str, str, str, int, tuple[str, ...]]]:
-        ev = Evolver(
-            SimulatedTask(n_train=12, n_val=6, seed=0),
-            simulated(seed=0),
-            budget=300,
-            workers={"rollout": 4, "propose": 4, "evaluate": 2},
-            max_in_flight=16,
-            staleness=Reflective(k=2),
-            seed=1,
-        )
+        ev = sim_evolver(Reflective(k=2), seed=1)
         ev.run_virtual()
         rows = []
         for e in ev.events.filter(ev.events["kind"] == Kind.STALE_DETECTED).iter_rows(named=True):
@@ -511,23 +510,13 @@ def test_reflective_timers_and_reviews_do_not_outlive_the_run() -> None:
     review call) pending on the loop."""
     import asyncio
 
-    from flashevolve import Evolver
-    from flashevolve.backends.sim import SimulatedTask, simulated
     from flashevolve.policies.reflective import Reflective
     from flashevolve.runtime.clock import run_virtual
 
     policy = Reflective(k=4, max_wait_s=10_000)  # a part batch waits until the end
 
     async def main():
-        ev = Evolver(
-            SimulatedTask(n_train=20, n_val=6, seed=0),
-            simulated(seed=0),
-            budget=300,
-            workers={"rollout": 4, "propose": 4, "evaluate": 8},
-            max_in_flight=16,
-            staleness=policy,
-            seed=0,
-        )
+        ev = sim_evolver(policy, n_train=20, evaluate=8)
         summary = await ev.run()
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         return summary, others, len(policy._waiting)
@@ -541,19 +530,9 @@ def test_reflective_timers_and_reviews_do_not_outlive_the_run() -> None:
 def test_reflective_batches_never_wait_for_more_items_than_the_stage_has_workers() -> None:
     """Each waiting item holds a gate worker: with k above the worker count a batch could only
     leave by max_wait_s and the gate would stand still until then."""
-    from flashevolve import Evolver
-    from flashevolve.backends.sim import SimulatedTask, simulated
     from flashevolve.policies.reflective import Reflective
 
-    ev = Evolver(
-        SimulatedTask(n_train=20, n_val=6, seed=0),
-        simulated(seed=0),
-        budget=600,
-        workers={"rollout": 4, "propose": 4, "evaluate": 2},
-        max_in_flight=16,
-        staleness=Reflective(k=8, max_wait_s=10_000),
-        seed=0,
-    )
+    ev = sim_evolver(Reflective(k=8, max_wait_s=10_000), n_train=20, budget=600)
     summary = ev.run_virtual()
     stale = ev.events.filter(ev.events["kind"] == Kind.STALE_DETECTED)
     assert summary["stale_seen"] > 0 and stale["decision"].null_count() == 0
