@@ -126,6 +126,35 @@ def test_cancelled_request_does_not_break_the_server(server: LocalLLM):
 
 
 @pytest.mark.llama
+def test_streaming_counts_tokens_and_what_a_cancelled_request_made(server: LocalLLM):
+    """Streaming against the real llama-server: the usage chunk gives the exact count, and a
+    request cancelled mid-answer leaves how many tokens it had received in ``partial``."""
+
+    async def go():
+        llm = OpenAICompatLLM(server.endpoint, server.model, max_retries=0, stream=True)
+        try:
+            full_request = _ask("Write a long story about a cat.", max_tokens=40, temperature=0.0)
+            full = await llm.complete(full_request)
+            cut = _ask("Write a long story about a dog.", max_tokens=400, temperature=0.0)
+            task = asyncio.create_task(llm.complete(cut))
+            for _ in range(600):  # until a few pieces have arrived (bounded poll)
+                if task.done() or cut.partial.get("completion_tokens", 0) >= 5:
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return full, full_request, cut
+        finally:
+            await llm.aclose()
+
+    full, full_request, cut = asyncio.run(go())
+    assert full.completion_tokens == 40 and full.finish_reason == "length" and full.text
+    assert full_request.partial["completion_tokens"] == 40
+    assert 5 <= cut.partial["completion_tokens"] < 400
+
+
+@pytest.mark.llama
 def test_same_seed_repeats_and_local_client_owns_the_server(server: LocalLLM):
     # The LocalLLM itself (one event loop for its whole life in this test).
     async def go():
