@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 
 import httpx
 import openai
 import pytest
+from test_server import FAST, MSGS, _wait_until  # tests/ is on sys.path (pytest prepend mode)
 
 from flashevolve.backends.base import ChatRequest, ChatResult, LLMError
 from flashevolve.backends.openai_compat import OpenAICompatLLM
 from flashevolve.backends.server import (
-    LognormalLatency,
     OpenAICompatServer,
     Reply,
     ScriptedResponder,
@@ -24,19 +23,7 @@ from flashevolve.backends.server import (
 )
 from flashevolve.backends.sim.lengths import count_tokens
 
-FAST = LognormalLatency(mean_s=0.005, sigma=1.0, cap_s=0.05)
-MSGS = [{"role": "user", "content": "hello"}]
 SIM_PROMPT = [{"role": "user", "content": "[sim-example id=val-1 difficulty=0.5]"}]
-
-
-def _wait_until(cond, timeout_s: float = 5.0) -> bool:
-    """Poll a condition set by the server thread (readiness polling, bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def _same(a: ChatResult, b: ChatResult) -> None:

@@ -190,14 +190,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--reflective-max-wait must be >= 0, got {args.reflective_max_wait:g}")
     if args.review_temperature is not None and args.review_temperature < 0:
         raise ConfigError(f"--review-temperature must be >= 0, got {args.review_temperature:g}")
-    policy = args.staleness.strip().lower().replace("-", "_")
-    known = ("full", "full_async", "guarded", "reflective", "reflective_async")
-    if policy not in known:
-        raise ConfigError(
-            f"unknown --staleness {args.staleness!r}; choose full, guarded or reflective"
-        )
-    args.staleness = policy
-    if not policy.startswith("reflective"):
+    from flashevolve.policies.reflective import Reflective
+    from flashevolve.policies.staleness import policy_class
+
+    try:
+        args.reflective = policy_class(args.staleness) is Reflective
+    except ValueError as err:
+        raise ConfigError(f"--staleness: {err}") from None
+    if not args.reflective:
         given = [flag for name, flag in _REFLECTIVE_ONLY.items() if getattr(args, name) is not None]
         if args.review_schema == "on":
             given.append("--review-schema on")
@@ -211,7 +211,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _staleness_policy(args: argparse.Namespace) -> Any:
     """The policy object for ``--staleness`` and its options (a name for full/guarded)."""
-    if not args.staleness.startswith("reflective"):
+    if not args.reflective:
         return args.staleness
     from flashevolve.policies.reflective import Reflective
 

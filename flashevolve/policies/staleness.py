@@ -84,14 +84,18 @@ def make_policy(spec: str | StalenessPolicy | None, **options: Any) -> Staleness
         return FullAsync()
     if not isinstance(spec, str):
         return spec
+    return policy_class(spec)(**options)
+
+
+def policy_class(name: str) -> type:
+    """The policy class registered under ``name`` (case, ``-`` and ``_`` alike)."""
     _register_optional()
     try:
-        cls = POLICIES[spec.replace("-", "_")]
+        return POLICIES[name.strip().lower().replace("-", "_")]
     except KeyError:
         raise ValueError(
-            f"unknown staleness policy {spec!r}; choose one of {sorted(set(POLICIES))}"
+            f"unknown staleness policy {name!r}; choose one of {sorted(set(POLICIES))}"
         ) from None
-    return cls(**options)
 
 
 def _register_optional() -> None:
