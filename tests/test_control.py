@@ -7,16 +7,22 @@ from flashevolve.policies.control import AdaptiveController
 
 
 class FakeRuntime:
-    """Just what the controller reads and calls (targets, entry, set_workers)."""
+    """Just what the controller reads and calls (targets, entry, the job bound, the setters)."""
 
-    def __init__(self, targets: dict[str, int]) -> None:
+    def __init__(self, targets: dict[str, int], max_in_flight: int = 64) -> None:
         self.targets = dict(targets)
         self.entry = "rollout"
+        self.max_in_flight = max_in_flight
         self.calls: list[tuple[str, int, str]] = []
+        self.bound_calls: list[tuple[int, str]] = []
 
     def set_workers(self, stage: str, n: int, reason: str = "") -> None:
         self.calls.append((stage, n, reason))
         self.targets[stage] = n
+
+    def set_max_in_flight(self, n: int, reason: str = "") -> None:
+        self.bound_calls.append((n, reason))
+        self.max_in_flight = n
 
 
 def feed(
@@ -26,8 +32,12 @@ def feed(
     latency: dict[str, float],
     per_job: dict[str, float],
     jobs: int = 20,
+    tokens: int = 0,
 ) -> None:
-    """``jobs`` jobs entered; each stage got ``per_job`` items each and took ``latency`` s."""
+    """``jobs`` jobs entered; each stage got ``per_job`` items each and took ``latency`` s; the
+    backend finished requests worth ``tokens`` completion tokens in the last minute."""
+    for k in range(10 if tokens else 0):
+        c.observe(Event(Kind.REQUEST_FINISHED, ts=now - 60 + k * 6, completion_tokens=tokens // 10))
     for stage, f in per_job.items():
         n = round(jobs * f)
         for k in range(n):
@@ -105,48 +115,106 @@ def test_f_s_counts_the_whole_run_not_the_window() -> None:
     assert round(r["validate"].capacity_per_min, 1) == round(60 * 8 / (100 * 10 / 80), 1)
 
 
-def test_scale_trial_kept_unless_throughput_falls_then_undone_and_held() -> None:
+def test_scale_trial_kept_only_if_it_pays_then_undone_and_held() -> None:
     c = AdaptiveController(
-        window_s=120, growth=0.25, initial_growth=0.25, tolerance=0.05, hold_windows=2
+        window_s=120,
+        growth=0.25,
+        initial_growth=0.25,
+        min_return=0.2,
+        bound_min_return=0.2,
+        hold_windows=2,
     )
-    rt = FakeRuntime({"rollout": 4, "propose": 8})
+    rt = FakeRuntime({"rollout": 4, "propose": 8}, max_in_flight=16)
     lat = {"rollout": 10, "propose": 20}  # capacities 24 and 24 jobs/min: balanced
-    feed(c, now=100, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=20)
-    first = c.step(rt, 100)  # 20 jobs in the 120 s window = 10 jobs/min before the trial
+    both = {"rollout": 1.0, "propose": 1.0}
+    feed(c, now=100, latency=lat, per_job=both, tokens=12_000)  # 6,000 tokens/min
+    first = c.step(rt, 100)
     assert {s: n for s, (n, _) in first.items()} == {"rollout": 5, "propose": 10}
     assert all("try 25% more workers" in why for _, why in first.values())
-    feed(c, now=160, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=20)
+    assert rt.max_in_flight == 20 and "jobs in flight" in rt.bound_calls[0][1]
+    feed(c, now=160, latency=lat, per_job=both, tokens=7_000)
     assert c.step(rt, 160) == {}  # trial still being measured: nothing else changes
-    # A window later throughput is 9.6 jobs/min (within 5% of 10): keep and try again.
-    feed(c, now=225, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=19)
-    second = c.step(rt, 225)
+    # A window later: 6,300 tokens/min, +5% = 0.2 x 25%: it paid, keep and try again.
+    feed(c, now=225, latency=lat, per_job=both, tokens=6_300)
+    assert c.step(rt, 225) == {}  # judged and kept; the next period starts the next trial
+    second = c.step(rt, 226)
     assert {s: n for s, (n, _) in second.items()} == {"rollout": 7, "propose": 13}
-    # Next window: throughput falls to 7.5 jobs/min (> 5% loss): go back to 5 / 10 and hold.
-    feed(c, now=350, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=15)
+    assert rt.max_in_flight == 25
+    # Next window: 6,400 tokens/min, +1.6% < +5%: go back to 5 / 10 and a bound of 20, hold.
+    feed(c, now=350, latency=lat, per_job=both, tokens=6_400)
     undo = c.step(rt, 350)
     assert {s: n for s, (n, _) in undo.items()} == {"rollout": 5, "propose": 10}
-    assert "undo" in undo["rollout"][1]
-    assert rt.targets == {"rollout": 5, "propose": 10}
-    feed(c, now=400, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
+    assert "gained too little" in undo["rollout"][1] and "undo" in undo["rollout"][1]
+    assert rt.targets == {"rollout": 5, "propose": 10} and rt.max_in_flight == 20
+    feed(c, now=400, latency=lat, per_job=both, jobs=30, tokens=6_000)
     assert c.step(rt, 400) == {}  # held for two windows (until 590)
     assert c.step(rt, 589) == {}
-    feed(c, now=600, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
+    feed(c, now=600, latency=lat, per_job=both, jobs=30, tokens=6_000)
     assert c.step(rt, 600) != {}  # and then it tries again
+    assert [h["max_in_flight"] for h in c.history][:2] == [16, 20]  # recorded before changes
 
 
 def test_slow_start_doubles_until_the_first_undo() -> None:
-    c = AdaptiveController(window_s=120, growth=0.25, initial_growth=1.0, tolerance=0.05)
-    rt = FakeRuntime({"rollout": 4, "propose": 4})
+    c = AdaptiveController(window_s=120, growth=0.25, initial_growth=1.0, min_return=0.1)
+    rt = FakeRuntime({"rollout": 4, "propose": 4}, max_in_flight=8)
     lat = {"rollout": 10, "propose": 10}
-    feed(c, now=100, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=20)
+    both = {"rollout": 1.0, "propose": 1.0}
+    feed(c, now=100, latency=lat, per_job=both, tokens=10_000)
     assert {s: n for s, (n, _) in c.step(rt, 100).items()} == {"rollout": 8, "propose": 8}
-    feed(c, now=225, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
-    assert {s: n for s, (n, _) in c.step(rt, 225).items()} == {"rollout": 16, "propose": 16}
-    feed(c, now=350, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=20)
+    feed(c, now=225, latency=lat, per_job=both, tokens=15_000)  # +50% >= +10%: kept
+    assert c.step(rt, 225) == {}
+    assert {s: n for s, (n, _) in c.step(rt, 226).items()} == {"rollout": 16, "propose": 16}
+    assert rt.max_in_flight == 32
+    feed(c, now=350, latency=lat, per_job=both, tokens=15_900)  # +6% < +10%: undo
     assert {s: n for s, (n, _) in c.step(rt, 350).items()} == {"rollout": 8, "propose": 8}
-    feed(c, now=700, latency=lat, per_job={"rollout": 1.0, "propose": 1.0}, jobs=30)
+    assert rt.max_in_flight == 16
+    feed(c, now=700, latency=lat, per_job=both, jobs=30, tokens=15_000)
     # after the undo and the hold: +25% steps, no more doubling
     assert {s: n for s, (n, _) in c.step(rt, 700).items()} == {"rollout": 10, "propose": 10}
+    assert rt.max_in_flight == 20
+
+
+def test_more_jobs_in_flight_must_pay_more_than_more_workers() -> None:
+    """A trial that pays for the workers but not for the extra jobs keeps the workers and
+    restores the job bound, which then sits out ``hold_windows`` windows of trials."""
+    c = AdaptiveController(window_s=120, initial_growth=1.0, min_return=0.1, bound_min_return=0.5)
+    rt = FakeRuntime({"rollout": 4, "propose": 4}, max_in_flight=16)
+    lat = {"rollout": 10, "propose": 10}
+    both = {"rollout": 1.0, "propose": 1.0}
+    feed(c, now=100, latency=lat, per_job=both, tokens=10_000)
+    c.step(rt, 100)
+    assert rt.targets == {"rollout": 8, "propose": 8} and rt.max_in_flight == 32
+    feed(c, now=225, latency=lat, per_job=both, tokens=13_000)  # +30%: >= +10%, < +50%
+    assert c.step(rt, 225) == {}
+    assert rt.targets == {"rollout": 8, "propose": 8} and rt.max_in_flight == 16
+    assert "undo the job bound only" in rt.bound_calls[-1][1]
+    feed(c, now=260, latency=lat, per_job=both, tokens=13_000)
+    assert {s: n for s, (n, _) in c.step(rt, 260).items()} == {"rollout": 16, "propose": 16}
+    assert rt.max_in_flight == 16  # the bound sits this one out (held until 465)
+    feed(c, now=385, latency=lat, per_job=both, tokens=30_000)  # doubled: keep
+    c.step(rt, 385)
+    feed(c, now=470, latency=lat, per_job=both, tokens=30_000)
+    c.step(rt, 470)
+    assert rt.max_in_flight == 32  # hold over: the bound is tried again
+
+
+def test_job_bound_respects_its_cap_and_can_be_left_alone() -> None:
+    lat = {"rollout": 10, "propose": 10}
+    both = {"rollout": 1.0, "propose": 1.0}
+    c = AdaptiveController(max_workers=8, max_in_flight_cap=40)
+    feed(c, now=100, latency=lat, per_job=both, tokens=1_000)
+    rt = FakeRuntime({"rollout": 8, "propose": 8}, max_in_flight=32)
+    assert c.step(rt, 100) == {}  # workers at their cap: only the bound grows
+    assert rt.max_in_flight == 40 and c._trial is not None
+    fixed = AdaptiveController(bound=False)
+    feed(fixed, now=100, latency=lat, per_job=both, tokens=1_000)
+    rt2 = FakeRuntime({"rollout": 4, "propose": 4}, max_in_flight=32)
+    assert fixed.step(rt2, 100) != {}
+    assert rt2.max_in_flight == 32 and rt2.bound_calls == []
+    done = AdaptiveController(max_workers=8, max_in_flight_cap=32)
+    feed(done, now=100, latency=lat, per_job=both, tokens=1_000)
+    assert done.step(FakeRuntime({"rollout": 8, "propose": 8}, max_in_flight=32), 100) == {}
+    assert done._trial is None  # nothing left to try
 
 
 def test_scale_needs_evidence_from_every_stage_and_respects_bounds() -> None:

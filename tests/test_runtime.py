@@ -158,6 +158,45 @@ def test_worker_counts_can_change_while_running():
     assert busy["workers"] == 1
 
 
+def test_the_job_bound_can_move_while_running():
+    """Raising max_in_flight lets more jobs in at once; lowering it interrupts nobody and lets
+    no new job in until the pipeline has drained below the new bound."""
+
+    async def main():
+        ev = make("async", minutes=15)  # 15 virtual minutes
+        task = asyncio.create_task(ev.run())
+        samples = []  # (virtual s, jobs holding a slot, bound in force)
+
+        async def watch():
+            while not task.done():
+                await asyncio.sleep(2)
+                slots = getattr(ev.runtime, "_slots", None)
+                if slots is not None:
+                    samples.append((ev.runtime.ctx.now(), slots.used, slots.limit))
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(200)
+        ev.runtime.set_max_in_flight(4 * ev.runtime.max_in_flight, reason="test: wider")
+        await asyncio.sleep(200)
+        ev.runtime.set_max_in_flight(2, reason="test: narrower")
+        await task
+        watcher.cancel()
+        return ev, samples
+
+    ev, samples = run_virtual(main)
+    changed = kinds(ev, Kind.JOB_BOUND_CHANGED)
+    first, start = changed["data"][0], json.loads(changed["data"][0])["from"]
+    assert [json.loads(d)["to"] for d in changed["data"]] == [4 * start, 2], first
+    assert changed["reason"].to_list() == ["test: wider", "test: narrower"]
+    assert all(used <= limit for _, used, limit in samples if _ < 195)
+    assert max(used for t, used, _ in samples if 200 < t < 400) > start  # more jobs got in
+    after = [(t, used) for t, used, _ in samples if t > 400]
+    # Shrinking: the count only falls until it is within the new bound, then stays there.
+    under = next(i for i, (_, used) in enumerate(after) if used <= 2)
+    assert all(b[1] <= a[1] for a, b in zip(after[:under], after[1 : under + 1], strict=True))
+    assert under > 0 and all(used <= 2 for _, used in after[under:])  # a drain was seen
+
+
 class CrashingTask(SimulatedTask):
     def metric(self, example, output):
         if example.id.endswith("3"):

@@ -4,8 +4,8 @@ Imported by :mod:`flashevolve.bench.throughput` when it lists configurations.  `
 fresh controller / speculation object per run, so no state leaks from one row to the next.
 
 - ``adaptive*`` rows start from the GEPA workflow's default worker counts (rollout 8, propose 4,
-  gate 8, validate 8) and let the controller move them; up to 64 jobs in flight, as the fixed
-  rows.
+  gate 8, validate 8) and 64 jobs in flight, as the fixed rows, and let the controller move
+  both the workers and the job bound.
 - ``valbound*`` rows are a fixed, validation-bound setting (16/16/16 with 2 validate workers):
   the regime of the paper's speculation ablation, where the validate stage is the one that
   limits sweeps.  With the adaptive controller validation is not starved in our simulator, so
@@ -48,8 +48,9 @@ register(
         "adaptive",
         workers=dict(ADAPTIVE_START),
         extras=_extras(True),
-        description="adaptive worker control from 8/4/8/8 (period 30 s, window 120 s, "
-        "1..32 workers per stage; balance rule + scale trials)",
+        description="adaptive worker control from 8/4/8/8 and 64 jobs in flight (period 30 s, "
+        "window 120 s, 1..64 workers per stage, job bound up to 512; balance rule + scale "
+        "trials)",
     )
 )
 for _alpha in (0.25, 0.5):

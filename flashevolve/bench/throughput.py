@@ -64,6 +64,15 @@ for _n in (16, 32):  # larger fixed settings, so "best fixed" is not only the de
             description=f"fixed workers {_n}/{_n}/{_n}, up to 64 proposals in flight",
         )
     )
+for _n, _bound in ((32, 96), (32, 128), (64, 256)):  # wider job bounds: where the server saturates
+    register(
+        BenchConfig(
+            f"async{_n}@{_bound}",
+            workers={"rollout": _n, "propose": _n, "evaluate": _n},
+            max_in_flight=_bound,
+            description=f"fixed workers {_n}/{_n}/{_n}, up to {_bound} proposals in flight",
+        )
+    )
 register(
     BenchConfig(
         "k1=1/k3=1",

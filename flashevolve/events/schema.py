@@ -42,6 +42,7 @@ class Kind(StrEnum):
     STALE_DETECTED = "stale_detected"  # lag, frontier_lag, decision, artifact_id (result)
     PATCH_MADE = "patch_made"  # data.patched_from: item ids merged into artifact_id
     WORKERS_CHANGED = "workers_changed"
+    JOB_BOUND_CHANGED = "job_bound_changed"  # max_in_flight moved; data: from, to
     BUDGET_STOP = "budget_stop"
     ERROR = "error"
 

@@ -40,6 +40,31 @@ class RuntimeConfig:
             raise ConfigError("max_in_flight must be at least 1")
 
 
+class JobSlots:
+    """The bound on jobs in flight: a semaphore whose size may change while jobs hold slots
+    (the adaptive controller moves it).  Shrinking never interrupts a job; new jobs wait until
+    enough old ones have finished.  One waiter at a time (the job source), so one event will do."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.used >= self.limit:
+            self._changed.clear()
+            await self._changed.wait()
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._changed.set()
+
+    def set_limit(self, n: int) -> None:
+        self.limit = n
+        self._changed.set()
+
+
 class Runtime:
     def __init__(
         self,
@@ -110,6 +135,18 @@ class Runtime:
         if self.state in ("running", "paused"):
             self._reconcile(stage)
 
+    def set_max_in_flight(self, n: int, reason: str = "") -> None:
+        """Move the bound on jobs in flight (a ``job_bound_changed`` event).  Jobs already in
+        the pipeline finish either way; a lower bound only delays new ones."""
+        n = max(1, int(n))
+        old = self.max_in_flight
+        if n == old:
+            return
+        self.max_in_flight = n
+        self.ctx.emit(Kind.JOB_BOUND_CHANGED, reason=reason, data={"from": old, "to": n})
+        if hasattr(self, "_slots"):
+            self._slots.set_limit(n)
+
     def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task:
         """Background work owned by this run (e.g. a speculative validation tail): it is
         cancelled at shutdown together with the workers."""
@@ -139,7 +176,7 @@ class Runtime:
     async def run(self) -> None:
         ctx = self.ctx
         self._queues: dict[str, asyncio.Queue] = {n: asyncio.Queue() for n in self.specs}
-        self._slots = asyncio.Semaphore(self.max_in_flight)
+        self._slots = JobSlots(self.max_in_flight)
         self._stop_source = asyncio.Event()
         self._finished = asyncio.Event()
         self._resume = asyncio.Event()
