@@ -4,7 +4,6 @@ events, runs in the caller's loop, in a background thread (notebooks), or on vir
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import polars as pl
 
 from flashevolve.artifacts import Artifact
+from flashevolve.backends import backend_from_spec
 from flashevolve.backends.base import LLM
 from flashevolve.config import RunConfig, coerce_budget, validated
 from flashevolve.errors import ConfigError
@@ -21,11 +21,13 @@ from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Event, Kind
 from flashevolve.policies.staleness import make_policy
 from flashevolve.pool import ArtifactPool
+from flashevolve.rundir import RunDirectory
 from flashevolve.runtime.budget import BudgetTracker
 from flashevolve.runtime.clock import LoopClock, cancel_all_tasks, run_virtual
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
 from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, normalize_workers
+from flashevolve.tasks.registry import resolve_task
 from flashevolve.workflows.base import make_workflow
 
 TERMINAL = ("finished", "stopped", "failed")
@@ -61,7 +63,7 @@ class Evolver:
         resume: bool = False,
         **workflow_options: Any,
     ) -> None:
-        self.task = _resolve_task(task)
+        self.task = resolve_task(task)
         try:
             self.workflow = make_workflow(workflow, **workflow_options)
         except (ValueError, TypeError) as err:
@@ -96,11 +98,7 @@ class Evolver:
         self.name = name or f"{self.config.mode}"
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume = resume
-        if self.run_dir is not None and (self.run_dir / "events.jsonl").exists() and not resume:
-            raise ConfigError(
-                f"{self.run_dir} already holds a run; pass resume=True (--resume) to continue "
-                f"it, or choose another run directory"
-            )
+        self._dir = RunDirectory(self.run_dir, resume=resume) if self.run_dir else None
         self._backend_spec = backend
         self._reflection_spec = reflection_backend
         self.pool = ArtifactPool([ex.id for ex in self.task.val])
@@ -123,7 +121,6 @@ class Evolver:
         self._stop_requested: bool | None = None  # None, or the ``graceful`` of stop()
         self._pause_pending = False
         self._error: BaseException | None = None
-        self._artifacts_fh: Any = None
         self._active = False
 
     # -- running ---------------------------------------------------------------------------------
@@ -141,10 +138,12 @@ class Evolver:
 
     async def _run(self) -> dict[str, Any]:
         task_llm, reflection_llm, owned = self._open_backends()
-        offset, history, iteration = self._prepare_run_dir()
+        offset, history, iteration = self._dir.prepare(self.pool) if self._dir else (0.0, [], 0)
+        for e in history:
+            self._count(e)
         self._clock = clock = LoopClock(offset)
         clock.start()
-        path = self.run_dir / "events.jsonl" if self.run_dir else None
+        path = self._dir.events_path if self._dir else None
         self._log = log = EventLog(path, clock=clock, history=history)
         log.subscribe(self._on_event)
         tracker = BudgetTracker(self.config.budget)
@@ -218,11 +217,11 @@ class Evolver:
             raise
         finally:
             ctx.emit(Kind.RUN_FINISHED, reason=self.runtime.stop_reason, data={"state": self.state})
-            self._write_outputs()
+            if self._dir:
+                self._dir.write_outputs(self.pool, self.summary())
             log.close()
-            if self._artifacts_fh:
-                self._artifacts_fh.close()
-                self._artifacts_fh = None
+            if self._dir:
+                self._dir.close()
             for llm in owned:
                 await llm.aclose()
         return self.summary()
@@ -476,10 +475,12 @@ class Evolver:
         if self._pause_pending:
             self._apply_pause()  # a pause() that came before the runtime was running
         self._count(event)
+        if self._dir is None:
+            return
         if event.kind == Kind.ADMITTED:
-            self._persist_admission(event)
+            self._dir.record_admission(self.pool, event.artifact_id, event.ts)
         elif event.kind == Kind.SPECULATION_ROLLED_BACK:
-            self._persist({"tombstone": event.artifact_id, "ts": event.ts})
+            self._dir.record_tombstone(event.artifact_id, event.ts)
 
     def _count(self, event: Event) -> None:
         """Live counters for status(); also replayed over the history on resume."""
@@ -494,86 +495,6 @@ class Evolver:
         elif kind == Kind.STALE_DETECTED and event.decision:
             self._stale[event.decision] = self._stale.get(event.decision, 0) + 1
 
-    def _persist_admission(self, event: Event) -> None:
-        if event.artifact_id not in self.pool:
-            return
-        rec = self.pool.get(event.artifact_id)
-        self._persist(
-            {
-                "artifact": rec.artifact.to_dict(),
-                "val_scores": rec.val_scores,
-                "score": rec.mean_score,
-                "ts": event.ts,
-                "patched_from": list(rec.patched_from),
-                "next_component": rec.next_component,
-            }
-        )
-
-    def _persist(self, row: dict[str, Any]) -> None:
-        if self.run_dir is None:
-            return
-        if self._artifacts_fh is None:
-            self._artifacts_fh = (self.run_dir / "artifacts.jsonl").open("a", buffering=1)
-        self._artifacts_fh.write(json.dumps(row) + "\n")
-
-    def _prepare_run_dir(self) -> tuple[float, list[Event], int]:
-        """Create the run directory, or reload it when resuming: (time offset, events, iter)."""
-        if self.run_dir is None:
-            return 0.0, [], 0
-        events_path = self.run_dir / "events.jsonl"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.resume and events_path.exists()):
-            return 0.0, [], 0
-        history = EventLog.read(events_path)
-        if not len(self.pool):
-            self._restore_pool()
-        offset = max((e.ts for e in history), default=0.0)
-        iteration = sum(1 for e in history if e.kind == Kind.PARENT_SELECTED)
-        for e in history:
-            self._count(e)
-        return offset, history, iteration
-
-    def _restore_pool(self) -> None:
-        path = self.run_dir / "artifacts.jsonl" if self.run_dir else None
-        if path is None or not path.exists():
-            return
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a killed process
-            if "tombstone" in row:
-                if row["tombstone"] in self.pool:
-                    self.pool.tombstone(row["tombstone"])
-                continue
-            art = Artifact.from_dict(row["artifact"])
-            self.pool.admit(
-                art,
-                row["val_scores"],
-                ts=row.get("ts", 0.0),
-                patched_from=row.get("patched_from", ()),
-                next_component=row.get("next_component", 0),
-            )
-
-    def _write_outputs(self) -> None:
-        if self.run_dir is None:
-            return
-        if len(self.pool):
-            best = self.pool.best()
-            (self.run_dir / "best.json").write_text(
-                json.dumps(
-                    {
-                        "id": best.id,
-                        "score": best.mean_score,
-                        "components": dict(best.artifact.components),
-                    },
-                    indent=2,
-                )
-            )
-        (self.run_dir / "summary.json").write_text(
-            json.dumps(self.summary(), indent=2, default=str)
-        )
-
     def _open_backends(self) -> tuple[LLM, LLM, list[LLM]]:
         spec, owned = self._backend_spec, []
         reflection = self._reflection_spec
@@ -581,34 +502,12 @@ class Evolver:
             reflection = spec.get("reflection", reflection)
             spec = spec.get("task")
         if isinstance(spec, str):
-            spec = _backend_from_string(spec, self.config.seed)
+            spec = backend_from_spec(spec, self.config.seed)
             owned.append(spec)
         if spec is None:
             raise ConfigError("Evolver needs a backend: an LLM object, 'local', or 'sim[:profile]'")
         if isinstance(reflection, str):
-            reflection = _backend_from_string(reflection, self.config.seed)
+            reflection = backend_from_spec(reflection, self.config.seed)
             owned.append(reflection)
         self._backend_spec, self._reflection_spec = spec, reflection  # reuse on resume
         return spec, reflection or spec, owned
-
-
-def _backend_from_string(spec: str, seed: int) -> LLM:
-    from flashevolve import backends
-
-    name, _, arg = spec.partition(":")
-    if name == "local":
-        return backends.local()
-    if name == "sim":
-        return backends.simulated(profile=arg or "vllm-h100-qwen3-8b", seed=seed)
-    raise ConfigError(f"unknown backend {spec!r}; use 'local', 'sim[:profile]' or an LLM object")
-
-
-def _resolve_task(task: Any) -> Any:
-    if isinstance(task, str):
-        from flashevolve.tasks import get_task
-
-        return get_task(task)
-    for attr in ("train", "val", "seed_artifact", "rollout"):
-        if not hasattr(task, attr):
-            raise ConfigError(f"task object lacks {attr!r}: implement flashevolve.tasks.Task")
-    return task

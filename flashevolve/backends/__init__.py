@@ -41,4 +41,26 @@ def simulated(**kwargs: Any) -> LLM:
     return _simulated(**kwargs)
 
 
-__all__ = ["LLM", "ChatRequest", "ChatResult", "LLMError", "local", "openai", "simulated", "vllm"]
+def backend_from_spec(spec: str, seed: int = 0) -> LLM:
+    """A backend named by a string: ``"local"`` or ``"sim"`` / ``"sim:<profile>"``."""
+    from flashevolve.errors import ConfigError
+
+    name, _, arg = spec.partition(":")
+    if name == "local":
+        return local()
+    if name == "sim":
+        return simulated(profile=arg or "vllm-h100-qwen3-8b", seed=seed)
+    raise ConfigError(f"unknown backend {spec!r}; use 'local', 'sim[:profile]' or an LLM object")
+
+
+__all__ = [
+    "LLM",
+    "ChatRequest",
+    "ChatResult",
+    "LLMError",
+    "backend_from_spec",
+    "local",
+    "openai",
+    "simulated",
+    "vllm",
+]

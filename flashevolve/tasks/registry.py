@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flashevolve.errors import UserError
+from flashevolve.errors import ConfigError, UserError
 from flashevolve.tasks.base import Task
 
 
@@ -76,6 +76,16 @@ def get_task(name: str, **options: Any) -> Task:
             "(or load your own file with load_task_file(path))"
         )
     return factory(**options)
+
+
+def resolve_task(task: Any) -> Task:
+    """A task object as given, or a built-in one by name; a wrong object is a clear error."""
+    if isinstance(task, str):
+        return get_task(task)
+    for attr in ("train", "val", "seed_artifact", "rollout"):
+        if not hasattr(task, attr):
+            raise ConfigError(f"task object lacks {attr!r}: implement flashevolve.tasks.Task")
+    return task
 
 
 def load_task_file(path: str | Path, kind: str | None = None, **options: Any) -> Task:
