@@ -425,7 +425,7 @@ class Evolver:
 
     @property
     def best(self) -> Artifact:
-        return self.pool.best().artifact
+        return self.pool.best(confirmed=True).artifact
 
     def summary(self) -> dict[str, Any]:
         out = metrics.summary(self.events)
@@ -436,7 +436,7 @@ class Evolver:
                 "task": self.task.name,
                 "workflow": self.workflow.name,
                 "staleness": self.policy.name,
-                "best_artifact_id": self.pool.best().id if len(self.pool) else None,
+                "best_artifact_id": self.pool.best(confirmed=True).id if len(self.pool) else None,
             }
         )
         return out

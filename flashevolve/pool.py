@@ -144,9 +144,14 @@ class ArtifactPool:
         return record
 
     # -- views ---------------------------------------------------------------------------------
-    def best(self) -> CandidateRecord:
-        """Highest mean validation score among live candidates; ties go to the earliest."""
-        live = self.alive()
+    def best(self, confirmed: bool = False) -> CandidateRecord:
+        """Highest mean validation score among live candidates; ties go to the earliest.
+
+        ``confirmed=True`` leaves out speculative candidates, whose score so far comes from a
+        prefix of the validation set: what a run *reports* as its best must have a full score
+        (selection and the staleness/speculation policies may use speculative ones).
+        """
+        live = [r for r in self.alive() if not confirmed or r.status == ACTIVE]
         if not live:
             raise LookupError("the pool is empty: evaluate and admit the seed first")
         return max(live, key=lambda r: (r.mean_score, -r.index))

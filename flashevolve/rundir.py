@@ -99,7 +99,7 @@ class RunDirectory:
 
     def write_outputs(self, pool: ArtifactPool, summary: dict[str, Any]) -> None:
         if len(pool):
-            best = pool.best()
+            best = pool.best(confirmed=True)
             (self.path / "best.json").write_text(
                 json.dumps(
                     {

@@ -18,6 +18,10 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     )
 
 
+#: an async run of the simulated task on the simulator; the next argument is --minutes' value
+SIM_ASYNC = ("run", "--task", "sim", "--backend", "sim", "--mode", "async", "--minutes")
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -308,3 +312,43 @@ def test_reflective_run_over_http(tmp_path, schema):
             assert list(props["patched"]["anyOf"][0]["properties"]) == ["instruction"]
     else:
         assert formats == [None] * len(formats)
+
+
+def test_sim_run_with_adaptive_control_and_speculation(tmp_path):
+    """--adaptive and --speculate-validation reach the run (their events are in the log), and
+    what the run reports as its best has a full validation score, never a prefix one."""
+    import json
+
+    out = tmp_path / "run"
+    proc = cli(
+        *SIM_ASYNC,
+        "20",
+        "--adaptive",
+        "--adaptive-period",
+        "15",
+        "--speculate-validation",
+        "0.25",
+        "--out",
+        str(out),
+        "--no-report",
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(x) for x in (out / "async" / "events.jsonl").read_text().splitlines()]
+    adaptive = [e for e in events if (e.get("reason") or "").startswith("adaptive:")]
+    assert {e["kind"] for e in adaptive} >= {"workers_changed"}
+    assert sum(e["kind"] == "speculative_admitted" for e in events) > 0
+    started = next(e for e in events if e["kind"] == "run_started")
+    assert started["data"]["workers"] == {"rollout": 2, "propose": 2, "gate": 2, "validate": 2}
+    summary = json.loads((out / "summary.json").read_text())["async"]
+    best = json.loads((out / "async" / "best.json").read_text())
+    assert best["score"] == summary["best_score"]  # a confirmed candidate, not a prefix score
+    assert f"best async artifact ({summary['best_score']:.3f})" in proc.stdout
+
+
+def test_mechanism_options_are_checked_before_anything_starts():
+    assert_clean_error(cli(*SIM_ASYNC, "1", "--speculate-validation", "1.5"), "(0, 1]")
+    assert_clean_error(cli(*SIM_ASYNC, "1", "--speculate-rollout", "0"), "--speculate-rollout")
+    assert_clean_error(cli(*SIM_ASYNC, "1", "--adaptive-period", "10"), "need --adaptive")
+    assert_clean_error(
+        cli(*SIM_ASYNC, "1", "--adaptive", "--adaptive-max-workers", "0"), "positive"
+    )

@@ -94,6 +94,18 @@ def test_tombstone_leaves_selection_and_history():
     assert [r.index for r in pool.history_since(1)] == [1]
 
 
+def test_the_reported_best_is_a_confirmed_candidate():
+    """A speculative candidate (prefix score so far) may be selected as a parent, but the best
+    a run reports must have its full score; once confirmed it can be the best."""
+    pool = pool_of({"a": 0.5, "b": 0.5, "c": 0.5})
+    hopeful = art("only the prefix was scored")
+    pool.admit(hopeful, {"a": 1.0}, ts=1.0, speculative=True)
+    assert pool.best().id == hopeful.id
+    assert pool.best(confirmed=True).index == 0
+    pool.confirm(hopeful.id, {"a": 1.0, "b": 0.0, "c": 0.8})
+    assert pool.best(confirmed=True).id == hopeful.id
+
+
 def _prune_by_restarting(fronts, mean):
     """GEPA's pruning written the slow, literal way: restart the scan after every drop."""
     order = sorted({i for m in fronts.values() for i in m}, key=lambda i: (mean[i], i))

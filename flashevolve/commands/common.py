@@ -11,6 +11,21 @@ from flashevolve.backends.base import LLM, ChatRequest, LLMError
 from flashevolve.errors import BackendError, ConfigError
 
 
+def given_options(args: argparse.Namespace, options: dict[str, str]) -> dict[str, Any]:
+    """``options``: attribute -> keyword; the keywords of the options the user gave."""
+    return {
+        key: getattr(args, name) for name, key in options.items() if getattr(args, name) is not None
+    }
+
+
+def require_at_least_one(args: argparse.Namespace, options: dict[str, str]) -> None:
+    """``options``: attribute -> flag; an option given below 1 is a one-line error."""
+    for name, flag in options.items():
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+
+
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("backend")
     g.add_argument(

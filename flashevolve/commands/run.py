@@ -14,9 +14,16 @@ from typing import Any
 from flashevolve.commands.common import (
     add_backend_arguments,
     format_table,
+    given_options,
     make_backend,
     parse_workers,
+    require_at_least_one,
     run_preflight,
+)
+from flashevolve.commands.policy_options import (
+    add_policy_arguments,
+    check_policy_arguments,
+    policy_kwargs,
 )
 from flashevolve.errors import ConfigError
 
@@ -111,124 +118,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="token cap of a task answer (default: the task's own, 200 for ifeval-lite)",
     )
     p.add_argument("--list-tasks", action="store_true", help="list built-in tasks and exit")
-    _add_staleness_arguments(p)
+    add_policy_arguments(p)
     add_backend_arguments(p)
-
-
-def _add_staleness_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("staleness (async mode; see docs/mechanisms.md)")
-    g.add_argument(
-        "--staleness",
-        default="full",
-        help="full (accept all stale work), guarded (drop it past a lag) or reflective (an LLM "
-        "reviews it: accept, discard or patch into the current best)",
-    )
-    g.add_argument(
-        "--staleness-counter",
-        choices=("pool", "frontier"),
-        default="pool",
-        help="what makes work stale: any admission (pool) or a Pareto-front change (frontier)",
-    )
-    g.add_argument(
-        "--reflective-k",
-        type=int,
-        default=None,
-        help="reflective: stale items reviewed per call (default 4)",
-    )
-    g.add_argument(
-        "--reflective-max-wait",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="reflective: review a smaller batch after this long (run clock; default 5)",
-    )
-    g.add_argument(
-        "--review-max-tokens",
-        type=int,
-        default=None,
-        help="reflective: token cap of a review answer (default 4096)",
-    )
-    g.add_argument(
-        "--review-temperature",
-        type=float,
-        default=None,
-        help="reflective: sampling temperature of the review calls (default: the server's)",
-    )
-    g.add_argument(
-        "--review-schema",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="reflective: ask the server for JSON-schema-constrained review answers (the batch's "
-        "item ids, the artifact's component names, capped texts; OpenAI-style response_format, "
-        "served by llama-server and vLLM). auto: on for --backend local, whose tiny default "
-        "model rarely writes valid JSON unaided. The strict answer parser is used either way",
-    )
-
-
-_REFLECTIVE_ONLY = {
-    "reflective_k": "--reflective-k",
-    "reflective_max_wait": "--reflective-max-wait",
-    "review_max_tokens": "--review-max-tokens",
-    "review_temperature": "--review-temperature",
-}
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Validate the options before a backend is started; one clear line per mistake."""
-    for name, flag in (
-        ("minibatch_size", "--minibatch-size"),
-        ("reflection_max_tokens", "--reflection-max-tokens"),
-        ("task_max_tokens", "--task-max-tokens"),
-        ("reflective_k", "--reflective-k"),
-        ("review_max_tokens", "--review-max-tokens"),
-        ("max_in_flight", "--max-in-flight"),
-    ):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be at least 1, got {value}")
-    if args.reflective_max_wait is not None and args.reflective_max_wait < 0:
-        raise ConfigError(f"--reflective-max-wait must be >= 0, got {args.reflective_max_wait:g}")
-    if args.review_temperature is not None and args.review_temperature < 0:
-        raise ConfigError(f"--review-temperature must be >= 0, got {args.review_temperature:g}")
-    from flashevolve.policies.reflective import Reflective
-    from flashevolve.policies.staleness import policy_class
-
-    try:
-        args.reflective = policy_class(args.staleness) is Reflective
-    except ValueError as err:
-        raise ConfigError(f"--staleness: {err}") from None
-    if not args.reflective:
-        given = [flag for name, flag in _REFLECTIVE_ONLY.items() if getattr(args, name) is not None]
-        if args.review_schema == "on":
-            given.append("--review-schema on")
-        if given:
-            raise ConfigError(
-                f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to "
-                f"--staleness reflective "
-                f"(got --staleness {args.staleness})"
-            )
-
-
-def _staleness_policy(args: argparse.Namespace) -> Any:
-    """The policy object for ``--staleness`` and its options (a name for full/guarded)."""
-    if not args.reflective:
-        return args.staleness
-    from flashevolve.policies.reflective import Reflective
-
-    schema = args.review_schema
-    options: dict[str, Any] = {
-        "review_schema": schema == "on"
-        or (schema == "auto" and args.backend.partition(":")[0] == "local"),
-        "temperature": args.review_temperature,
-    }
-    for name, key in (
-        ("reflective_k", "k"),
-        ("reflective_max_wait", "max_wait_s"),
-        ("review_max_tokens", "max_tokens"),
-    ):
-        if getattr(args, name) is not None:
-            options[key] = getattr(args, name)
-    return Reflective(**options)
+    require_at_least_one(
+        args,
+        {
+            "minibatch_size": "--minibatch-size",
+            "reflection_max_tokens": "--reflection-max-tokens",
+            "task_max_tokens": "--task-max-tokens",
+            "max_in_flight": "--max-in-flight",
+        },
+    )
+    check_policy_arguments(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -280,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                 f"being scored; give it more --minutes or fewer --n-val examples"
             )
             continue
-        print(f"\nbest {mode} artifact ({ev.pool.best().mean_score:.3f}):")
+        print(f"\nbest {mode} artifact ({ev.pool.best(confirmed=True).mean_score:.3f}):")
         for name, text in ev.best.components.items():
             print(f"  [{name}] {text[:400]}")
     if args.json:
@@ -331,16 +236,13 @@ def _make_evolver(
         from flashevolve.workflows.reflection import fenced_block_grammar
 
         kwargs["reflection_extra_body"] = {"grammar": fenced_block_grammar()}
-    for name, key in (
-        ("minibatch_size", "minibatch_size"),
-        ("skip_perfect", "skip_perfect"),
-        ("reflection_max_tokens", "reflection_max_tokens"),
-    ):
-        if getattr(args, name) is not None:
-            kwargs[key] = getattr(args, name)
-    # a fresh policy per mode: the reflective one keeps per-run state (its review batches)
-    kwargs["staleness"] = _staleness_policy(args)
-    kwargs["staleness_counter"] = args.staleness_counter
+    kwargs.update(
+        given_options(
+            args,
+            {k: k for k in ("minibatch_size", "skip_perfect", "reflection_max_tokens")},
+        )
+    )
+    kwargs.update(policy_kwargs(args, mode))
     run_dir = out / mode
     resume = bool(args.resume) and (run_dir / "events.jsonl").exists()
     return Evolver(
