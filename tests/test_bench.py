@@ -35,3 +35,15 @@ def test_bad_seeds_is_one_clear_line():
     proc = cli("bench", "--configs", "sync", "--minutes", "1", "--seeds", "0,x")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--seeds" in proc.stderr
+
+
+def test_bench_json_keeps_short_lists_on_one_line_and_loses_nothing():
+    import json
+
+    from flashevolve.commands.common import dumps_readable
+
+    data = {"rows": [{"best_over_time": [[1.5, "a1", 0.2, True], [9.0, "b2", 0.4, False]]}]}
+    data["rows"][0]["note"] = "a [bracketed] text"
+    text = dumps_readable(data)
+    assert json.loads(text) == data
+    assert '[1.5, "a1", 0.2, true]' in text.splitlines()[4]

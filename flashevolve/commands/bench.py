@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from flashevolve.commands.common import dumps_readable
+
 NAME = "bench"
 HELP = (
     "benchmark configurations (sync, async, ablations, ...) on the serving simulator "
@@ -83,16 +85,14 @@ def run(args: argparse.Namespace) -> int:
     print(format_rows(rows, staleness=bool(policies)))
     if args.json:
         Path(args.json).write_text(
-            json.dumps(
+            dumps_readable(
                 {
                     "profile": args.profile,
                     "minutes": args.minutes,
                     "seeds": seeds,
                     "simulated": True,
                     "rows": rows,
-                },
-                indent=2,
-                default=str,
+                }
             )
         )
         print(f"wrote {args.json}", file=sys.stderr)

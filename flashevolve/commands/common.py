@@ -4,11 +4,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from flashevolve.backends.base import LLM, ChatRequest, LLMError
 from flashevolve.errors import BackendError, ConfigError
+
+
+def dumps_readable(obj: Any) -> str:
+    """JSON indented for reading, except that a list of plain values stays on one line: a
+    score-over-time series is hundreds of short lists, and one value per line made a bench
+    result file ten times longer than its content."""
+    flat: list[str] = []
+
+    def fold(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: fold(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            if x and all(not isinstance(v, dict | list | tuple) for v in x):
+                flat.append(json.dumps(list(x), default=str))
+                return f"\x00{len(flat) - 1}\x00"
+            return [fold(v) for v in x]
+        return x
+
+    text = json.dumps(fold(obj), indent=2, default=str)
+    return re.sub(r'"\\u0000(\d+)\\u0000"', lambda m: flat[int(m.group(1))], text)
 
 
 def given_options(args: argparse.Namespace, options: dict[str, str]) -> dict[str, Any]:
