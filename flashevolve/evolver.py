@@ -14,6 +14,7 @@ import polars as pl
 from flashevolve.artifacts import Artifact
 from flashevolve.backends import backend_from_spec
 from flashevolve.backends.base import LLM
+from flashevolve.background import BackgroundRun
 from flashevolve.config import RunConfig, coerce_budget, validated
 from flashevolve.errors import ConfigError
 from flashevolve.events import frames, metrics
@@ -23,17 +24,15 @@ from flashevolve.policies.staleness import make_policy
 from flashevolve.pool import ArtifactPool
 from flashevolve.rundir import RunDirectory
 from flashevolve.runtime.budget import BudgetTracker
-from flashevolve.runtime.clock import LoopClock, cancel_all_tasks, run_virtual
+from flashevolve.runtime.clock import LoopClock, run_virtual
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
 from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, normalize_workers
 from flashevolve.tasks.registry import resolve_task
 from flashevolve.workflows.base import make_workflow
 
-TERMINAL = ("finished", "stopped", "failed")
 
-
-class Evolver:
+class Evolver(BackgroundRun):
     """Evolve a task's artifact with a workflow (GEPA by default) against an LLM backend.
 
     ``backend`` is an :class:`~flashevolve.backends.LLM`, a dict ``{"task": llm, "reflection":
@@ -247,139 +246,6 @@ class Evolver:
             return asyncio.run(self.run())
         self.start()
         return self.wait()
-
-    # -- background running (notebooks) --------------------------------------------------------
-    def start(self) -> Evolver:
-        """Run in a background thread with its own event loop; returns at once."""
-        if not self._done.is_set():
-            raise RuntimeError("this evolver is already running in the background")
-        if self._active:
-            raise RuntimeError("this evolver is already running")
-        self._error = None
-        self._stop_requested = None
-        ready = threading.Event()
-        done = self._done = threading.Event()
-
-        def target() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._main = loop.create_task(self.run(), name=f"flashevolve-run-{self.name}")
-            self._loop = loop
-            ready.set()
-            try:
-                loop.run_until_complete(self._main)
-            except asyncio.CancelledError as err:
-                if self._stop_requested is None:  # nobody asked for it: report it
-                    self._error = err
-                if self.state not in TERMINAL:  # cancelled before the run got going
-                    self.state = "stopped"
-            except BaseException as err:  # surfaced by wait()
-                self._error = err
-            finally:
-                try:
-                    # Owned work is cancelled by the runtime; this catches anything a plug-in
-                    # started on its own, so no task is destroyed while pending.
-                    cancel_all_tasks(loop)
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                    # asyncio.to_thread (e.g. stopping a server process) uses the loop's default
-                    # executor: join its threads so none outlives the run
-                    loop.run_until_complete(loop.shutdown_default_executor())
-                finally:
-                    asyncio.set_event_loop(None)
-                    loop.close()
-                    done.set()
-
-        self._thread = threading.Thread(target=target, name=f"flashevolve-{self.name}", daemon=True)
-        self.state = "running"
-        self._thread.start()
-        ready.wait()
-        return self
-
-    def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the background run ends; re-raises its exception with its traceback.
-
-        An interrupt (Ctrl-C, the notebook's stop button) while waiting stops the run hard and
-        re-raises ``KeyboardInterrupt`` once it has wound down.
-        """
-        if self._thread is None:
-            raise RuntimeError("nothing to wait for: call start() first")
-        try:
-            finished = self._done.wait(timeout)
-        except KeyboardInterrupt:
-            self.stop(graceful=False)
-            if self._done.wait(30):
-                self._thread.join(5)
-            raise
-        if not finished:
-            raise TimeoutError(f"the run is still going after {timeout} s")
-        self._thread.join(5)  # past its last line already: returns at once
-        if self._error is not None:
-            raise self._error
-        return self.summary()
-
-    def stop(self, graceful: bool = False) -> None:
-        """Stop the run: new work stops at once; in-flight work finishes only if ``graceful``.
-
-        A hard stop also cancels a run that is still evaluating its seed or opening backends.
-        """
-        first = self._stop_requested is None
-        self._stop_requested = graceful if first else self._stop_requested and graceful
-        self._pause_pending = False
-        self._in_loop(lambda: self._stop_here(graceful, first))
-        self.state = "stopped" if self.state in ("running", "paused") else self.state
-
-    def _stop_here(self, graceful: bool, first: bool) -> None:
-        """Runs on the run's loop thread."""
-        rt = self.runtime
-        if rt is not None and rt.state != "created":  # its run() has begun: it can stop itself
-            rt.request_stop("stopped by user", graceful=graceful)
-            rt.resume()  # a paused run must wake up to wind down
-        main = self._main
-        if not graceful and first and main is not None and not main.done():
-            main.cancel()  # cuts the seed evaluation short; the runtime cleans up its workers
-
-    def pause(self) -> None:
-        """Start no new work; what is in flight finishes (the queues keep their items)."""
-        self._pause_pending = True
-        self._in_loop(self._apply_pause)
-        self.state = "paused" if self.state == "running" else self.state
-
-    def _apply_pause(self) -> None:
-        rt = self.runtime
-        if self._pause_pending and rt is not None and rt.state == "running":
-            rt.pause()
-            self._pause_pending = False
-        # otherwise the run has not begun; _on_event applies the pause once it has
-
-    def resume_run(self) -> None:
-        """Undo :meth:`pause`."""
-        self._pause_pending = False
-        self._in_loop(
-            lambda: (
-                self.runtime.resume()
-                if self.runtime is not None and self.runtime.state == "paused"
-                else None
-            )
-        )
-        self.state = "running" if self.state == "paused" else self.state
-
-    def _in_loop(self, fn: Any) -> None:
-        """Call ``fn`` on the run's loop thread: posted there for a background run, called
-        directly otherwise (``await run()`` in the caller's own loop)."""
-        loop = self._loop
-        background = self._thread is not None and not self._done.is_set()
-        if (
-            background
-            and loop is not None
-            and not loop.is_closed()
-            and threading.current_thread() is not self._thread
-        ):
-            try:
-                loop.call_soon_threadsafe(fn)
-                return
-            except RuntimeError:  # the loop closed in between: the run is over
-                return
-        fn()
 
     # -- results ---------------------------------------------------------------------------------
     @property

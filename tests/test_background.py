@@ -26,6 +26,7 @@ import flashevolve
 from flashevolve import Evolver
 from flashevolve.backends.server import LognormalLatency, ScriptedResponder, serve_in_thread
 from flashevolve.backends.sim import SimulatedTask
+from flashevolve.errors import ConfigError
 from flashevolve.views.widgets import Dashboard
 
 POLL_S = 0.05
@@ -165,6 +166,36 @@ def test_background_run_is_observable_steerable_and_leaves_nothing(scripted):
     _until(lambda: responder.in_flight == 0, "the server to finish its handlers")
     _assert_no_leftovers(before_threads, ev)
     assert _child_pids() == before_children
+
+
+def test_workers_and_job_bound_change_from_the_notebook_thread(scripted):
+    base_url, _ = scripted
+    ev = _evolver(base_url, name="live", max_in_flight=8)
+    ev.set_workers(rollout=3)  # before the start: where the run begins
+    with pytest.raises(ConfigError, match="no stage"):
+        ev.set_workers(rolout=2)
+    with pytest.raises(ConfigError, match="at least one worker"):
+        ev.set_workers(validate=0)
+    ev.start()
+    _until(lambda: ev.status()["proposals"] > 0, "the first proposal")
+    ev.set_workers(evaluate=3)  # GEPA's alias: gate and validate
+    ev.set_max_in_flight(2)
+    changed = lambda kind: ev.events.filter(  # noqa: E731
+        (pl.col("kind") == kind) & (pl.col("reason") == "set by user")
+    )
+    _until(lambda: changed("workers_changed").height == 2, "the two worker changes")
+    assert sorted(changed("workers_changed")["stage"].to_list()) == ["gate", "validate"]
+    _until(lambda: changed("job_bound_changed").height == 1, "the job bound change")
+    # the pipeline drains to the new bound and stays there
+    _until(lambda: ev.runtime.status()["jobs_in_flight"] <= 2, "jobs in flight to drain")
+    started = next(e for e in ev.event_list() if e.kind == "run_started")
+    assert started.data["workers"]["rollout"] == 3 and started.data["max_in_flight"] == 8
+    ev.stop()
+    ev.wait(timeout=LIMIT_S)
+    with pytest.raises(RuntimeError, match="stopped"):
+        ev.set_max_in_flight(4)
+    with pytest.raises(RuntimeError, match="sync run"):
+        _evolver(base_url, mode="sync").set_workers(validate=2)
 
 
 def test_stop_right_after_start_stops_the_run(scripted):
