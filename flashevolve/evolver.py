@@ -319,13 +319,16 @@ class Evolver(BackgroundRun):
             elapsed = self._log.snapshot()[-1].ts
         minutes = max(elapsed / 60.0, 1e-9)
         rt = self.runtime
+        runtime_status = rt.status() if rt else {"stages": {}, "jobs_in_flight": 0}
         return {
             "name": self.name,
             "mode": self.config.mode,
             "state": self.state,
             "elapsed_s": elapsed,
-            "stages": rt.status()["stages"] if rt else {},
+            "stages": runtime_status["stages"],
             "in_flight": self._in_flight.count,
+            "jobs_in_flight": runtime_status["jobs_in_flight"],
+            "max_in_flight": rt.max_in_flight if rt else self.config.max_in_flight,
             "proposals": self._counts["proposals"],
             "accepted": self._counts["accepted"],
             "proposals_per_min": self._counts["proposals"] / minutes,

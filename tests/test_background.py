@@ -188,6 +188,10 @@ def test_workers_and_job_bound_change_from_the_notebook_thread(scripted):
     _until(lambda: changed("job_bound_changed").height == 1, "the job bound change")
     # the pipeline drains to the new bound and stays there
     _until(lambda: ev.runtime.status()["jobs_in_flight"] <= 2, "jobs in flight to drain")
+    board = Dashboard(ev, mode="manual")
+    shown = board.refresh()["sources"][0]
+    assert shown["max_in_flight"] == 2 and shown["jobs_in_flight"] <= 2
+    assert "jobs in flight / bound" in board.panels[0].counters.value
     started = next(e for e in ev.event_list() if e.kind == "run_started")
     assert started.data["workers"]["rollout"] == 3 and started.data["max_in_flight"] == 8
     ev.stop()

@@ -44,6 +44,8 @@ class LiveStatus(BaseModel):
     elapsed_s: float = 0.0
     stages: dict[str, StageStatus] = Field(default_factory=dict)
     in_flight: int = 0
+    jobs_in_flight: int = 0
+    max_in_flight: int | None = None  # the job bound (moves under adaptive control)
     proposals: int = 0
     accepted: int = 0
     proposals_per_min: float = 0.0
@@ -119,6 +121,8 @@ class SourcePanel:
         self.counters.value = (
             '<table style="font-size:12px">'
             f"<tr><td>backend in flight</td><td align=right><b>{status.in_flight}</b></td></tr>"
+            f"<tr><td>jobs in flight / bound</td><td align=right>{status.jobs_in_flight} / "
+            f"{'–' if status.max_in_flight is None else status.max_in_flight}</td></tr>"
             f"<tr><td>proposals</td><td align=right>{status.proposals} "
             f"({status.proposals_per_min:.1f}/min)</td></tr>"
             f"<tr><td>accepted</td><td align=right>{status.accepted} "
@@ -135,6 +139,8 @@ class SourcePanel:
             "elapsed_s": status.elapsed_s,
             "stages": {k: v.model_dump() for k, v in status.stages.items()},
             "in_flight": status.in_flight,
+            "jobs_in_flight": status.jobs_in_flight,
+            "max_in_flight": status.max_in_flight,
             "proposals": status.proposals,
             "accepted": status.accepted,
             "proposals_per_min": status.proposals_per_min,
