@@ -42,17 +42,9 @@ class BackgroundRun:
         """Change worker counts while the run goes on, from any thread (a notebook cell):
         ``ev.set_workers(validate=8)``; GEPA's ``evaluate`` sets gate and validate.  Before the
         run starts this sets where it starts.  Each change is a ``workers_changed`` event."""
-        from flashevolve.errors import ConfigError
-        from flashevolve.runtime.scheduler import normalize_workers
+        from flashevolve.runtime.scheduler import resolve_workers
 
-        stages = [spec.name for spec in self.workflow.stages()]
-        wanted = normalize_workers(counts, getattr(self.workflow, "worker_aliases", {}))
-        unknown = sorted(set(wanted) - set(stages))
-        if unknown:
-            raise ConfigError(f"no stage {unknown}; this workflow's stages are {stages}")
-        low = {s: n for s, n in wanted.items() if n < 1}
-        if low:
-            raise ConfigError(f"every stage needs at least one worker, got {low}")
+        wanted = resolve_workers(counts, self.workflow)
         self._check_live_change("worker counts")
         self.config.workers.update(wanted)  # also where a run not started yet begins
         if self.runtime is None:

@@ -27,7 +27,7 @@ from flashevolve.runtime.budget import BudgetTracker
 from flashevolve.runtime.clock import LoopClock, run_virtual
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
-from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, normalize_workers
+from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, resolve_workers
 from flashevolve.tasks.registry import resolve_task
 from flashevolve.workflows.base import make_workflow
 
@@ -67,27 +67,19 @@ class Evolver(BackgroundRun):
             self.workflow = make_workflow(workflow, **workflow_options)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"workflow {workflow!r}: {err}") from None
-        aliases = getattr(self.workflow, "worker_aliases", {})
         self.config: RunConfig = validated(
             RunConfig,
             {
                 "mode": mode,
                 "seed": seed,
                 "budget": coerce_budget(budget),
-                "workers": normalize_workers(workers, aliases),
+                "workers": resolve_workers(workers, self.workflow),
                 "max_in_flight": max_in_flight,
                 "staleness_counter": staleness_counter,
                 "rng": rng,
             },
             "Evolver",
         )
-        stage_names = [spec.name for spec in self.workflow.stages()]
-        unknown = sorted(set(self.config.workers) - set(stage_names))
-        if unknown:
-            raise ConfigError(
-                f"workers given for unknown stages {unknown}; this workflow's stages are "
-                f"{stage_names}" + (f" (aliases: {sorted(aliases)})" if aliases else "")
-            )
         try:
             self.policy = make_policy(staleness)
         except (ValueError, TypeError) as err:

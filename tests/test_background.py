@@ -172,7 +172,7 @@ def test_workers_and_job_bound_change_from_the_notebook_thread(scripted):
     base_url, _ = scripted
     ev = _evolver(base_url, name="live", max_in_flight=8)
     ev.set_workers(rollout=3)  # before the start: where the run begins
-    with pytest.raises(ConfigError, match="no stage"):
+    with pytest.raises(ConfigError, match="unknown stages"):
         ev.set_workers(rolout=2)
     with pytest.raises(ConfigError, match="at least one worker"):
         ev.set_workers(validate=0)

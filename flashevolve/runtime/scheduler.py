@@ -83,18 +83,11 @@ class Runtime:
         self.entry = workflow.stages()[0].name
         sync = config.mode == "sync"
         self.max_in_flight = 1 if sync else config.max_in_flight
-        self.targets: dict[str, int] = {}
-        for name, spec in self.specs.items():
-            n = 1 if sync else int(config.workers.get(name, spec.default_workers))
-            if n < 1:
-                raise ConfigError(f"stage {name!r} needs at least one worker, got {n}")
-            self.targets[name] = n
-        unknown = set(config.workers) - set(self.specs)
-        if unknown:
-            raise ConfigError(
-                f"workers given for unknown stages {sorted(unknown)}; this workflow's stages are "
-                f"{list(self.specs)}"
-            )
+        given = resolve_workers(config.workers, workflow)
+        self.targets: dict[str, int] = {
+            name: 1 if sync else given.get(name, spec.default_workers)
+            for name, spec in self.specs.items()
+        }
         self.state = "created"
         self.stop_reason: str | None = None
         self._workers: dict[str, dict[asyncio.Task, bool]] = {n: {} for n in self.specs}
@@ -434,12 +427,22 @@ class Runtime:
         return True
 
 
-def normalize_workers(
-    workers: Mapping[str, int] | None, aliases: Mapping[str, tuple[str, ...]]
-) -> dict[str, int]:
-    """Expand stage aliases (e.g. ``evaluate`` -> ``gate`` and ``validate``)."""
+def resolve_workers(workers: Mapping[str, int] | None, workflow: Any) -> dict[str, int]:
+    """Worker counts per stage: aliases expanded (GEPA's ``evaluate`` -> ``gate`` and
+    ``validate``); an unknown stage or a count below one is a clear error."""
+    aliases: Mapping[str, tuple[str, ...]] = getattr(workflow, "worker_aliases", {})
     out: dict[str, int] = {}
     for key, n in (workers or {}).items():
         for stage in aliases.get(key, (key,)):
             out[stage] = int(n)
+    stages = [spec.name for spec in workflow.stages()]
+    unknown = sorted(set(out) - set(stages))
+    if unknown:
+        raise ConfigError(
+            f"workers given for unknown stages {unknown}; this workflow's stages are "
+            f"{stages}" + (f" (aliases: {sorted(aliases)})" if aliases else "")
+        )
+    low = {stage: n for stage, n in out.items() if n < 1}
+    if low:
+        raise ConfigError(f"every stage needs at least one worker, got {low}")
     return out
