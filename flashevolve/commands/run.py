@@ -185,8 +185,9 @@ def run(args: argparse.Namespace) -> int:
                 f"being scored; give it more --minutes or fewer --n-val examples"
             )
             continue
-        print(f"\nbest {mode} artifact ({ev.pool.best(confirmed=True).mean_score:.3f}):")
-        for name, text in ev.best.components.items():
+        best = ev.pool.best(confirmed=True)
+        print(f"\nbest {mode} artifact ({best.mean_score:.3f}):")
+        for name, text in best.artifact.components.items():
             print(f"  [{name}] {text[:400]}")
     if args.json:
         Path(args.json).write_text(json.dumps(summaries, indent=2, default=str))
