@@ -192,6 +192,17 @@ def test_workers_and_job_bound_change_from_the_notebook_thread(scripted):
     shown = board.refresh()["sources"][0]
     assert shown["max_in_flight"] == 2 and shown["jobs_in_flight"] <= 2
     assert "jobs in flight / bound" in board.panels[0].counters.value
+    # the dashboard's own controls go through the same calls
+    controls = board.panels[0].controls
+    controls.fields["rollout"].value = 2
+    controls.bound.value = 3
+    assert controls.apply() == "applied: rollout 2, jobs bound 3"
+    _until(lambda: changed("job_bound_changed").height == 2, "the dashboard's job bound")
+    _until(
+        lambda: changed("workers_changed").filter(pl.col("stage") == "rollout").height == 1,
+        "the dashboard's worker change",
+    )
+    assert ev.runtime.max_in_flight == 3 and ev.runtime.targets["rollout"] == 2
     started = next(e for e in ev.event_list() if e.kind == "run_started")
     assert started.data["workers"]["rollout"] == 3 and started.data["max_in_flight"] == 8
     ev.stop()

@@ -247,6 +247,66 @@ def test_dashboard_refresh_shows_changing_status():
     assert board.all_terminal
 
 
+class SteerableFake(FakeEvolver):
+    """A source that can also change its workers and job bound (as an Evolver can)."""
+
+    def __init__(self, name: str, mode: str = "async") -> None:
+        super().__init__(name, mode)
+        self.state["stages"]["validate"] = {"queue_depth": 0, "workers": 8, "busy": 2}
+        self.state["max_in_flight"] = 64
+        self.sent: list[tuple[str, Any]] = []
+        self.refuse: str | None = None
+
+    def set_workers(self, **counts: int) -> None:
+        if self.refuse:
+            raise RuntimeError(self.refuse)
+        self.sent.append(("workers", counts))
+        for stage, n in counts.items():
+            self.state["stages"][stage]["workers"] = n
+
+    def set_max_in_flight(self, n: int) -> None:
+        self.sent.append(("bound", n))
+        self.state["max_in_flight"] = n
+
+
+def test_dashboard_controls_send_only_what_the_user_edited():
+    src = SteerableFake("live")
+    board = Dashboard(src, FakeEvolver("read-only"), mode="manual")
+    assert board.panels[1].controls is None  # no set_workers: no controls
+    controls = board.panels[0].controls
+    assert controls is not None and controls.apply() == "nothing changed"  # before any status
+    board.refresh()
+    assert {k: f.value for k, f in controls.fields.items()} == {"rollout": 4, "validate": 8}
+    assert controls.bound.value == 64 and not controls.apply_button.disabled
+    # meanwhile the controller moves rollout; the user edits validate and the bound only
+    src.state["stages"]["rollout"]["workers"] = 6
+    board.refresh()
+    controls.fields["validate"].value = 12
+    controls.bound.value = 96
+    controls.apply_button.click()
+    assert src.sent == [("workers", {"validate": 12}), ("bound", 96)]  # rollout not reverted
+    assert controls.message.value == "applied: validate 12, jobs bound 96"
+    assert controls.apply() == "nothing changed" and len(src.sent) == 2
+    # a refusal is shown next to the button, nothing is raised, the fields keep the edit
+    src.refuse = "the run is stopped: worker counts can no longer change"
+    controls.fields["rollout"].value = 2
+    assert controls.apply().startswith("not applied: the run is stopped")
+    assert "not applied" in controls.message.value and controls.edited() == ({"rollout": 2}, None)
+    # the run ends: the controls are disabled
+    src.state["state"] = "stopped"
+    board.refresh()
+    assert controls.apply_button.disabled and controls.fields["validate"].disabled
+
+
+def test_dashboard_controls_are_off_for_sync_runs_and_on_request():
+    board = Dashboard(SteerableFake("sync", mode="sync"), mode="manual")
+    board.refresh()
+    controls = board.panels[0].controls
+    assert controls is not None and controls.apply_button.disabled
+    assert "sync run" in controls.message.value
+    assert Dashboard(SteerableFake("x"), mode="manual", controls=False).panels[0].controls is None
+
+
 def test_dashboard_shows_source_errors_and_keeps_others():
     good = FakeEvolver("good")
 

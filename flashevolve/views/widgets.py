@@ -81,16 +81,118 @@ def _bar(busy: int, workers: int) -> str:
     )
 
 
-class SourcePanel:
-    """The widgets of one source: a header line, a per-stage table and a counters table."""
+class LiveControls:
+    """Worker counts per stage and the job bound as number fields, with an "apply" button that
+    calls ``target.set_workers(...)`` / ``target.set_max_in_flight(...)`` (thread-safe on an
+    ``Evolver``; each change is a ``workers_changed`` / ``job_bound_changed`` event with reason
+    "set by user").
 
-    def __init__(self, name: str) -> None:
+    Only the fields the user edited since they were last filled in are sent: the adaptive
+    controller may have moved the others meanwhile, and "apply" must not undo its moves.  The
+    fields are filled from the first status and after every apply; the stage table above always
+    shows the live counts.  Disabled for sync runs (one worker per stage is what sync means) and
+    once the run has ended.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.fields: dict[str, ipw.BoundedIntText] = {}
+        self.bound = ipw.BoundedIntText(
+            min=1, max=100_000, description="jobs bound", layout=ipw.Layout(width="170px")
+        )
+        self.apply_button = ipw.Button(description="apply", layout=ipw.Layout(width="70px"))
+        self.apply_button.on_click(lambda _button: self.apply())
+        self.message = ipw.HTML()
+        self._row = ipw.HBox([])
+        self.widget = ipw.VBox([self._row, ipw.HBox([self.bound, self.apply_button]), self.message])
+        self._synced: dict[str, int] = {}  # field -> value when last filled in
+        self._filled = False
+
+    @staticmethod
+    def supports(target: Any) -> bool:
+        return callable(getattr(target, "set_workers", None)) and callable(
+            getattr(target, "set_max_in_flight", None)
+        )
+
+    def _fill(self, status: LiveStatus) -> None:
+        for stage, s in status.stages.items():
+            if stage not in self.fields:
+                self.fields[stage] = ipw.BoundedIntText(
+                    min=1, max=100_000, description=stage, layout=ipw.Layout(width="150px")
+                )
+            self.fields[stage].value = max(1, s.workers)
+            self._synced[stage] = self.fields[stage].value
+        self._row.children = tuple(self.fields.values())
+        if status.max_in_flight is not None:
+            self.bound.value = status.max_in_flight
+            self._synced["__bound__"] = status.max_in_flight
+        self._filled = True
+
+    def sync(self, status: LiveStatus) -> None:
+        """Called with every status: fill the fields once, keep the enabled state current."""
+        if not self._filled and status.stages:
+            self._fill(status)
+        live = status.mode != "sync" and status.state not in TERMINAL_STATES
+        for w in (*self.fields.values(), self.bound, self.apply_button):
+            w.disabled = not live
+        if status.mode == "sync":
+            self.message.value = "<i>sync run: one worker per stage, one job in flight</i>"
+
+    def edited(self) -> tuple[dict[str, int], int | None]:
+        """(worker counts, job bound) the user changed since the fields were filled in;
+        nothing before the first status has filled them."""
+        workers = {
+            stage: int(f.value)
+            for stage, f in self.fields.items()
+            if stage in self._synced and f.value != self._synced[stage]
+        }
+        synced_bound = self._synced.get("__bound__")
+        bound = (
+            int(self.bound.value)
+            if synced_bound is not None and self.bound.value != synced_bound
+            else None
+        )
+        return workers, bound
+
+    def apply(self) -> str:
+        """Send the edited values to the run; returns (and shows) what happened."""
+        workers, bound = self.edited()
+        done = []
+        try:
+            if workers:
+                self.target.set_workers(**workers)
+                done += [f"{stage} {n}" for stage, n in workers.items()]
+            if bound is not None:
+                self.target.set_max_in_flight(bound)
+                done.append(f"jobs bound {bound}")
+        except Exception as exc:  # noqa: BLE001 -- shown next to the button; the run goes on
+            text = f"not applied: {exc}"
+            self.message.value = f'<span style="color:#c62828">{html.escape(text)}</span>'
+            return text
+        text = "applied: " + ", ".join(done) if done else "nothing changed"
+        self.message.value = html.escape(text)
+        for stage, n in workers.items():
+            self._synced[stage] = n
+        if bound is not None:
+            self._synced["__bound__"] = bound
+        return text
+
+
+class SourcePanel:
+    """The widgets of one source: a header line, a per-stage table and a counters table, and
+    -- when the source can change them (an ``Evolver``) -- live worker and job-bound controls."""
+
+    def __init__(self, name: str, target: Any = None) -> None:
         self.name = name
         self.header = ipw.HTML()
         self.stages = ipw.HTML()
         self.counters = ipw.HTML()
+        self.controls = LiveControls(target) if LiveControls.supports(target) else None
+        parts: list[ipw.Widget] = [self.header, self.stages, self.counters]
+        if self.controls is not None:
+            parts.append(self.controls.widget)
         self.widget = ipw.VBox(
-            [self.header, self.stages, self.counters],
+            parts,
             layout=ipw.Layout(border="1px solid #ddd", padding="6px 10px", margin="0 8px 0 0"),
         )
         self.shown: dict[str, Any] = {"name": name, "state": "pending"}
@@ -151,6 +253,8 @@ class SourcePanel:
             "frontier_version": status.frontier_version,
             "error": None,
         }
+        if self.controls is not None:
+            self.controls.sync(status)
         return self.shown
 
     def show_error(self, message: str) -> dict[str, Any]:
@@ -170,6 +274,8 @@ class Dashboard:
     "thread" (a daemon thread; the default, it keeps updating while a cell blocks), "asyncio"
     (a task on the running loop, e.g. the kernel's) or "manual" (only :meth:`refresh` updates;
     tests use this).  Polling starts when the dashboard is displayed or :meth:`start` is called.
+    ``controls`` adds worker and job-bound fields to the panel of every source that can change
+    them (an ``Evolver``; see :class:`LiveControls`).
     """
 
     def __init__(
@@ -177,6 +283,7 @@ class Dashboard:
         *sources: Any,
         refresh_s: float = 1.0,
         mode: Literal["thread", "asyncio", "manual"] = "thread",
+        controls: bool = True,
     ) -> None:
         if not sources:
             raise TypeError("Dashboard needs at least one source (an Evolver or a status function)")
@@ -186,7 +293,9 @@ class Dashboard:
         self.mode = mode
         self._fns = [_status_fn(s) for s in sources]
         names = [str(getattr(s, "name", "") or f"run {i + 1}") for i, s in enumerate(sources)]
-        self.panels = [SourcePanel(n) for n in names]
+        self.panels = [
+            SourcePanel(n, s if controls else None) for n, s in zip(names, sources, strict=True)
+        ]
         self.widget = ipw.HBox([p.widget for p in self.panels])
         self.refreshes = 0
         self._lock = threading.Lock()
@@ -278,9 +387,9 @@ class Dashboard:
         self.start()
 
 
-def dashboard(*sources: Any, refresh_s: float = 1.0) -> Dashboard:
+def dashboard(*sources: Any, refresh_s: float = 1.0, controls: bool = True) -> Dashboard:
     """Build a :class:`Dashboard`, show it (in a notebook) and start polling."""
-    board = Dashboard(*sources, refresh_s=refresh_s)
+    board = Dashboard(*sources, refresh_s=refresh_s, controls=controls)
     try:
         from IPython.display import display
 
@@ -290,4 +399,4 @@ def dashboard(*sources: Any, refresh_s: float = 1.0) -> Dashboard:
     return board.start()
 
 
-__all__ = ["Dashboard", "LiveStatus", "StageStatus", "TERMINAL_STATES", "dashboard"]
+__all__ = ["Dashboard", "LiveControls", "LiveStatus", "StageStatus", "TERMINAL_STATES", "dashboard"]
