@@ -71,6 +71,23 @@ def test_max_running_queues_fifo() -> None:
     assert queued[2] > 1.0 and queued[3] > 1.0
 
 
+def test_mean_waiting_is_the_time_average_of_the_queue() -> None:
+    # One slot, two requests at once: the second waits exactly as long as the first is served,
+    # so over the whole run the queue held one request for half the time.
+    profile = PROFILE.model_copy(update={"max_running": 1, "prefill_tokens_per_s": 1e12})
+
+    async def main() -> tuple[dict, list[float]]:
+        engine = ServingEngine(profile)
+        timings = await asyncio.gather(engine.generate(1, 100), engine.generate(1, 100))
+        return engine.stats(), [t.queued_s for t in timings]
+
+    stats, queued = run_virtual(main())
+    assert queued[1] == pytest.approx(100 * 0.011, rel=1e-6)
+    assert stats["elapsed_s"] == pytest.approx(2 * 100 * 0.011, rel=1e-6)
+    assert stats["mean_waiting"] == pytest.approx(0.5, rel=1e-3)
+    assert stats["mean_concurrency"] == pytest.approx(1.0, rel=1e-3)
+
+
 def test_kv_capacity_queues_and_rejects_oversized() -> None:
     profile = PROFILE.model_copy(update={"kv_capacity_tokens": 1000})
 

@@ -147,7 +147,8 @@ def run_config(
     summary = evolver.run_virtual()
     wall = time.perf_counter() - t0
     attainable = llm.profile.attainable_tokens_per_s
-    generated = llm.stats().get("generated_tokens", summary["completion_tokens"])
+    server = llm.stats()
+    generated = server.get("generated_tokens", summary["completion_tokens"])
     row = {
         "config": config.name,
         "staleness": staleness or config.staleness,
@@ -158,7 +159,12 @@ def run_config(
         "simulated": True,
         # (ts, best validation score so far) at each admission, for score-vs-time plots
         "best_over_time": [list(r) for r in best_score_series(evolver.events).iter_rows()],
-        "sim_wasted_tokens": llm.stats().get("wasted_tokens"),
+        "sim_wasted_tokens": server.get("wasted_tokens"),
+        # Requests queued in the simulated server per request it served (time averages; engine
+        # profiles only): ~0 while the server has room, rising once it is full -- the knee.
+        "server_queue_ratio": server["mean_waiting"] / max(server["mean_concurrency"], 1e-9)
+        if "mean_waiting" in server
+        else None,
     }
     return row, evolver
 
@@ -231,6 +237,7 @@ THROUGHPUT_COLUMNS = [
     ("mean_concurrency", "mean conc", ".1f"),
     ("peak_concurrency", "peak conc", "d"),
     ("utilization", "utilization", ".1%"),
+    ("server_queue_ratio", "queued/served", ".2f"),
     ("tokens_per_accepted", "tokens/accepted", ",.0f"),
     ("best_score", "best val", ".3f"),
     ("speedup", "speed-up", ".2f"),

@@ -95,6 +95,7 @@ class ServingEngine:
         self.decode_tokens = 0.0
         self.busy_s = 0.0
         self.running_time = 0.0  # integral of admitted sequences over time (mean concurrency)
+        self.waiting_time = 0.0  # integral of queued requests over time (mean queue length)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class ServingEngine:
         another thread -- a test, a notebook -- may call it while the server loop runs."""
         now = self._now()
         decode_tokens, busy_s, running_time = self.decode_tokens, self.busy_s, self.running_time
+        waiting_time = self.waiting_time
         if self._t_last is not None and now > self._t_last:
             dt = now - self._t_last
             n = len(self._decoding)
@@ -150,6 +152,7 @@ class ServingEngine:
             if self.running:
                 busy_s += dt
                 running_time += dt * self.running
+            waiting_time += dt * len(self._queue)
         elapsed = 0.0 if self._t_first is None else now - self._t_first
         attainable = self.profile.attainable_tokens_per_s
         return {
@@ -168,6 +171,10 @@ class ServingEngine:
             "busy_s": busy_s,
             "elapsed_s": elapsed,
             "mean_concurrency": running_time / elapsed if elapsed > 0 else 0.0,
+            # Mean requests waiting for a slot or KV room.  Divided by mean_concurrency it is
+            # (Little's law) the time a request queues per second it is served: where it leaves
+            # zero, the server is full.
+            "mean_waiting": waiting_time / elapsed if elapsed > 0 else 0.0,
             "attainable_tokens_per_s": attainable,
             "utilization": decode_tokens / (elapsed * attainable) if elapsed > 0 else 0.0,
         }
@@ -193,6 +200,7 @@ class ServingEngine:
         if self.running:
             self.busy_s += dt
             self.running_time += dt * self.running
+        self.waiting_time += dt * len(self._queue)
         self._t_last = now
 
     def _admit(self, now: float) -> None:
