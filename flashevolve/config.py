@@ -22,6 +22,9 @@ class RunConfig(BaseModel):
     max_in_flight: int = Field(default=16, ge=1)
     staleness_counter: Literal["pool", "frontier"] = "pool"
     rng: Literal["per-stage", "shared"] = "per-stage"
+    #: Ask the backends for their own load (requests running / waiting) this often, in seconds
+    #: of the run clock; ``None`` never asks.  Backends that cannot tell are asked once.
+    load_every_s: float | None = Field(default=5.0, gt=0)
 
     @field_validator("workers")
     @classmethod

@@ -59,6 +59,7 @@ class Evolver(BackgroundRun):
         name: str | None = None,
         staleness_counter: str = "pool",
         rng: str = "per-stage",
+        load_every_s: float | None = 5.0,
         resume: bool = False,
         **workflow_options: Any,
     ) -> None:
@@ -77,6 +78,7 @@ class Evolver(BackgroundRun):
                 "max_in_flight": max_in_flight,
                 "staleness_counter": staleness_counter,
                 "rng": rng,
+                "load_every_s": load_every_s,
             },
             "Evolver",
         )
@@ -99,6 +101,7 @@ class Evolver(BackgroundRun):
         self._counts = {"proposals": 0, "accepted": 0}
         self._stale = dict.fromkeys(("accept", "discard", "patch", "merged"), 0)
         self._best: float | None = None
+        self._server_load: dict[str, dict[str, Any]] = {}  # endpoint -> its latest load report
         self._clock: LoopClock | None = None
         self._in_flight = InFlight()
         self._thread: threading.Thread | None = None
@@ -167,6 +170,7 @@ class Evolver(BackgroundRun):
                 max_in_flight=self.config.max_in_flight,
                 staleness_counter=self.config.staleness_counter,
                 seconds=seconds,
+                load_every_s=self.config.load_every_s,
             ),
             self.policy,
             controller=self.control,
@@ -264,6 +268,12 @@ class Evolver(BackgroundRun):
         """One row per stale item with both lags and the policy's decision."""
         return frames.staleness(self.events)
 
+    @property
+    def backend_load(self) -> pl.DataFrame:
+        """What the servers reported about their own load (requests running and waiting, KV
+        fill), every ``load_every_s``; empty for backends that cannot tell."""
+        return frames.backend_load(self.events)
+
     def throughput(self, window: float = 60.0) -> pl.DataFrame:
         """Items per stage and proposals/accepted/sweeps per minute, in ``window``-second bins."""
         return frames.throughput(self.events, window_s=window)
@@ -329,6 +339,7 @@ class Evolver(BackgroundRun):
             "stale": dict(self._stale),
             "pool_version": self.pool.pool_version,
             "frontier_version": self.pool.frontier_version,
+            "server_load": {k: dict(v) for k, v in self._server_load.items()},
         }
 
     # -- internals -------------------------------------------------------------------------------
@@ -355,6 +366,8 @@ class Evolver(BackgroundRun):
                 self._best = event.score
         elif kind == Kind.STALE_DETECTED and event.decision:
             self._stale[event.decision] = self._stale.get(event.decision, 0) + 1
+        elif kind == Kind.BACKEND_LOAD and event.endpoint:
+            self._server_load[event.endpoint] = dict(event.data or {})
 
     def _open_backends(self) -> tuple[LLM, LLM, list[LLM]]:
         spec, owned = self._backend_spec, []

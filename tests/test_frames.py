@@ -233,6 +233,7 @@ def test_stage_time_breakdown_shares():
         (fr.staleness, fr.STALENESS_SCHEMA),
         (fr.throughput, fr.THROUGHPUT_SCHEMA),
         (fr.concurrency, fr.CONCURRENCY_SCHEMA),
+        (fr.backend_load, fr.BACKEND_LOAD_SCHEMA),
         (fr.best_score_over_time, fr.BEST_SCHEMA),
         (fr.stage_time_breakdown, fr.BREAKDOWN_SCHEMA),
     ],

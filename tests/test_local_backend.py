@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from flashevolve.backends import ChatRequest
+from flashevolve.backends.base import BackendLoad
 from flashevolve.backends.llama import LocalLLM, llama_server_command, local
 from flashevolve.backends.openai_compat import OpenAICompatLLM
 from flashevolve.cli import main as cli_main
@@ -199,6 +200,30 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path):
         port = sock.getsockname()[1]
         with pytest.raises(BackendError, match=rf"port {port} is in use"):
             local(model, port=port)
+
+
+@pytest.mark.llama
+def test_the_server_reports_its_load(server: LocalLLM):
+    # Started with --metrics: requests processing and deferred, read from GET /metrics.
+    async def main() -> tuple[BackendLoad | None, BackendLoad | None]:
+        client = _client(server)
+        ask = asyncio.create_task(client.complete(_ask("Count to fifty.", max_tokens=128)))
+        busy = None
+        for _ in range(300):  # readiness poll until the slot is taken (or the answer is done)
+            busy = await client.load()
+            if ask.done() or (busy is not None and busy.running >= 1):  # (done: fails below)
+                break
+            await asyncio.sleep(0.02)
+        await ask
+        idle = await client.load()
+        await client.aclose()
+        return busy, idle
+
+    busy, idle = asyncio.run(main())
+    assert busy is not None and idle is not None
+    assert busy.running == 1  # 128 tokens on 2 CPU cores take seconds; polls are 20 ms apart
+    assert (idle.running, idle.waiting) == (0, 0)
+    assert "--metrics" in llama_server_command("/b", "/m.gguf", port=1)
 
 
 def test_command_line_flags():

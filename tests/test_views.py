@@ -239,6 +239,13 @@ def test_dashboard_refresh_shows_changing_status():
     panel = board.panels[0]
     assert "0.6100" in panel.counters.value and "1:15" in panel.header.value
     assert "3/4" in panel.stages.value
+    assert "server" not in panel.counters.value  # no server has reported its load yet
+    a.state["server_load"] = {"http://127.0.0.1:8000/v1": {"running": 5, "waiting": 2,
+                                                          "kv_usage": 0.5}}  # fmt: skip
+    shown = board.refresh()["sources"][0]
+    assert shown["server_load"]["http://127.0.0.1:8000/v1"]["waiting"] == 2
+    assert "server 127.0.0.1:8000" in panel.counters.value
+    assert "5 running · 2 waiting · KV 50%" in panel.counters.value
     assert len(board.widget.children) == 2
     # both finished -> the dashboard stops polling by itself
     a.state["state"] = "finished"

@@ -37,6 +37,24 @@ class ChatResult:
     model: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class BackendLoad:
+    """What a server says about its own load at one moment (``GET /metrics`` on vLLM and
+    llama-server, the engine itself in the simulator)."""
+
+    running: int  # requests being served (prefill or decode)
+    waiting: int  # requests queued behind them (no slot or no KV-cache room yet)
+    kv_usage: float | None = None  # fraction of the KV cache in use, when the server says
+
+
+@runtime_checkable
+class LoadReporter(Protocol):
+    """Optional backend extension: report the server's load.  ``None`` means "cannot tell"
+    (a hosted API, a server without a metrics endpoint); callers then go without."""
+
+    async def load(self) -> BackendLoad | None: ...
+
+
 class LLMError(Exception):
     """A request failed for good (after retries, or not retryable)."""
 

@@ -168,6 +168,7 @@ def llama_server_command(
         "--alias",
         alias or model_path.stem,
         "--no-webui",
+        "--metrics",  # GET /metrics: requests processing and deferred (the run's load view)
     ]
     if threads is not None:
         cmd += ["-t", str(threads)]

@@ -10,9 +10,13 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from flashevolve.backends.base import ChatRequest, ChatResult, LLMError
+from flashevolve.backends.base import BackendLoad, ChatRequest, ChatResult, LLMError
+from flashevolve.backends.prometheus import load_from_metrics
 from flashevolve.backends.retry import call_with_retries
 from flashevolve.runtime.clock import Clock, LoopClock
+
+#: Seconds to wait for ``GET /metrics``: a slow metrics page must not hold anything up.
+METRICS_TIMEOUT_S = 2.0
 
 #: HTTP statuses worth retrying: rate limits and server-side trouble.
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -36,6 +40,9 @@ class OpenAICompatLLM:
       (``False``) is one plain JSON response, and ``partial`` stays empty.
     - The API key is read from ``api_key_env`` (or given directly) and never logged: ``repr`` and
       ``describe`` leave it out.
+    - ``load()`` reads the server's own load from ``GET /metrics`` next to ``/v1`` (vLLM,
+      llama-server with ``--metrics``, flashevolve's simulated server; see
+      :mod:`flashevolve.backends.prometheus`).  The key is not sent there.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class OpenAICompatLLM:
         # used from several (a preflight check, then one loop per background run), so each loop
         # gets its own pair.  Dead loops drop out of the weak map by themselves.
         self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._metrics_missing = False  # the server answered /metrics without load gauges
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM(endpoint={self.endpoint!r}, model={self.model!r})"
@@ -235,6 +243,37 @@ class OpenAICompatLLM:
                 status=status,
                 retryable=status in RETRYABLE_STATUS,
             ) from err
+
+    @property
+    def metrics_url(self) -> str:
+        root = self.endpoint[: -len("/v1")] if self.endpoint.endswith("/v1") else self.endpoint
+        return root + "/metrics"
+
+    async def load(self) -> BackendLoad | None:
+        """Requests the server is serving and queueing, from its ``/metrics`` page; ``None``
+        when it cannot tell.  A server whose page is missing or has no load gauges (a hosted
+        API, llama-server without ``--metrics``) is not asked again; a failed connection is
+        (the server may be restarting)."""
+        if self._metrics_missing:
+            return None
+        import aiohttp
+
+        # A session per look (one every few seconds): nothing is left open when a run's loop
+        # ends without closing this backend.
+        timeout = aiohttp.ClientTimeout(total=METRICS_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(self.metrics_url) as response,
+            ):
+                status = response.status
+                text = await response.text() if status == 200 else None
+        except (TimeoutError, aiohttp.ClientError):
+            return None
+        load = load_from_metrics(text) if text is not None else None
+        if load is None and (text is not None or 400 <= status < 500):
+            self._metrics_missing = True
+        return load
 
     async def aclose(self) -> None:
         """Close this loop's HTTP client (clients of finished loops went with their loop)."""

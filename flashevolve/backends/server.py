@@ -9,7 +9,8 @@ text to answer) times a latency model (when to answer):
 - :class:`SimulatorResponder` -- the serving simulator (:class:`SimulatedLLM`) in real time,
   optionally ``speed`` times faster; its rate limits answer HTTP 429 and the client retries.
 
-Other endpoints: ``/v1/models`` and ``/health``.  ``stream=true`` answers OpenAI-format
+Other endpoints: ``/v1/models``, ``/health`` and ``/metrics`` (vLLM's load gauges when the
+responder reports its load -- the simulator with an engine profile -- else 404).  ``stream=true`` answers OpenAI-format
 server-sent events (:mod:`flashevolve.backends.sse`): the scripted responder spreads its pieces
 over the latency it models; other responders (the simulator) send theirs when the answer is
 ready.  Other request fields (e.g. ``response_format``, a llama.cpp ``grammar``) are accepted and
@@ -37,7 +38,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from flashevolve.backends import sse
-from flashevolve.backends.base import ChatRequest, LLMError
+from flashevolve.backends.base import BackendLoad, ChatRequest, LLMError, LoadReporter
+from flashevolve.backends.prometheus import vllm_metrics_text
 from flashevolve.backends.sim.lengths import count_prompt_tokens, count_tokens
 from flashevolve.backends.sim.llm import SimulatedLLM, request_key
 from flashevolve.backends.sim.profiles import Profile
@@ -207,6 +209,9 @@ class SimulatorResponder:
     def stats(self) -> dict[str, Any]:
         return self.llm.stats()
 
+    async def load(self) -> BackendLoad | None:
+        return await self.llm.load()  # None for an API profile: /metrics then answers 404
+
 
 # -- the HTTP server -----------------------------------------------------------------------------
 
@@ -297,6 +302,7 @@ class OpenAICompatServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)  # vLLM's load gauges, when simulated
         # handler_cancellation: a client disconnect cancels the handler, hence the request.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
@@ -325,6 +331,12 @@ class OpenAICompatServer:
 
     async def _health(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "model": self.responder.model})
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        load = await self.responder.load() if isinstance(self.responder, LoadReporter) else None
+        if load is None:
+            return web.Response(status=404, text="this server reports no load\n")
+        return web.Response(text=vllm_metrics_text(load, self.responder.model))
 
     async def _models(self, _: web.Request) -> web.Response:
         model = {

@@ -15,6 +15,16 @@ from typing import Any
 
 import polars as pl
 
+from flashevolve.events.frame_schemas import (
+    ARTIFACTS_SCHEMA,
+    BACKEND_LOAD_SCHEMA,
+    BEST_SCHEMA,
+    BREAKDOWN_SCHEMA,
+    CONCURRENCY_SCHEMA,
+    REQUESTS_SCHEMA,
+    STALENESS_SCHEMA,
+    THROUGHPUT_SCHEMA,
+)
 from flashevolve.events.schema import SCHEMA, Kind
 
 #: Stages of the GEPA pipeline in flow order; other stage names sort after these.
@@ -24,78 +34,6 @@ REQUEST_TERMINAL = {
     str(Kind.REQUEST_FINISHED): "finished",
     str(Kind.REQUEST_FAILED): "failed",
     str(Kind.REQUEST_CANCELLED): "cancelled",
-}
-
-REQUESTS_SCHEMA: dict[str, pl.DataType] = {
-    "request_id": pl.Utf8(),
-    "stage": pl.Utf8(),
-    "item_id": pl.Utf8(),
-    "role": pl.Utf8(),
-    "endpoint": pl.Utf8(),
-    "start": pl.Float64(),
-    "end": pl.Float64(),
-    "latency_s": pl.Float64(),
-    "prompt_tokens": pl.Int64(),
-    "completion_tokens": pl.Int64(),
-    "outcome": pl.Utf8(),  # finished | failed | cancelled | in_flight
-    "reason": pl.Utf8(),
-    "wasted_tokens": pl.Int64(),
-}
-
-ARTIFACTS_SCHEMA: dict[str, pl.DataType] = {
-    "artifact_id": pl.Utf8(),
-    "parent_id": pl.Utf8(),
-    "parents": pl.List(pl.Utf8()),
-    "origin": pl.Utf8(),
-    "pool_version": pl.Int64(),
-    "frontier_version": pl.Int64(),
-    "score": pl.Float64(),
-    "admitted_ts": pl.Float64(),
-    "admitted": pl.Boolean(),  # an ``admitted`` event exists (not only a speculative one)
-    "speculative": pl.Boolean(),
-    "confirmed": pl.Boolean(),
-    "tombstoned": pl.Boolean(),  # speculation rolled back
-    "patched_from": pl.List(pl.Utf8()),
-}
-
-STALENESS_SCHEMA: dict[str, pl.DataType] = {
-    "ts": pl.Float64(),
-    "stage": pl.Utf8(),
-    "item_id": pl.Utf8(),
-    "artifact_id": pl.Utf8(),
-    "lag": pl.Int64(),
-    "frontier_lag": pl.Int64(),
-    "decision": pl.Utf8(),
-    "reason": pl.Utf8(),
-}
-
-THROUGHPUT_SCHEMA: dict[str, pl.DataType] = {
-    "bucket": pl.Int64(),
-    "t_start": pl.Float64(),
-    "t_end": pl.Float64(),
-    "group": pl.Utf8(),  # "stage" (items done in that stage) | "pipeline" (proposals, ...)
-    "series": pl.Utf8(),  # stage name, or proposals | accepted | validations
-    "count": pl.Int64(),
-    "per_min": pl.Float64(),
-}
-
-CONCURRENCY_SCHEMA: dict[str, pl.DataType] = {"ts": pl.Float64(), "in_flight": pl.Int64()}
-
-BEST_SCHEMA: dict[str, pl.DataType] = {
-    "ts": pl.Float64(),
-    "artifact_id": pl.Utf8(),
-    "score": pl.Float64(),
-    "best_score": pl.Float64(),
-    "is_new_best": pl.Boolean(),
-}
-
-BREAKDOWN_SCHEMA: dict[str, pl.DataType] = {
-    "stage": pl.Utf8(),
-    "items": pl.Int64(),
-    "busy_s": pl.Float64(),
-    "mean_s": pl.Float64(),
-    "share": pl.Float64(),  # busy_s / sum of busy_s over stages
-    "wait_s": pl.Float64(),  # queue wait before the stage, from item_dequeued data.wait_s
 }
 
 PIPELINE_SERIES = {
@@ -434,6 +372,25 @@ def concurrency(df: pl.DataFrame) -> pl.DataFrame:
     return series.cast(CONCURRENCY_SCHEMA)
 
 
+def backend_load(df: pl.DataFrame) -> pl.DataFrame:
+    """What the servers said about their own load, one row per ``backend_load`` event (the
+    runtime asks every ``load_every_s``; servers that cannot tell leave this empty)."""
+    rows = [
+        (ts, endpoint, d.get("running"), d.get("waiting"), d.get("kv_usage"))
+        for ts, endpoint, raw in _of(df, Kind.BACKEND_LOAD)[["ts", "endpoint", "data"]].iter_rows()
+        for d in (_data(raw),)
+    ]
+    if not rows:
+        return _empty(BACKEND_LOAD_SCHEMA)
+    out = pl.DataFrame(rows, schema=list(BACKEND_LOAD_SCHEMA)[:5], orient="row")
+    out = out.with_columns(
+        (pl.col("waiting") / pl.max_horizontal(pl.col("running"), pl.lit(1))).alias(
+            "waiting_per_running"
+        )
+    )
+    return out.cast(BACKEND_LOAD_SCHEMA)
+
+
 def best_score_over_time(df: pl.DataFrame) -> pl.DataFrame:
     """Best admitted validation score so far, one row per admission (non-decreasing)."""
     adm = _of(df, Kind.ADMITTED).filter(pl.col("score").is_not_null())
@@ -483,6 +440,7 @@ def stage_time_breakdown(df: pl.DataFrame) -> pl.DataFrame:
 
 __all__ = [
     "ARTIFACTS_SCHEMA",
+    "BACKEND_LOAD_SCHEMA",
     "BEST_SCHEMA",
     "BREAKDOWN_SCHEMA",
     "CONCURRENCY_SCHEMA",
@@ -491,6 +449,7 @@ __all__ = [
     "STALENESS_SCHEMA",
     "THROUGHPUT_SCHEMA",
     "artifacts",
+    "backend_load",
     "best_score_over_time",
     "concurrency",
     "empty_events",

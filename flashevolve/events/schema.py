@@ -43,6 +43,7 @@ class Kind(StrEnum):
     PATCH_MADE = "patch_made"  # data.patched_from: item ids merged into artifact_id
     WORKERS_CHANGED = "workers_changed"
     JOB_BOUND_CHANGED = "job_bound_changed"  # max_in_flight moved; data: from, to
+    BACKEND_LOAD = "backend_load"  # the server's own report; data: running, waiting, kv_usage
     BUDGET_STOP = "budget_stop"
     ERROR = "error"
 

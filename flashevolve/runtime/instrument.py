@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from flashevolve.backends.base import LLM, ChatRequest, ChatResult, LLMError
+from flashevolve.backends.base import (
+    LLM,
+    BackendLoad,
+    ChatRequest,
+    ChatResult,
+    LLMError,
+    LoadReporter,
+)
 from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Kind
 
@@ -97,6 +104,10 @@ class InstrumentedLLM:
 
     def _since(self, t0: float) -> float:
         return (self.log.clock.now() - t0) if self.log.clock else 0.0
+
+    async def load(self) -> BackendLoad | None:
+        """The backend's own load report, if it gives one (see :class:`LoadReporter`)."""
+        return await self.inner.load() if isinstance(self.inner, LoadReporter) else None
 
     async def aclose(self) -> None:  # the owner of the inner backend closes it
         return None

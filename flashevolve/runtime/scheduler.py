@@ -21,6 +21,7 @@ from flashevolve.events.schema import Kind
 from flashevolve.policies.staleness import DISCARD, MERGED, PATCH, StalenessPolicy
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.items import StageSpec, WorkItem
+from flashevolve.runtime.load_sampler import sample_backend_load
 
 
 @dataclass
@@ -30,6 +31,7 @@ class RuntimeConfig:
     max_in_flight: int = 16  # jobs (proposal lines) in the pipeline at once
     staleness_counter: str = "pool"  # which lag makes an item stale: "pool" or "frontier"
     seconds: float | None = None  # hard run-clock deadline
+    load_every_s: float | None = 5.0  # ask the backends for their load this often (None: never)
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
@@ -38,6 +40,8 @@ class RuntimeConfig:
             raise ConfigError("staleness_counter must be 'pool' or 'frontier'")
         if self.max_in_flight < 1:
             raise ConfigError("max_in_flight must be at least 1")
+        if self.load_every_s is not None and self.load_every_s <= 0:
+            raise ConfigError("load_every_s must be positive (or None to not ask)")
 
 
 class JobSlots:
@@ -192,6 +196,8 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._source(), name="flashevolve-source"))
             if self.controller is not None:
                 self._tasks.append(asyncio.create_task(self._control()))
+            if self.config.load_every_s is not None:
+                self.spawn(sample_backend_load(ctx, self.config.load_every_s), name="fe-load")
             await self._finished.wait()
         finally:
             await self._shutdown()

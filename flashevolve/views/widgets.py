@@ -35,6 +35,12 @@ class StageStatus(BaseModel):
     busy: int = 0
 
 
+class ServerLoad(BaseModel):
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float | None = None
+
+
 class LiveStatus(BaseModel):
     """What ``source.status()`` returns; missing fields default so a starting run still shows."""
 
@@ -54,6 +60,8 @@ class LiveStatus(BaseModel):
     stale: dict[str, int] = Field(default_factory=dict)
     pool_version: int = 0
     frontier_version: int = 0
+    #: endpoint -> the server's latest report of its own load (servers that can tell)
+    server_load: dict[str, ServerLoad] = Field(default_factory=dict)
 
 
 def _status_fn(source: Any) -> Callable[[], Any]:
@@ -71,6 +79,10 @@ def _fmt_elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _short_endpoint(endpoint: str) -> str:
+    return endpoint.removeprefix("http://").removeprefix("https://").removesuffix("/v1")
 
 
 def _bar(busy: int, workers: int) -> str:
@@ -232,7 +244,15 @@ class SourcePanel:
             f"<tr><td>best val score</td><td align=right><b>{best}</b></td></tr>"
             f"<tr><td>pool / frontier version</td><td align=right>{status.pool_version} / "
             f"{status.frontier_version}</td></tr>"
-            f"<tr><td>stale work</td><td align=right>{stale_text}</td></tr></table>"
+            f"<tr><td>stale work</td><td align=right>{stale_text}</td></tr>"
+            + "".join(
+                f"<tr><td>server {html.escape(_short_endpoint(endpoint))}</td><td align=right>"
+                f"{load.running} running · {load.waiting} waiting"
+                + ("" if load.kv_usage is None else f" · KV {load.kv_usage:.0%}")
+                + "</td></tr>"
+                for endpoint, load in status.server_load.items()
+            )
+            + "</table>"
         )
         self.shown = {
             "name": name,
@@ -251,6 +271,7 @@ class SourcePanel:
             "stale": stale,
             "pool_version": status.pool_version,
             "frontier_version": status.frontier_version,
+            "server_load": {k: v.model_dump() for k, v in status.server_load.items()},
             "error": None,
         }
         if self.controls is not None:

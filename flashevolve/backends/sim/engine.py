@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from flashevolve.backends.base import LLMError
+from flashevolve.backends.base import BackendLoad, LLMError
 from flashevolve.backends.sim.profiles import EngineProfile
 
 #: Slack (in decode steps) when deciding that a sequence has reached its last token.
@@ -106,6 +106,13 @@ class ServingEngine:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    def load(self) -> BackendLoad:
+        return BackendLoad(
+            running=self.running,
+            waiting=self.queued,
+            kv_usage=self.kv_used / self.profile.kv_capacity_tokens,
+        )
 
     async def generate(
         self, prompt_tokens: int, completion_tokens: int, partial: dict[str, int] | None = None

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from flashevolve.backends.base import ChatRequest, ChatResult
+from flashevolve.backends.base import BackendLoad, ChatRequest, ChatResult
 from flashevolve.backends.retry import call_with_retries
 from flashevolve.backends.sim.api import SimulatedApi
 from flashevolve.backends.sim.engine import ServingEngine, Timing
@@ -91,6 +91,15 @@ class SimulatedLLM:
             p = self.profile
             self._server = ServingEngine(p) if isinstance(p, EngineProfile) else SimulatedApi(p)
         return self._server
+
+    async def load(self) -> BackendLoad | None:
+        """The simulated engine's queue and KV cache; ``None`` for an API profile (hosted APIs
+        do not report their load)."""
+        if not isinstance(self.profile, EngineProfile):
+            return None
+        server = self.server
+        assert isinstance(server, ServingEngine)
+        return server.load()
 
     def stats(self) -> dict[str, Any]:
         if self._server is None:
