@@ -48,7 +48,8 @@ def test_report_charts_draw_marks_in_headless_chromium(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
     charts = result["charts"]
-    assert len(charts) == 1 + 5 * len(runs)
+    # the comparison, six charts per run whose server reported its load, five for the empty one
+    assert len(charts) == 1 + 6 + 6 + 5
     for chart in charts:
         assert chart["status"] == "ok", chart
         assert chart["marks"] > 0, chart
@@ -58,6 +59,7 @@ def test_report_charts_draw_marks_in_headless_chromium(tmp_path):
     # a real run draws far more than a placeholder
     assert by_key[("async", "lineage")] > 5
     assert by_key[("all", "score_vs_time")] > 5
+    assert by_key[("async", "server_load")] >= 2  # a line for running, one for waiting
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -20,6 +20,7 @@ EMPTY = fr.empty_events()
 SINGLE_RUN_CHARTS = [
     ch.throughput_chart,
     ch.concurrency_chart,
+    ch.server_load_chart,
     ch.stage_breakdown_chart,
     ch.staleness_chart,
     ch.lineage_chart,
@@ -163,14 +164,24 @@ def test_report_is_self_contained(tmp_path, async_run, sync_run):
     assert "<script src" not in text and "https://cdn" not in text
     assert "vegaEmbed" in text and len(text) > 500_000  # the JS bundle is inlined
     assert "<title>T&lt;1&gt;</title>" in text
-    # one comparison chart + five charts per run
-    assert text.count('<script type="application/json" id="spec-') == 11
-    assert text.count('class="chart"') == 11
+    # one comparison chart + six charts per run (the synthetic server reports its load)
+    assert text.count('<script type="application/json" id="spec-') == 13
+    assert text.count('class="chart"') == 13
+    assert text.count("<h3>Server load</h3>") == 2
 
 
 def test_report_of_empty_run_renders_placeholders():
     text = render_report({"empty": EMPTY})
     assert text.count("no data yet") >= 6
+    assert "Server load" not in text  # only for runs whose server reported its load
+
+
+def test_server_load_chart_draws_running_and_waiting(async_run):
+    spec = ch.server_load_chart(async_run).to_dict()
+    rows = spec["data"]["values"]
+    assert {r["series"] for r in rows} == {"running", "waiting"}
+    assert max(r["requests"] for r in rows if r["series"] == "waiting") > 0
+    assert "strokeDash" not in spec["encoding"]  # one server: no per-server dashes
 
 
 def test_write_report_rejects_wrong_suffix(tmp_path):

@@ -18,6 +18,7 @@ from flashevolve.events.schema import Event, Kind
 _LAZY = {
     "throughput_chart": "flashevolve.views.charts",
     "concurrency_chart": "flashevolve.views.charts",
+    "server_load_chart": "flashevolve.views.charts",
     "stage_breakdown_chart": "flashevolve.views.charts",
     "score_vs_time_chart": "flashevolve.views.charts",
     "staleness_chart": "flashevolve.views.charts",
@@ -41,7 +42,8 @@ def example_events(mode: str = "async", *, seed: int = 0, iterations: int = 24) 
     Nothing is executed: timings and scores are drawn from a seeded RNG.  ``run_started`` marks
     the log ``simulated`` and ``synthetic`` so every chart title says "(simulated)".  In "async"
     mode iterations overlap (stale work appears and is accepted, patched, merged or discarded);
-    in "sync" mode they run one after another.
+    in "sync" mode they run one after another.  A pretend 8-slot server reports its load every
+    5 s (``backend_load`` events).
     """
     rng = random.Random(seed)
     raw: list[dict[str, Any]] = []
@@ -233,7 +235,26 @@ def example_events(mode: str = "async", *, seed: int = 0, iterations: int = 24) 
         e["kind"] = str(e["kind"])
         e["wall"] = e["ts"]
         events.append(Event(**e))
+    events = _with_server_load(events, end)
     return events_to_frame(events)
+
+
+def _with_server_load(events: list[Event], end: float, slots: int = 8) -> list[Event]:
+    """Add what a pretend ``slots``-slot server would report every 5 s (synthetic, like the
+    rest): requests beyond its slots wait."""
+    samples, in_flight, i = [], 0, 0
+    for k in range(int(end // 5) + 1):
+        t = 5.0 * k
+        while i < len(events) and events[i].ts <= t:
+            if events[i].in_flight is not None:
+                in_flight = events[i].in_flight
+            i += 1
+        running, waiting = min(in_flight, slots), max(0, in_flight - slots)
+        data = {"running": running, "waiting": waiting, "kv_usage": round(running / slots, 3)}
+        samples.append(
+            Event(kind=str(Kind.BACKEND_LOAD), ts=t, wall=t, endpoint="sim://example", data=data)
+        )
+    return sorted(events + samples, key=lambda e: e.ts)
 
 
 __all__ = [
@@ -244,6 +265,7 @@ __all__ = [
     "lineage_chart",
     "save_chart",
     "score_vs_time_chart",
+    "server_load_chart",
     "stage_breakdown_chart",
     "staleness_chart",
     "throughput_chart",

@@ -173,6 +173,41 @@ def concurrency_chart(df: pl.DataFrame) -> AnyChart:
     return chart.properties(width=560, height=200).interactive(bind_y=False)
 
 
+def server_load_chart(df: pl.DataFrame) -> AnyChart:
+    """What the servers said about their load over run time: requests running and waiting (the
+    knee shows where waiting leaves zero); one line per endpoint and series."""
+    sim = fr.is_simulated(df)
+    data = fr.backend_load(df)
+    if data.is_empty():
+        return _no_data("Server load", sim)
+    long = data.unpivot(
+        index=["ts", "endpoint"], on=["running", "waiting"], variable_name="series"
+    ).rename({"value": "requests"})
+    encoding: dict[str, Any] = {}
+    if data["endpoint"].n_unique() > 1:
+        encoding["strokeDash"] = alt.StrokeDash("endpoint:N", title="server")
+    chart = (
+        alt.Chart(
+            _values(long),
+            title=_title("Server load", sim, "as the server reports it (requests)"),
+        )
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X("ts:Q", title="run time (s)"),
+            y=alt.Y("requests:Q", title="requests"),
+            color=alt.Color("series:N", title=None, sort=["running", "waiting"]),
+            tooltip=[
+                alt.Tooltip("ts:Q", title="time (s)", format=".1f"),
+                alt.Tooltip("endpoint:N", title="server"),
+                alt.Tooltip("series:N"),
+                alt.Tooltip("requests:Q"),
+            ],
+            **encoding,
+        )
+    )
+    return chart.properties(width=560, height=200).interactive(bind_y=False)
+
+
 def stage_breakdown_chart(df: pl.DataFrame) -> AnyChart:
     """Share of busy time per stage (bars), with busy/wait seconds in the tooltip."""
     sim = fr.is_simulated(df)
@@ -384,14 +419,18 @@ def lineage_chart(df: pl.DataFrame, *, x: str = "time") -> AnyChart:
 
 
 def dashboard_charts(df: pl.DataFrame, window_s: float | None = None) -> dict[str, AnyChart]:
-    """Every single-run chart of one run, keyed by a short name (used by the report)."""
-    return {
+    """Every single-run chart of one run, keyed by a short name (used by the report).
+    ``server_load`` is there only when a server reported its load (a hosted API does not)."""
+    charts = {
         "throughput": throughput_chart(df, window_s=window_s),
         "concurrency": concurrency_chart(df),
         "stage_breakdown": stage_breakdown_chart(df),
         "staleness": staleness_chart(df),
         "lineage": lineage_chart(df),
     }
+    if not fr.backend_load(df).is_empty():
+        charts["server_load"] = server_load_chart(df)
+    return charts
 
 
 def chart_spec(chart: Any) -> dict[str, Any]:
@@ -407,6 +446,7 @@ __all__ = [
     "dashboard_charts",
     "lineage_chart",
     "score_vs_time_chart",
+    "server_load_chart",
     "stage_breakdown_chart",
     "staleness_chart",
     "throughput_chart",

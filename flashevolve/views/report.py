@@ -30,6 +30,7 @@ EXPORT_SUFFIXES = (".png", ".svg", ".pdf", ".html")
 SECTIONS = {
     "throughput": "Throughput",
     "concurrency": "Backend concurrency",
+    "server_load": "Server load",
     "stage_breakdown": "Where the time went",
     "staleness": "Stale work",
     "lineage": "Candidate lineage",
