@@ -77,7 +77,7 @@ def test_simulated_server_publishes_its_queue_over_http():
                 busy = await client.load()
                 if busy is not None and busy.running + busy.waiting == 3:
                     break
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # polling a real server thread, bounded; not timing
             for task in asks:
                 task.cancel()
             await asyncio.gather(*asks, return_exceptions=True)
@@ -130,3 +130,13 @@ def test_the_runtime_logs_the_servers_load_on_virtual_time():
     assert off.events.filter(pl.col("kind") == "backend_load").is_empty()
     with pytest.raises(ConfigError, match="load_every_s"):
         Evolver(task, simulated("vllm-h100-qwen3-8b"), load_every_s=0)
+
+
+def test_a_look_from_another_loop_leaves_the_simulated_engine_alone():
+    llm = simulated("vllm-h100-qwen3-8b", seed=0)
+    assert asyncio.run(llm.load()) == BackendLoad(running=0, waiting=0, kv_usage=0.0)
+    assert llm._server is None  # looking did not start an engine
+    Evolver(SimulatedTask(seed=0), llm, budget=60).run_virtual()
+    engine = llm._server
+    assert asyncio.run(llm.load()) == engine.load()  # a new loop reads the same engine
+    assert llm._server is engine

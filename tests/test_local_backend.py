@@ -213,14 +213,14 @@ def test_the_server_reports_its_load(server: LocalLLM):
             busy = await client.load()
             if ask.done() or (busy is not None and busy.running >= 1):  # (done: fails below)
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # polling the server, bounded; not timing
         await ask
         idle = None
         for _ in range(300):  # the gauges trail the answer a little: poll until the slot is free
             idle = await client.load()
             if idle is not None and idle.running == 0:
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # polling the server, bounded; not timing
         await client.aclose()
         return busy, idle
 

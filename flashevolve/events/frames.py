@@ -375,11 +375,10 @@ def concurrency(df: pl.DataFrame) -> pl.DataFrame:
 def backend_load(df: pl.DataFrame) -> pl.DataFrame:
     """What the servers said about their own load, one row per ``backend_load`` event (the
     runtime asks every ``load_every_s``; servers that cannot tell leave this empty)."""
-    rows = [
-        (ts, endpoint, d.get("running"), d.get("waiting"), d.get("kv_usage"))
-        for ts, endpoint, raw in _of(df, Kind.BACKEND_LOAD)[["ts", "endpoint", "data"]].iter_rows()
-        for d in (_data(raw),)
-    ]
+    rows = []
+    for ts, endpoint, raw in _of(df, Kind.BACKEND_LOAD)[["ts", "endpoint", "data"]].iter_rows():
+        d = _data(raw)
+        rows.append((ts, endpoint, d.get("running"), d.get("waiting"), d.get("kv_usage")))
     if not rows:
         return _empty(BACKEND_LOAD_SCHEMA)
     out = pl.DataFrame(rows, schema=list(BACKEND_LOAD_SCHEMA)[:5], orient="row")

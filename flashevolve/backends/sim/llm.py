@@ -97,9 +97,11 @@ class SimulatedLLM:
         do not report their load)."""
         if not isinstance(self.profile, EngineProfile):
             return None
-        server = self.server
-        assert isinstance(server, ServingEngine)
-        return server.load()
+        # Read the engine as it is, without binding it to the caller's loop (``self.server``
+        # would start a fresh engine for another loop): a look from elsewhere changes nothing.
+        if not isinstance(self._server, ServingEngine):
+            return BackendLoad(running=0, waiting=0, kv_usage=0.0)  # nothing served yet
+        return self._server.load()
 
     def stats(self) -> dict[str, Any]:
         if self._server is None:
