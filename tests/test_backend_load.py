@@ -121,10 +121,13 @@ def test_the_runtime_logs_the_servers_load_on_virtual_time():
         "waiting": last["waiting"],
         "kv_usage": last["kv_usage"],
     }
+    expected = load["waiting"].mean() / max(load["running"].mean(), 1.0)
+    assert ev.summary()["server_waiting_per_running"] == pytest.approx(expected)
     # a hosted API cannot tell, and asking can be turned off
     api = Evolver(task, simulated("api-gpt-4o-mini", seed=0), budget=120)
     api.run_virtual()
     assert api.backend_load.is_empty() and api.status()["server_load"] == {}
+    assert api.summary()["server_waiting_per_running"] is None
     off = Evolver(task, simulated("vllm-h100-qwen3-8b", seed=0), budget=120, load_every_s=None)
     off.run_virtual()
     assert off.events.filter(pl.col("kind") == "backend_load").is_empty()

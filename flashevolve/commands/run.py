@@ -42,6 +42,7 @@ SUMMARY_ROWS = [
     ("tokens_per_accepted", "tokens/accepted", ".0f"),
     ("mean_concurrency", "mean concurrency", ".1f"),
     ("peak_concurrency", "peak concurrency", "d"),
+    ("server_waiting_per_running", "server waiting/running", ".2f"),
     ("stale_seen", "stale items", "d"),
     ("errors", "errors", "d"),
 ]

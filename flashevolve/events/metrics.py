@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from flashevolve.events.frames import best_score_over_time, concurrency
+from flashevolve.events.frames import backend_load, best_score_over_time, concurrency
 from flashevolve.events.schema import Kind
 
 
@@ -59,6 +59,18 @@ def concurrency_stats(df: pl.DataFrame, duration: float | None = None) -> tuple[
     level = series["in_flight"].to_list()
     area = sum(max(0.0, min(ts[i + 1], end) - max(ts[i], t0)) * level[i] for i in range(len(level)))
     return area / max(1e-9, end - t0), int(max(level))
+
+
+def server_waiting_per_running(df: pl.DataFrame) -> float | None:
+    """Requests the servers had waiting per request they were serving, averaged over their
+    load reports (``backend_load`` events, a few seconds apart); ``None`` when no server
+    reported.  About zero while a server has room; it rises once the server is full."""
+    load = backend_load(df)
+    if load.is_empty():
+        return None
+    running = float(load["running"].mean())  # type: ignore[arg-type]
+    waiting = float(load["waiting"].mean())  # type: ignore[arg-type]
+    return waiting / max(running, 1.0)
 
 
 #: The best-score step series, as metrics and views both use it.
@@ -112,6 +124,7 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
         "failed_requests": _count(df, Kind.REQUEST_FAILED),
         "mean_concurrency": mean_conc,
         "peak_concurrency": peak_conc,
+        "server_waiting_per_running": server_waiting_per_running(df),
         "gate_pass_rate": gate_pass / (gate_pass + gate_fail) if gate_pass + gate_fail else None,
         "rejected_proposals": _count(df, Kind.PROPOSAL_REJECTED),
         "stale_seen": stale.height,
