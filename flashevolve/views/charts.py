@@ -16,6 +16,7 @@ import altair as alt
 import polars as pl
 
 from flashevolve.events import frames as fr
+from flashevolve.events.schema import Kind
 
 #: Most points embedded for one series; longer step series are reduced to per-bucket peaks so
 #: a long run's report stays a few MB (the reduction is named in the chart's subtitle).
@@ -428,7 +429,7 @@ def dashboard_charts(df: pl.DataFrame, window_s: float | None = None) -> dict[st
         "staleness": staleness_chart(df),
         "lineage": lineage_chart(df),
     }
-    if not fr.backend_load(df).is_empty():
+    if df.height and (df["kind"] == str(Kind.BACKEND_LOAD)).any():  # (not the frame twice)
         charts["server_load"] = server_load_chart(df)
     return charts
 

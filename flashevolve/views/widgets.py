@@ -117,7 +117,8 @@ class LiveControls:
         self.message = ipw.HTML()
         self._row = ipw.HBox([])
         self.widget = ipw.VBox([self._row, ipw.HBox([self.bound, self.apply_button]), self.message])
-        self._synced: dict[str, int] = {}  # field -> value when last filled in
+        self._synced: dict[str, int] = {}  # stage -> worker count when last filled in
+        self._synced_bound: int | None = None  # the job bound when last filled in
         self._filled = False
 
     @staticmethod
@@ -137,7 +138,7 @@ class LiveControls:
         self._row.children = tuple(self.fields.values())
         if status.max_in_flight is not None:
             self.bound.value = status.max_in_flight
-            self._synced["__bound__"] = status.max_in_flight
+            self._synced_bound = status.max_in_flight
         self._filled = True
 
     def sync(self, status: LiveStatus) -> None:
@@ -158,7 +159,7 @@ class LiveControls:
             for stage, f in self.fields.items()
             if stage in self._synced and f.value != self._synced[stage]
         }
-        synced_bound = self._synced.get("__bound__")
+        synced_bound = self._synced_bound
         bound = (
             int(self.bound.value)
             if synced_bound is not None and self.bound.value != synced_bound
@@ -186,7 +187,7 @@ class LiveControls:
         for stage, n in workers.items():
             self._synced[stage] = n
         if bound is not None:
-            self._synced["__bound__"] = bound
+            self._synced_bound = bound
         return text
 
 
