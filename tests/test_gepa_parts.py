@@ -4,12 +4,12 @@ import random
 from collections import Counter
 
 from flashevolve.tasks.base import Example, Rollout
-from flashevolve.workflows.gepa import EpochSampler
 from flashevolve.workflows.reflection import (
     build_reflection_prompt,
     parse_fenced,
     reflective_records,
 )
+from flashevolve.workflows.sampling import EpochSampler
 
 
 def test_epoch_sampler_covers_every_item_each_epoch_and_pads_with_least_used():

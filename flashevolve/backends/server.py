@@ -1,19 +1,14 @@
 """flashevolve's one OpenAI-compatible HTTP server (aiohttp): the scripted test server and serve-sim.
 
-A server is a *responder* behind ``/v1/chat/completions``; a responder is a content model (what
-text to answer) times a latency model (when to answer):
-
-- :class:`ScriptedResponder` -- scripted text (a list, a function of the request, or the
-  simulator's workload content model) after a seeded per-request latency.  This is the project's
-  scripted test server: the core engine's tests and the benchmark run against it.
-- :class:`SimulatorResponder` -- the serving simulator (:class:`SimulatedLLM`) in real time,
-  optionally ``speed`` times faster; its rate limits answer HTTP 429 and the client retries.
+A server is a *responder* behind ``/v1/chat/completions``
+(:mod:`flashevolve.backends.responders`: the scripted test server's responder and the serving
+simulator in real time).
 
 Other endpoints: ``/v1/models``, ``/health`` and ``/metrics`` (vLLM's load gauges when the
-responder reports its load -- the simulator with an engine profile -- else 404).  ``stream=true`` answers OpenAI-format
-server-sent events (:mod:`flashevolve.backends.sse`): the scripted responder spreads its pieces
-over the latency it models; other responders (the simulator) send theirs when the answer is
-ready.  Other request fields (e.g. ``response_format``, a llama.cpp ``grammar``) are accepted and
+responder reports its load -- the simulator with an engine profile -- else 404).
+``stream=true`` answers OpenAI-format server-sent events (:mod:`flashevolve.backends.sse`): the
+scripted responder spreads its pieces over the latency it models; other responders (the
+simulator) send theirs when the answer is ready.  Other request fields (e.g. ``response_format``, a llama.cpp ``grammar``) are accepted and
 handed to the responder as ``request.extra_body``; the built-in responders ignore them (tests
 read them).  A client that disconnects -- waiting or mid-stream -- cancels its handler (aiohttp
 ``handler_cancellation``), which cancels the responder's work (for the simulator: a real abort,
@@ -28,189 +23,38 @@ import errno
 import hashlib
 import itertools
 import json
-import math
-import random
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
 from aiohttp import web
 
 from flashevolve.backends import sse
-from flashevolve.backends.base import BackendLoad, ChatRequest, LLMError, LoadReporter
+from flashevolve.backends.base import ChatRequest, LLMError, LoadReporter
 from flashevolve.backends.prometheus import vllm_metrics_text
-from flashevolve.backends.sim.lengths import count_prompt_tokens, count_tokens
-from flashevolve.backends.sim.llm import SimulatedLLM, request_key
-from flashevolve.backends.sim.profiles import Profile
-from flashevolve.backends.sim.workload import ContentModel, WorkloadContent, infer_stage
+from flashevolve.backends.responders import (  # re-exported: the server's public names
+    STAGE_HEADER,
+    FixedLatency,
+    LognormalLatency,
+    Reply,
+    Responder,
+    ScriptedResponder,
+    SimulatorResponder,
+)
 from flashevolve.errors import BackendError
 from flashevolve.runtime.clock import cancel_all_tasks
 
-STAGE_HEADER = "X-Flashevolve-Stage"
-
-
-@dataclass(slots=True)
-class Reply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str = "stop"
-
-
-class Responder(Protocol):
-    """Answers requests.  It may also have ``respond_stream(request)``: an async iterator of text
-    pieces paced as they would be generated, ending with the :class:`Reply` (used for
-    ``stream=true``; without it the server streams the whole answer once ``respond`` returns)."""
-
-    model: str
-
-    async def respond(self, request: ChatRequest) -> Reply:
-        """Answer one request; raise ``LLMError(status=...)`` to answer an HTTP error."""
-        ...
-
-
-# -- latency distributions for the scripted server --------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FixedLatency:
-    seconds: float = 0.0
-
-    def sample(self, rng: random.Random) -> float:
-        return self.seconds
-
-
-@dataclass(frozen=True, slots=True)
-class LognormalLatency:
-    """Long-tailed latency: lognormal with the given mean, spread ``sigma``, capped at ``cap_s``."""
-
-    mean_s: float
-    sigma: float = 1.0
-    cap_s: float = math.inf
-
-    def sample(self, rng: random.Random) -> float:
-        mu = math.log(self.mean_s) - self.sigma**2 / 2
-        return min(self.cap_s, rng.lognormvariate(mu, self.sigma))
-
-
-Latency = FixedLatency | LognormalLatency
-ScriptFn = Callable[[ChatRequest], str]
-
-
-class ScriptedResponder:
-    """Deterministic scripted answers after a seeded per-request latency.
-
-    ``script``: ``None`` -> the simulator's workload content (a GEPA run makes real progress);
-    a list of strings -> answered in arrival order, cycling; a function of the request -> its
-    text; or any :class:`ContentModel`.  ``latency``: seconds (fixed) or a distribution.
-    ``error_fn(request, index)`` may return an HTTP status to fail that request with (e.g. 429),
-    for deliberate-error tests.  Latency and content are keyed by the request, not by arrival
-    order (except for list scripts), so concurrent runs stay repeatable.
-    """
-
-    def __init__(
-        self,
-        script: Sequence[str] | ScriptFn | ContentModel | None = None,
-        *,
-        latency: float | Latency = 0.0,
-        seed: int = 0,
-        model: str = "scripted",
-        error_fn: Callable[[ChatRequest, int], int | None] | None = None,
-    ) -> None:
-        if isinstance(script, str):
-            script = [script]
-        self.script = WorkloadContent() if script is None else script
-        self.latency: Latency = (
-            FixedLatency(float(latency)) if isinstance(latency, int | float) else latency
-        )
-        self.seed = seed
-        self.model = model
-        self.error_fn = error_fn
-        self._arrivals = itertools.count()
-        # read by tests from another thread (plain ints: safe enough for counters)
-        self.completed = self.cancelled = self.in_flight = 0
-
-    def _text(self, request: ChatRequest, index: int, rng: random.Random) -> str:
-        script = self.script
-        if hasattr(script, "respond"):
-            stage = request.stage or infer_stage(request.messages)
-            return script.respond(request.messages, stage, rng)  # type: ignore[union-attr]
-        if callable(script):
-            return str(script(request))
-        if not script:
-            return ""
-        return str(script[index % len(script)])
-
-    def _plan(self, request: ChatRequest) -> tuple[Reply, float]:
-        """The answer and its latency (or the scripted error)."""
-        index = next(self._arrivals)
-        if self.error_fn is not None:
-            status = self.error_fn(request, index)
-            if status is not None:
-                raise LLMError(f"scripted error {status}", status=status, retryable=status == 429)
-        key = request_key(self.seed, request, request.stage)
-        text = self._text(request, index, random.Random(f"text:{key}"))
-        latency = self.latency.sample(random.Random(f"latency:{key}"))
-        return Reply(text, count_prompt_tokens(request.messages), count_tokens(text)), latency
-
-    async def respond(self, request: ChatRequest) -> Reply:
-        reply, latency = self._plan(request)
-        self.in_flight += 1
-        try:
-            await asyncio.sleep(latency)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        finally:
-            self.in_flight -= 1
-        self.completed += 1
-        return reply
-
-    async def respond_stream(self, request: ChatRequest) -> AsyncIterator[str | Reply]:
-        """The same answer as :meth:`respond`, one piece per token spread over the same latency,
-        then the :class:`Reply`.  Closing the stream early counts as cancelled."""
-        reply, latency = self._plan(request)
-        self.in_flight += 1
-        try:
-            pieces = sse.split_pieces(reply.text, reply.completion_tokens)
-            async with contextlib.aclosing(sse.paced(pieces, latency)) as paced:
-                async for piece in paced:
-                    yield piece
-        except (asyncio.CancelledError, GeneratorExit):
-            self.cancelled += 1
-            raise
-        finally:
-            self.in_flight -= 1
-        self.completed += 1
-        yield reply
-
-
-class SimulatorResponder:
-    """The serving simulator in real time (``speed`` x faster).  429s go back to the client."""
-
-    def __init__(
-        self,
-        profile: str | Profile = "vllm-h100-qwen3-8b",
-        *,
-        seed: int = 0,
-        speed: float = 1.0,
-        content: ContentModel | None = None,
-    ) -> None:
-        self.llm = SimulatedLLM(profile, seed=seed, speed=speed, content=content, max_retries=0)
-        self.model = self.llm.model
-
-    async def respond(self, request: ChatRequest) -> Reply:
-        result = await self.llm.complete_once(request)
-        return Reply(
-            result.text, result.prompt_tokens, result.completion_tokens, result.finish_reason
-        )
-
-    def stats(self) -> dict[str, Any]:
-        return self.llm.stats()
-
-    async def load(self) -> BackendLoad | None:
-        return await self.llm.load()  # None for an API profile: /metrics then answers 404
+__all__ = [
+    "STAGE_HEADER",
+    "FixedLatency",
+    "LognormalLatency",
+    "OpenAICompatServer",
+    "Reply",
+    "Responder",
+    "ScriptedResponder",
+    "SimulatorResponder",
+    "serve_in_thread",
+]
 
 
 # -- the HTTP server -----------------------------------------------------------------------------

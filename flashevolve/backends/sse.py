@@ -22,7 +22,7 @@ from aiohttp import web
 from flashevolve.backends.base import ChatRequest, LLMError
 
 if TYPE_CHECKING:
-    from flashevolve.backends.server import Reply, Responder
+    from flashevolve.backends.responders import Reply, Responder
 
 Outcome = Literal["completed", "error", "disconnected"]
 
