@@ -215,12 +215,12 @@ class AdaptiveController:
         return 60.0 * sum(n for _, n in self._tokens) / self.window_s
 
     def scale_step(
-        self, rates: dict[str, StageRate], now: float, runtime: Any
+        self, rates: dict[str, StageRate], now: float, runtime: Any, signal: float
     ) -> dict[str, tuple[int, str]] | None:
-        """Start, judge or skip a scale-up trial; ``None`` while a trial is still measuring.
-        Worker changes are returned; the job bound (when controlled) is set here directly."""
+        """Start, judge or skip a scale-up trial given the current ``signal`` (tokens per
+        minute); ``None`` while a trial is still measuring.  Worker changes are returned; the
+        job bound (when controlled) is set here directly."""
         workers = dict(runtime.targets)
-        signal = self.tokens_per_min(now)
         if self._trial is not None:
             t0, before, tried, previous, previous_bound = self._trial
             if now - t0 < self.window_s:
@@ -286,10 +286,11 @@ class AdaptiveController:
         workers = dict(runtime.targets)
         bound = getattr(runtime, "max_in_flight", None)
         rates = self.rates(now, workers, runtime.entry)
+        signal = self.tokens_per_min(now)
         if self._trial is not None:  # measuring a trial: judge it or wait, nothing else
-            changes = self.scale_step(rates, now, runtime) or {}
+            changes = self.scale_step(rates, now, runtime, signal) or {}
         else:
-            changes = self.decide(rates) or self.scale_step(rates, now, runtime) or {}
+            changes = self.decide(rates) or self.scale_step(rates, now, runtime, signal) or {}
         self.history.append(
             {
                 "ts": now,
@@ -297,7 +298,7 @@ class AdaptiveController:
                 "workers": workers,
                 "changes": {s: n for s, (n, _) in changes.items()},
                 "max_in_flight": bound,
-                "tokens_per_min": self.tokens_per_min(now),
+                "tokens_per_min": signal,
             }
         )
         for stage, (n, reason) in changes.items():
