@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from flashevolve.events import EventLog, Kind
+from flashevolve.events import EventLog, Kind, metrics
 from flashevolve.events import frames as fr
 
 
@@ -167,6 +167,15 @@ def test_best_score_is_monotone_step_series():
     assert best["best_score"].to_list() == [0.5, 0.6, 0.6, 0.6, 0.66]
     assert best["is_new_best"].to_list() == [True, True, False, False, True]
     assert best["best_score"].is_sorted()
+
+
+def test_summary_counts_improvements_apart_from_admissions():
+    # a1 (0.6) and a4 (0.66) raise the best; a2 and a3 are admitted below it; the seed a0 is
+    # the starting point.  The run lasts 45 s (run_started at 0, last event at 45).
+    summary = metrics.summary(lineage_log().frame())
+    assert summary["accepted"] == 4
+    assert summary["improvements"] == 2
+    assert summary["improvements_per_min"] == pytest.approx(2 / 0.75)
 
 
 def test_staleness_rows_keep_both_lags():

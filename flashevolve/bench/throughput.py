@@ -234,6 +234,7 @@ THROUGHPUT_COLUMNS = [
     ("proposals_per_min", "proposals/min", ".2f"),
     ("validations_per_min", "val sweeps/min", ".2f"),
     ("accepted_per_min", "accepted/min", ".3f"),
+    ("improvements_per_min", "new best/min", ".3f"),
     ("mean_concurrency", "mean conc", ".1f"),
     ("peak_concurrency", "peak conc", "d"),
     ("utilization", "utilization", ".1%"),

@@ -33,6 +33,7 @@ HELP = "evolve a task (GEPA) in sync and/or async mode and compare them"
 SUMMARY_ROWS = [
     ("proposals_per_min", "proposals/min", ".2f"),
     ("accepted_per_min", "accepted/min", ".3f"),
+    ("improvements_per_min", "new best/min", ".3f"),
     ("validations_per_min", "val sweeps/min", ".2f"),
     ("seed_score", "seed val score", ".3f"),
     ("best_score", "best val score", ".3f"),

@@ -6,6 +6,10 @@
 - accepted proposal: passed the gate and was admitted for good (``admitted``, seed excluded;
   a speculative admission counts when it is confirmed, never when it is rolled back).
 - best validation score over time: running maximum over admissions (a step function).
+- improvement: an admission whose validation score is above every score admitted before it (the
+  first admission, normally the seed, is the starting point, not an improvement).  Accepted
+  proposals count throughput; improvements count progress -- a wide, stale pipeline can admit
+  many children that are no better than their parents' siblings (docs/benchmarks.md section 4).
 - tokens per proposal / per accepted proposal: all prompt + completion tokens of the run divided
   by the count; wasted tokens: completion tokens of requests cancelled before they finished, as
   far as the backend reports them (the simulator always; HTTP only when streaming) --
@@ -94,6 +98,7 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
     wasted = int(cancelled["completion_tokens"].fill_null(0).sum()) if cancelled.height else 0
     wasted_unknown = int(cancelled["completion_tokens"].is_null().sum()) if cancelled.height else 0
     best = best_score_series(df)
+    improvements = max(0, int(best["is_new_best"].sum()) - 1) if best.height else 0
     seed = _seed_score(df)
     mean_conc, peak_conc = concurrency_stats(df, duration)
     stale = df.filter(pl.col("kind") == Kind.STALE_DETECTED)
@@ -109,6 +114,8 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
         "validations_per_min": sweeps / minutes,
         "accepted": accepted,
         "accepted_per_min": accepted / minutes,
+        "improvements": improvements,
+        "improvements_per_min": improvements / minutes,
         "best_score": float(best["best_score"].max()) if best.height else None,
         "seed_score": seed,
         "prompt_tokens": prompt_tokens,
