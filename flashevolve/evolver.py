@@ -171,6 +171,7 @@ class Evolver(BackgroundRun):
                 staleness_counter=self.config.staleness_counter,
                 seconds=seconds,
                 load_every_s=self.config.load_every_s,
+                wind_down=b.wind_down,
             ),
             self.policy,
             controller=self.control,

@@ -328,6 +328,8 @@ def test_sim_run_with_adaptive_control_and_speculation(tmp_path):
         "15",
         "--speculate-validation",
         "0.25",
+        "--wind-down",
+        "300",
         "--out",
         str(out),
         "--no-report",
@@ -337,6 +339,8 @@ def test_sim_run_with_adaptive_control_and_speculation(tmp_path):
     adaptive = [e for e in events if (e.get("reason") or "").startswith("adaptive:")]
     assert {e["kind"] for e in adaptive} >= {"workers_changed"}
     assert sum(e["kind"] == "speculative_admitted" for e in events) > 0
+    (wind,) = [e for e in events if e["kind"] == "wind_down"]
+    assert wind["data"]["margin_s"] == 300 and wind["ts"] >= 20 * 60 - 300
     started = next(e for e in events if e["kind"] == "run_started")
     assert started["data"]["workers"] == {"rollout": 2, "propose": 2, "gate": 2, "validate": 2}
     summary = json.loads((out / "summary.json").read_text())["async"]
@@ -349,6 +353,7 @@ def test_mechanism_options_are_checked_before_anything_starts():
     assert_clean_error(cli(*SIM_ASYNC, "1", "--speculate-validation", "1.5"), "(0, 1]")
     assert_clean_error(cli(*SIM_ASYNC, "1", "--speculate-rollout", "0"), "--speculate-rollout")
     assert_clean_error(cli(*SIM_ASYNC, "1", "--adaptive-period", "10"), "need --adaptive")
+    assert_clean_error(cli(*SIM_ASYNC, "1", "--wind-down", "soon"), "--wind-down", "auto")
     assert_clean_error(
         cli(*SIM_ASYNC, "1", "--adaptive", "--adaptive-max-workers", "0"), "positive"
     )

@@ -15,13 +15,17 @@ fresh controller / speculation object per run, so no state leaks from one row to
   (``rollout_alpha``) is a separate setting and not in these rows: GEPA's minibatch has 3
   examples, so any alpha below 2/3 hands the reflection a single example; docs/benchmarks.md
   section 4 has the measured effect (it lowers the gate pass rate).
+- ``+winddown`` rows are their base row with ``Budget(wind_down="auto")``: near the deadline
+  no new job starts and the jobs in flight finish (flashevolve.policies.wind_down).  Both the
+  best fixed rows and the adaptive row get it, so the comparison between them stays fair.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from flashevolve.bench.throughput import BenchConfig, register
+from flashevolve.bench.throughput import CONFIGS, BenchConfig, register
 from flashevolve.policies.control import AdaptiveController
 from flashevolve.policies.speculation import Speculation
 
@@ -79,5 +83,14 @@ for _alpha in (0.25, 0.5):
             extras=_extras(False, _alpha),
             description=f"valbound + speculative validation, alpha {_alpha:g} "
             "(bar: parent's mean on the prefix)",
+        )
+    )
+for _base in ("async32", "async32@96", "adaptive"):
+    register(
+        replace(
+            CONFIGS[_base],
+            name=f"{_base}+winddown",
+            wind_down="auto",
+            description=f"{CONFIGS[_base].description}; winds down before the deadline (auto)",
         )
     )

@@ -30,6 +30,8 @@ class BenchConfig:
     #: Builds extra Evolver keyword arguments (controller, speculation, ...) per run; a fresh
     #: object per run so no state leaks between rows.
     extras: Callable[[], dict[str, Any]] | None = None
+    #: Budget.wind_down for the run ("auto", seconds, or None: off)
+    wind_down: str | float | None = None
     description: str = ""
 
 
@@ -137,7 +139,7 @@ def run_config(
         task,
         llm,
         mode=config.mode,
-        budget=minutes * 60,
+        budget={"seconds": minutes * 60, "wind_down": config.wind_down},
         seed=seed,
         staleness=staleness or config.staleness,
         name=config.name,

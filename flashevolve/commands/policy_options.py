@@ -1,5 +1,6 @@
 """Command-line options for the paper's mechanisms: staleness policy, speculative completion,
-adaptive worker control (``flashevolve run``; the objects themselves live in ``policies/``)."""
+adaptive worker control, and winding down before the time budget ends (``flashevolve run``; the
+objects themselves live in ``policies/``)."""
 
 from __future__ import annotations
 
@@ -130,6 +131,13 @@ def _add_mechanism_arguments(p: argparse.ArgumentParser) -> None:
         help="adaptive worker control: balance the stages and widen them (workers and jobs in "
         "flight) while the backend turns it into more generated tokens",
     )
+    g.add_argument(
+        "--wind-down",
+        default=None,
+        metavar="auto|SECONDS",
+        help="this close to the end of --minutes, start no new job and let the jobs in flight "
+        "finish; auto: the fastest recent job's time from start to admission",
+    )
     for flag, kind, default, what in (
         ("--adaptive-period", float, 30.0, "seconds between decisions"),
         ("--adaptive-window", float, 120.0, "seconds of events each decision looks at"),
@@ -163,7 +171,22 @@ def _mechanisms(args: argparse.Namespace) -> dict[str, Any]:
     if args.adaptive:
         keywords = {name: key for name, (_, key) in _ADAPTIVE_ONLY.items()}
         out["control"] = AdaptiveController(**given_options(args, keywords))
+    if args.wind_down is not None:
+        out["wind_down"] = wind_down_setting(args.wind_down)
     return out
+
+
+def wind_down_setting(text: str) -> str | float:
+    """``--wind-down``'s value as Budget.wind_down takes it: "auto" or positive seconds."""
+    if text == "auto":
+        return text
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"--wind-down takes auto or a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def _check_mechanisms(args: argparse.Namespace) -> None:
@@ -181,6 +204,8 @@ def _check_mechanisms(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ConfigError(f"{flag} must be positive, got {value:g}")
+    if args.wind_down is not None:
+        wind_down_setting(args.wind_down)
     try:
         _mechanisms(args)  # and the objects' own checks, before any backend starts
     except ValueError as err:

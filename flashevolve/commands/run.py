@@ -246,6 +246,7 @@ def _make_evolver(
         )
     )
     kwargs.update(policy_kwargs(args, mode))
+    wind_down = kwargs.pop("wind_down", None)  # async only, like the other mechanisms
     run_dir = out / mode
     resume = bool(args.resume) and (run_dir / "events.jsonl").exists()
     return Evolver(
@@ -253,7 +254,7 @@ def _make_evolver(
         backend,
         mode=mode,
         seed=args.seed,
-        budget={"seconds": args.minutes * 60},
+        budget={"seconds": args.minutes * 60, "wind_down": wind_down},
         run_dir=run_dir,
         name=mode,
         resume=resume,

@@ -1,5 +1,5 @@
 """Policies the runtime consults: staleness (full / guarded / reflective), speculative stage
-completion, and adaptive worker control.  See docs/mechanisms.md.
+completion, adaptive worker control, and winding down before a time budget ends.  See docs/mechanisms.md.
 
 Names are resolved lazily so that importing the runtime does not pull in every policy.
 """
@@ -19,6 +19,7 @@ _LAZY = {
     "Reflective": "flashevolve.policies.reflective",
     "Speculation": "flashevolve.policies.speculation",
     "AdaptiveController": "flashevolve.policies.control",
+    "WindDown": "flashevolve.policies.wind_down",
 }
 
 __all__ = sorted(_LAZY)

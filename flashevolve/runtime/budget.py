@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Budget(BaseModel):
@@ -19,6 +21,20 @@ class Budget(BaseModel):
     proposals: int | None = Field(default=None, gt=0)
     metric_calls: int | None = Field(default=None, gt=0, description="task rollouts scored")
     tokens: int | None = Field(default=None, gt=0, description="prompt + completion tokens")
+    #: Near the time budget's end, start no job that could not finish (seconds before the
+    #: deadline, or "auto" to measure it); flashevolve.policies.wind_down.  Off by default.
+    wind_down: Literal["auto"] | float | None = Field(default=None)
+
+    @model_validator(mode="after")
+    def _wind_down_needs_seconds(self) -> Budget:
+        if self.wind_down is not None:
+            if self.seconds is None:
+                raise ValueError(
+                    "wind_down needs a time budget: set seconds too (or drop wind_down)"
+                )
+            if self.wind_down != "auto" and not self.wind_down > 0:
+                raise ValueError("wind_down must be 'auto' or a positive number of seconds")
+        return self
 
     def is_unbounded(self) -> bool:
         return all(

@@ -19,6 +19,7 @@ from typing import Any
 from flashevolve.errors import ConfigError
 from flashevolve.events.schema import Kind
 from flashevolve.policies.staleness import DISCARD, MERGED, PATCH, StalenessPolicy
+from flashevolve.policies.wind_down import WindDown
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.items import StageSpec, WorkItem
 from flashevolve.runtime.load_sampler import sample_backend_load
@@ -32,6 +33,7 @@ class RuntimeConfig:
     staleness_counter: str = "pool"  # which lag makes an item stale: "pool" or "frontier"
     seconds: float | None = None  # hard run-clock deadline
     load_every_s: float | None = 5.0  # ask the backends for their load this often (None: never)
+    wind_down: float | str | None = None  # Budget.wind_down: "auto", seconds, or off
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
@@ -83,6 +85,7 @@ class Runtime:
         self.config = config
         self.policy = policy
         self.controller = controller
+        self.wind_down: WindDown | None = None  # made at run start when the budget asks for it
         self.specs: dict[str, StageSpec] = {s.name: s for s in workflow.stages()}
         self.entry = workflow.stages()[0].name
         sync = config.mode == "sync"
@@ -183,6 +186,9 @@ class Runtime:
             # The time budget covers scoring the seed too, as the clock a user watches does.
             if self.config.seconds is not None:
                 self._tasks.append(asyncio.create_task(self._deadline(self.config.seconds)))
+                if self.config.wind_down is not None:
+                    self.wind_down = WindDown(self.config.wind_down)
+                    ctx.log.subscribe(self.wind_down.observe)
             init = asyncio.create_task(self.workflow.initialize(ctx), name="flashevolve-init")
             self._tasks.append(init)
             stopped = asyncio.create_task(self._finished.wait())
@@ -253,6 +259,9 @@ class Runtime:
                 self._slots.release()
                 self.request_stop(reason, graceful=True)
                 break
+            if self._winding_down():
+                self._slots.release()
+                break  # the jobs in flight finish; the deadline ends the run
             payload = await self.workflow.make_job(ctx)
             if payload is None:  # nothing to do right now; the workflow said so
                 self._slots.release()
@@ -271,6 +280,25 @@ class Runtime:
                     job_id=job_id,
                 )
             )
+
+    def _winding_down(self) -> bool:
+        """True (and a ``wind_down`` event) once too little time is left to start a job."""
+        if self.wind_down is None or self.config.seconds is None:
+            return False
+        remaining = self.config.seconds - self.ctx.now()
+        reason = self.wind_down.stop_reason(remaining)
+        if reason is None:
+            return False
+        self.ctx.emit(
+            Kind.WIND_DOWN,
+            reason=reason,
+            data={
+                "margin_s": self.wind_down.margin(),
+                "remaining_s": remaining,
+                "jobs_in_flight": len(self._job_items),
+            },
+        )
+        return True
 
     def _enqueue(self, item: WorkItem) -> None:
         item.enqueued_at = self.ctx.now()

@@ -464,6 +464,7 @@ def emit_admitted(
         artifact_id=child.id,
         parent_id=prop.job.parent.id,
         score=record.mean_score,
+        latency_s=ctx.now() - item.created_at,  # the job's time from its start to admission
         version_stamp=item.version_stamp,
         frontier_stamp=item.frontier_stamp,
         data={
