@@ -257,6 +257,10 @@ def test_dashboard_refresh_shows_changing_status():
     assert shown["server_load"]["http://127.0.0.1:8000/v1"]["waiting"] == 2
     assert "server 127.0.0.1:8000" in panel.counters.value
     assert "5 running · 2 waiting · KV 50%" in panel.counters.value
+    assert "winding down" not in panel.counters.value
+    a.state["wind_down_at"] = 1380.0  # Budget.wind_down: no new jobs from 23:00 on
+    assert board.refresh()["sources"][0]["wind_down_at"] == 1380.0
+    assert "winding down since 23:00: no new jobs" in panel.counters.value
     assert len(board.widget.children) == 2
     # both finished -> the dashboard stops polling by itself
     a.state["state"] = "finished"

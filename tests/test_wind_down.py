@@ -68,6 +68,7 @@ def test_no_job_starts_after_winding_down_and_the_run_still_ends_at_its_deadline
     # jobs that were in flight went on and some were admitted after the wind-down
     assert of(ev, Kind.ADMITTED).filter(pl.col("ts") > ts).height > 0
     assert summary["duration_s"] == pytest.approx(600)  # rates stay per budget minute
+    assert ev.status()["wind_down_at"] == ts  # what a dashboard shows
 
 
 def test_auto_wind_down_uses_the_job_times_of_admissions():

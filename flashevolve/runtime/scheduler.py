@@ -86,6 +86,7 @@ class Runtime:
         self.policy = policy
         self.controller = controller
         self.wind_down: WindDown | None = None  # made at run start when the budget asks for it
+        self.wound_down_at: float | None = None  # run clock of the wind_down event
         self.specs: dict[str, StageSpec] = {s.name: s for s in workflow.stages()}
         self.entry = workflow.stages()[0].name
         sync = config.mode == "sync"
@@ -170,6 +171,7 @@ class Runtime:
                 for name in self.specs
             },
             "jobs_in_flight": len(self._job_items),
+            "wind_down_at": self.wound_down_at,
         }
 
     # -- the run ------------------------------------------------------------------------------
@@ -289,6 +291,7 @@ class Runtime:
         reason = self.wind_down.stop_reason(remaining)
         if reason is None:
             return False
+        self.wound_down_at = self.ctx.now()
         self.ctx.emit(
             Kind.WIND_DOWN,
             reason=reason,

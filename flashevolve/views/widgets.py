@@ -52,6 +52,7 @@ class LiveStatus(BaseModel):
     in_flight: int = 0
     jobs_in_flight: int = 0
     max_in_flight: int | None = None  # the job bound (moves under adaptive control)
+    wind_down_at: float | None = None  # run clock when new jobs stopped before the deadline
     proposals: int = 0
     accepted: int = 0
     proposals_per_min: float = 0.0
@@ -237,7 +238,13 @@ class SourcePanel:
             '<table style="font-size:12px">'
             f"<tr><td>backend in flight</td><td align=right><b>{status.in_flight}</b></td></tr>"
             f"<tr><td>jobs in flight / bound</td><td align=right>{status.jobs_in_flight} / "
-            f"{'–' if status.max_in_flight is None else status.max_in_flight}</td></tr>"
+            f"{'–' if status.max_in_flight is None else status.max_in_flight}"
+            + (
+                ""
+                if status.wind_down_at is None
+                else f" · winding down since {_fmt_elapsed(status.wind_down_at)}: no new jobs"
+            )
+            + "</td></tr>"
             f"<tr><td>proposals</td><td align=right>{status.proposals} "
             f"({status.proposals_per_min:.1f}/min)</td></tr>"
             f"<tr><td>accepted</td><td align=right>{status.accepted} "
@@ -264,6 +271,7 @@ class SourcePanel:
             "in_flight": status.in_flight,
             "jobs_in_flight": status.jobs_in_flight,
             "max_in_flight": status.max_in_flight,
+            "wind_down_at": status.wind_down_at,
             "proposals": status.proposals,
             "accepted": status.accepted,
             "proposals_per_min": status.proposals_per_min,
