@@ -323,7 +323,6 @@ class Evolver(BackgroundRun):
         minutes = max(elapsed / 60.0, 1e-9)
         rt = self.runtime
         runtime_status = rt.status() if rt else {"stages": {}, "jobs_in_flight": 0}
-        # wind_down_at: the run clock when no new jobs started any more (Budget.wind_down)
         return {
             "name": self.name,
             "mode": self.config.mode,
@@ -332,7 +331,7 @@ class Evolver(BackgroundRun):
             "stages": runtime_status["stages"],
             "in_flight": self._in_flight.count,
             "jobs_in_flight": runtime_status["jobs_in_flight"],
-            "wind_down_at": runtime_status.get("wind_down_at"),
+            "wind_down_at": runtime_status.get("wind_down_at"),  # new jobs stopped (run clock)
             "max_in_flight": rt.max_in_flight if rt else self.config.max_in_flight,
             "proposals": self._counts["proposals"],
             "accepted": self._counts["accepted"],

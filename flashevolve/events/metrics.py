@@ -9,7 +9,7 @@
 - improvement: an admission whose validation score is above every score admitted before it (the
   first admission, normally the seed, is the starting point, not an improvement).  Accepted
   proposals count throughput; improvements count progress -- a wide, stale pipeline can admit
-  many children that are no better than their parents' siblings (docs/benchmarks.md section 4).
+  many children that do not raise the best score (docs/benchmarks.md section 4).
 - tokens per proposal / per accepted proposal: all prompt + completion tokens of the run divided
   by the count; wasted tokens: completion tokens of requests cancelled before they finished, as
   far as the backend reports them (the simulator always; HTTP only when streaming) --
