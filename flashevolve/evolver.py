@@ -142,13 +142,19 @@ class Evolver(BackgroundRun):
         log.subscribe(self._on_event)
         tracker = BudgetTracker(self.config.budget)
         self._in_flight = InFlight()
+        # Where a client has to queue requests, later stages go first: a child that passed the
+        # gate gets validated before new jobs' rollouts (backends/gate.py).
+        stages = [s.name for s in self.workflow.stages()]
+        priority = {"stage_priority": {name: -i for i, name in enumerate(stages)}}
         ctx = StageContext(
             task=self.task,
             pool=self.pool,
             log=log,
             clock=clock,
-            task_llm=InstrumentedLLM(task_llm, "task", log, self._in_flight),
-            reflection_llm=InstrumentedLLM(reflection_llm, "reflection", log, self._in_flight),
+            task_llm=InstrumentedLLM(task_llm, "task", log, self._in_flight, **priority),
+            reflection_llm=InstrumentedLLM(
+                reflection_llm, "reflection", log, self._in_flight, **priority
+            ),
             tracker=tracker,
             seed=self.config.seed,
             rng_mode=self.config.rng,

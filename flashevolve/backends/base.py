@@ -17,6 +17,9 @@ class ChatRequest:
     stage: str = ""
     item_id: str = ""
     role: str = "task"  # "task" or "reflection": which model slot the runtime routed it to
+    #: Where a client that has to queue requests puts this one: lower goes first (as in vLLM's
+    #: priority scheduling).  The runtime sets it from the stage: later stages go first.
+    priority: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
     #: Server-specific request fields (e.g. a llama.cpp ``grammar``); OpenAI-compatible backends
     #: merge them into the request body, others ignore them.

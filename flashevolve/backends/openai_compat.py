@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flashevolve.backends.base import BackendLoad, ChatRequest, ChatResult, LLMError
+from flashevolve.backends.gate import PriorityGate
 from flashevolve.backends.prometheus import load_from_metrics
 from flashevolve.backends.retry import call_with_retries
 from flashevolve.runtime.clock import Clock, LoopClock
@@ -25,7 +26,9 @@ RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 class OpenAICompatLLM:
     """Chat completions over real HTTP with the official ``openai`` client.
 
-    - ``max_concurrency`` caps requests in flight to this endpoint (a semaphore, per instance).
+    - ``max_concurrency`` caps requests in flight to this endpoint (per instance); the rest wait
+      in ``request.priority`` order, lower first, arrival order among equals
+      (:class:`~flashevolve.backends.gate.PriorityGate`); ``queue="fifo"`` ignores priorities.
     - Retries with exponential backoff and jitter on 429/5xx and connection errors; the backoff
       sleeps on the injectable clock.
     - Cancelling the caller's task closes the HTTP connection, which vLLM and llama-server treat
@@ -61,6 +64,7 @@ class OpenAICompatLLM:
         clock: Clock | None = None,
         seed: int = 0,
         stream: bool = False,
+        queue: str = "priority",
     ) -> None:
         import openai  # imported here so the core imports without the SDK being reachable
 
@@ -71,9 +75,12 @@ class OpenAICompatLLM:
                     f"environment variable {api_key_env} is empty or unset; export your API key "
                     f"there (the key is never written to logs or run directories)"
                 )
+        if queue not in ("priority", "fifo"):
+            raise ValueError(f"queue must be 'priority' or 'fifo', not {queue!r}")
         self.model = model
         self.endpoint = base_url.rstrip("/")
         self.max_concurrency = max_concurrency
+        self.queue = queue
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.default_max_tokens = default_max_tokens
@@ -99,13 +106,15 @@ class OpenAICompatLLM:
             "endpoint": self.endpoint,
             "model": self.model,
             "max_concurrency": self.max_concurrency,
+            "queue": self.queue,
             "stream": self.stream,
         }
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         async def attempt() -> ChatResult:
-            client, sem = self._loop_state()
-            async with sem:  # released during backoff so others can use the slot
+            client, gate = self._loop_state()
+            # released during backoff so others can use the slot
+            async with gate.slot(request.priority if self.queue == "priority" else 0):
                 return await self._once(client, request)
 
         return await call_with_retries(
@@ -116,7 +125,7 @@ class OpenAICompatLLM:
             sleep=self.clock.sleep,
         )
 
-    def _loop_state(self) -> tuple[Any, asyncio.Semaphore]:
+    def _loop_state(self) -> tuple[Any, PriorityGate]:
         loop = asyncio.get_running_loop()
         state = self._per_loop.get(loop)
         if state is None:
@@ -126,7 +135,7 @@ class OpenAICompatLLM:
                 max_retries=0,  # we retry ourselves, on our clock, with our accounting
                 timeout=self._timeout_s,
             )
-            state = (client, asyncio.Semaphore(self.max_concurrency))
+            state = (client, PriorityGate(self.max_concurrency))
             self._per_loop[loop] = state
         return state
 

@@ -81,6 +81,13 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, default=None, help="max requests in flight to the endpoint"
     )
     g.add_argument(
+        "--client-queue",
+        choices=("priority", "fifo"),
+        default="priority",
+        help="local/openai: order of requests waiting for --concurrency (or a local slot): "
+        "later pipeline stages first (priority, default) or first come, first served",
+    )
+    g.add_argument(
         "--stream",
         action="store_true",
         help="local/openai: stream answers (SSE), so the tokens of cancelled requests are "
@@ -102,6 +109,7 @@ def make_backend(args: argparse.Namespace) -> LLM:
             kwargs["ctx_per_slot"] = args.ctx_per_slot
         if getattr(args, "stream", False):
             kwargs["stream"] = True
+        kwargs["queue"] = getattr(args, "client_queue", "priority")
         return backends.local(**kwargs)
     if kind == "openai":
         if not args.base_url or not args.model:
@@ -112,6 +120,7 @@ def make_backend(args: argparse.Namespace) -> LLM:
             api_key_env=args.api_key_env,
             max_concurrency=args.concurrency or 16,
             stream=getattr(args, "stream", False),
+            queue=getattr(args, "client_queue", "priority"),
         )
     if kind == "vllm":
         if not args.model:

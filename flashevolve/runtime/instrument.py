@@ -29,16 +29,25 @@ class InFlight:
 class InstrumentedLLM:
     """Wraps an :class:`LLM` so that requests show up in the event log.
 
-    Backends stay ignorant of events; this wrapper stamps ``role`` (task or reflection), emits
+    Backends stay ignorant of events; this wrapper stamps ``role`` (task or reflection) and the
+    stage's ``priority`` (``stage_priority``: later pipeline stages go first), emits
     ``request_started`` / ``request_finished`` / ``request_failed`` / ``request_cancelled`` with
     the backend-wide in-flight count, and feeds token usage to the budget tracker.
     """
 
     def __init__(
-        self, inner: LLM, role: str, log: EventLog, in_flight: InFlight, on_tokens=None
+        self,
+        inner: LLM,
+        role: str,
+        log: EventLog,
+        in_flight: InFlight,
+        on_tokens=None,
+        stage_priority: dict[str, int] | None = None,
     ) -> None:
         self.inner = inner
         self.role = role
+        #: stage -> ChatRequest.priority (lower is served first where a client queues)
+        self.stage_priority = dict(stage_priority or {})
         self.log = log
         self.in_flight = in_flight
         self.on_tokens = on_tokens
@@ -47,6 +56,7 @@ class InstrumentedLLM:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         request.role = self.role
+        request.priority = self.stage_priority.get(request.stage, request.priority)
         request.partial.clear()  # a reused request object must not carry an old count
         rid = f"r{next(self.in_flight.ids)}"
         self.in_flight.count += 1
