@@ -21,26 +21,25 @@ async def settle(cond, rounds: int = 100) -> None:
     assert cond()
 
 
+async def hold(gate: PriorityGate, release: asyncio.Event) -> None:
+    async with gate.slot():
+        await release.wait()
+
+
+async def enter(gate: PriorityGate, name: str, priority: int, log: list[str]) -> None:
+    async with gate.slot(priority):
+        log.append(name)
+
+
 def test_waiters_enter_by_priority_then_arrival():
     async def main() -> list[str]:
         gate = PriorityGate(1)
         order: list[str] = []
         release = asyncio.Event()
-
-        async def holder() -> None:
-            async with gate.slot(5):
-                await release.wait()
-
-        async def waiter(name: str, priority: int) -> None:
-            async with gate.slot(priority):
-                order.append(name)
-
-        first = asyncio.create_task(holder())
+        first = asyncio.create_task(hold(gate, release))
         await settle(lambda: gate.holders == 1)
-        tasks = [
-            asyncio.create_task(waiter(name, p))
-            for name, p in (("rollout", 0), ("validate-a", -3), ("propose", -1), ("validate-b", -3))
-        ]
+        waiting = (("rollout", 0), ("validate-a", -3), ("propose", -1), ("validate-b", -3))
+        tasks = [asyncio.create_task(enter(gate, name, p, order)) for name, p in waiting]
         await settle(lambda: gate.waiting == 4)
         release.set()
         await asyncio.gather(first, *tasks)
@@ -55,19 +54,10 @@ def test_a_cancelled_waiter_gives_up_its_place_and_leaks_no_slot():
         gate = PriorityGate(1)
         release = asyncio.Event()
         got: list[str] = []
-
-        async def holder() -> None:
-            async with gate.slot():
-                await release.wait()
-
-        async def waiter(name: str, priority: int) -> None:
-            async with gate.slot(priority):
-                got.append(name)
-
-        first = asyncio.create_task(holder())
+        first = asyncio.create_task(hold(gate, release))
         await settle(lambda: gate.holders == 1)
-        doomed = asyncio.create_task(waiter("doomed", -9))
-        later = asyncio.create_task(waiter("later", 0))
+        doomed = asyncio.create_task(enter(gate, "doomed", -9, got))
+        later = asyncio.create_task(enter(gate, "later", 0, got))
         await settle(lambda: gate.waiting == 2)
         doomed.cancel()
         release.set()
@@ -77,8 +67,8 @@ def test_a_cancelled_waiter_gives_up_its_place_and_leaks_no_slot():
         assert got == ["later"] and gate.holders == 0
         # a waiter cancelled right after it was let in passes its slot on
         async with gate.slot():
-            woken = asyncio.create_task(waiter("woken", 0))
-            after = asyncio.create_task(waiter("after", 1))
+            woken = asyncio.create_task(enter(gate, "woken", 0, got))
+            after = asyncio.create_task(enter(gate, "after", 1, got))
             await settle(lambda: gate.waiting == 2)
         woken.cancel()  # its future is already set: the slot must move on to "after"
         await asyncio.gather(after)
