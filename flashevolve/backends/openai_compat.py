@@ -27,8 +27,9 @@ class OpenAICompatLLM:
     """Chat completions over real HTTP with the official ``openai`` client.
 
     - ``max_concurrency`` caps requests in flight to this endpoint (per instance); the rest wait
-      in ``request.priority`` order, lower first, arrival order among equals
-      (:class:`~flashevolve.backends.gate.PriorityGate`); ``queue="fifo"`` ignores priorities.
+      in arrival order (``queue="fifo"``, the default) or, with ``queue="priority"``, in
+      ``request.priority`` order, lower first, arrival order among equals
+      (:class:`~flashevolve.backends.gate.PriorityGate`).
     - Retries with exponential backoff and jitter on 429/5xx and connection errors; the backoff
       sleeps on the injectable clock.
     - Cancelling the caller's task closes the HTTP connection, which vLLM and llama-server treat
@@ -64,7 +65,7 @@ class OpenAICompatLLM:
         clock: Clock | None = None,
         seed: int = 0,
         stream: bool = False,
-        queue: str = "priority",
+        queue: str = "fifo",
     ) -> None:
         import openai  # imported here so the core imports without the SDK being reachable
 
