@@ -35,6 +35,7 @@ class PriorityGate:
 
     @property
     def waiting(self) -> int:
+        """Live waiters (cancelled ones stay in the heap until a release skips them)."""
         return sum(1 for *_, fut in self._waiters if not fut.done())
 
     @asynccontextmanager
@@ -46,7 +47,10 @@ class PriorityGate:
             self._release()
 
     async def _acquire(self, priority: int) -> None:
-        if self.holders < self.limit and not self.waiting:
+        # A free slot means nobody is waiting: _release hands its slot straight to the next
+        # live waiter, so live waiters exist only while every slot is held.  (No scan of the
+        # waiters here: this runs for every request.)
+        if self.holders < self.limit:
             self.holders += 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
