@@ -22,14 +22,14 @@ from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Event, Kind
 from flashevolve.policies.staleness import make_policy
 from flashevolve.pool import ArtifactPool
-from flashevolve.rundir import RunDirectory
+from flashevolve.rundir import RunDirectory, task_fingerprint
 from flashevolve.runtime.budget import BudgetTracker
 from flashevolve.runtime.clock import LoopClock, run_virtual
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
 from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, resolve_workers
 from flashevolve.tasks.registry import resolve_task
-from flashevolve.workflows.base import make_workflow
+from flashevolve.workflows.base import check_supports, make_workflow
 
 
 class Evolver(BackgroundRun):
@@ -64,10 +64,7 @@ class Evolver(BackgroundRun):
         **workflow_options: Any,
     ) -> None:
         self.task = resolve_task(task)
-        try:
-            self.workflow = make_workflow(workflow, **workflow_options)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"workflow {workflow!r}: {err}") from None
+        self.workflow = make_workflow(workflow, **workflow_options)
         self.config: RunConfig = validated(
             RunConfig,
             {
@@ -86,6 +83,7 @@ class Evolver(BackgroundRun):
             self.policy = make_policy(staleness)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"staleness: {err}") from None
+        check_supports(self.workflow, speculation=speculation, policy=self.policy)
         self.speculation = speculation
         self.control = control
         self.name = name or f"{self.config.mode}"
@@ -116,6 +114,9 @@ class Evolver(BackgroundRun):
         self._pause_pending = False
         self._error: BaseException | None = None
         self._active = False
+        self._ctx: StageContext | None = None
+        self._tracker = BudgetTracker(self.config.budget)
+        self._fingerprint: str | None = None
 
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -132,7 +133,7 @@ class Evolver(BackgroundRun):
 
     async def _run(self) -> dict[str, Any]:
         task_llm, reflection_llm, owned = self._open_backends()
-        offset, history, iteration = self._dir.prepare(self.pool) if self._dir else (0.0, [], 0)
+        offset, history, saved = self._dir.prepare(self.pool) if self._dir else (0.0, [], {})
         for e in history:
             self._count(e)
         self._clock = clock = LoopClock(offset)
@@ -141,30 +142,13 @@ class Evolver(BackgroundRun):
         self._log = log = EventLog(path, clock=clock, history=history)
         log.subscribe(self._on_event)
         tracker = BudgetTracker(self.config.budget)
+        log.subscribe(tracker.observe)
         self._in_flight = InFlight()
-        # Where a client has to queue requests, later stages go first: a child that passed the
-        # gate gets validated before new jobs' rollouts (backends/gate.py).
-        stages = [s.name for s in self.workflow.stages()]
-        priority = {"stage_priority": {name: -i for i, name in enumerate(stages)}}
-        ctx = StageContext(
-            task=self.task,
-            pool=self.pool,
-            log=log,
-            clock=clock,
-            task_llm=InstrumentedLLM(task_llm, "task", log, self._in_flight, **priority),
-            reflection_llm=InstrumentedLLM(
-                reflection_llm, "reflection", log, self._in_flight, **priority
-            ),
-            tracker=tracker,
-            seed=self.config.seed,
-            rng_mode=self.config.rng,
-            settings={"resume_iteration": iteration},
-            speculation=self.speculation,
-        )
-        tracker.tokens = 0
+        ctx = self._context(log, clock, tracker, task_llm, reflection_llm)
+        if saved:
+            self._restore(saved, ctx, tracker)
         self._tracker = tracker
-        for llm in (ctx.task_llm, ctx.reflection_llm):
-            llm.on_tokens = lambda n: setattr(tracker, "tokens", tracker.tokens + n)
+        self._ctx = ctx
         b = self.config.budget
         seconds = None if b.seconds is None else offset + b.seconds
         self.runtime = Runtime(
@@ -181,29 +165,10 @@ class Evolver(BackgroundRun):
             ),
             self.policy,
             controller=self.control,
+            on_job=self._checkpoint,
         )
-        ctx.settings["runtime"] = self.runtime
-        ctx.emit(
-            Kind.RUN_STARTED,
-            data={
-                "mode": self.config.mode,
-                "workflow": self.workflow.name,
-                "task": self.task.name,
-                "seed": self.config.seed,
-                "name": self.name,
-                "resumed": bool(history),
-                "simulated": str(task_llm.endpoint).startswith("sim:"),
-                "backend": {"endpoint": task_llm.endpoint, "model": task_llm.model},
-                "reflection_backend": {
-                    "endpoint": reflection_llm.endpoint,
-                    "model": reflection_llm.model,
-                },
-                "workers": dict(self.runtime.targets),
-                "max_in_flight": self.runtime.max_in_flight,
-                "staleness": self.policy.name,
-                "budget": b.model_dump(exclude_none=True),
-            },
-        )
+        ctx.runtime = self.runtime
+        ctx.emit(Kind.RUN_STARTED, data=self._run_info(task_llm, reflection_llm, bool(history)))
         self.state = "paused" if self._pause_pending else "running"
         try:
             # a stop() that came before the runtime existed is not lost
@@ -220,6 +185,7 @@ class Evolver(BackgroundRun):
         finally:
             ctx.emit(Kind.RUN_FINISHED, reason=self.runtime.stop_reason, data={"state": self.state})
             if self._dir:
+                self._checkpoint()
                 self._dir.write_outputs(self.pool, self.summary())
             log.close()
             if self._dir:
@@ -227,6 +193,103 @@ class Evolver(BackgroundRun):
             for llm in owned:
                 await llm.aclose()
         return self.summary()
+
+    def _context(
+        self,
+        log: EventLog,
+        clock: LoopClock,
+        tracker: BudgetTracker,
+        task_llm: LLM,
+        reflection_llm: LLM,
+    ) -> StageContext:
+        # Where a client has to queue requests, later stages go first: a child that passed the
+        # gate gets validated before new jobs' rollouts (backends/gate.py).
+        stages = [s.name for s in self.workflow.stages()]
+        priority = {"stage_priority": {name: -i for i, name in enumerate(stages)}}
+        ctx = StageContext(
+            task=self.task,
+            pool=self.pool,
+            log=log,
+            clock=clock,
+            task_llm=InstrumentedLLM(task_llm, "task", log, self._in_flight, **priority),
+            reflection_llm=InstrumentedLLM(
+                reflection_llm, "reflection", log, self._in_flight, **priority
+            ),
+            tracker=tracker,
+            seed=self.config.seed,
+            rng_mode=self.config.rng,
+            speculation=self.speculation,
+            workflow=self.workflow,
+        )
+        for llm in (ctx.task_llm, ctx.reflection_llm):
+            llm.on_tokens = lambda n: setattr(tracker, "tokens", tracker.tokens + n)
+        return ctx
+
+    def _run_info(self, task_llm: LLM, reflection_llm: LLM, resumed: bool) -> dict[str, Any]:
+        """``run_started``'s data: enough for any view to read the log without the workflow."""
+        assert self.runtime is not None
+        specs = self.workflow.stages()
+        return {
+            "mode": self.config.mode,
+            "workflow": self.workflow.name,
+            "stages": [s.name for s in specs],
+            "stage_roles": {s.name: s.role for s in specs},
+            "accounting": self.workflow.accounting.as_dict(),
+            "task": self.task.name,
+            "seed": self.config.seed,
+            "name": self.name,
+            "resumed": resumed,
+            "simulated": str(task_llm.endpoint).startswith("sim:"),
+            "backend": {"endpoint": task_llm.endpoint, "model": task_llm.model},
+            "reflection_backend": {
+                "endpoint": reflection_llm.endpoint,
+                "model": reflection_llm.model,
+            },
+            "workers": dict(self.runtime.targets),
+            "max_in_flight": self.runtime.max_in_flight,
+            "staleness": self.policy.name,
+            "budget": self.config.budget.model_dump(exclude_none=True),
+        }
+
+    def _restore(self, saved: dict[str, Any], ctx: StageContext, tracker: BudgetTracker) -> None:
+        """Continue a run from its run directory's state.json (pool already rebuilt)."""
+        if saved.get("workflow_name") not in (None, self.workflow.name):
+            raise ConfigError(
+                f"{self.run_dir} holds a {saved['workflow_name']!r} run; resume it with "
+                f"workflow={saved['workflow_name']!r}, not {self.workflow.name!r}"
+            )
+        if saved.get("task") not in (None, self._task_fingerprint()):
+            raise ConfigError(
+                f"{self.run_dir}: the task changed since the run was written (its examples or "
+                "seed differ); resume with the same task, or start a new run directory"
+            )
+        ctx.restore(saved.get("context", {}))
+        self.workflow.restore(saved.get("workflow", {}), ctx)
+        tracker.restore(saved.get("budget", {}))
+        if self.speculation is not None and hasattr(self.speculation, "restore"):
+            self.speculation.restore(saved.get("speculation", {}))
+
+    def _checkpoint(self) -> None:
+        """Save what a resume needs besides the pool (called after each job and admission)."""
+        if self._dir is None or self._ctx is None:
+            return
+        state: dict[str, Any] = {
+            "workflow_name": self.workflow.name,
+            "task": self._task_fingerprint(),
+            "pool_version": self.pool.pool_version,
+            "context": self._ctx.snapshot(),
+            "workflow": self.workflow.snapshot(),
+            "budget": self._tracker.snapshot(),
+        }
+        if self.speculation is not None and hasattr(self.speculation, "snapshot"):
+            state["speculation"] = self.speculation.snapshot()
+        self._dir.save_state(state)
+
+    def _task_fingerprint(self) -> str:
+        """A short hash of the task's examples and seed: a resume refuses a changed task."""
+        if self._fingerprint is None:
+            self._fingerprint = task_fingerprint(self.task)
+        return self._fingerprint
 
     def run_virtual(self) -> dict[str, Any]:
         """Run on virtual time (for the serving simulator): a 30-minute budget takes seconds.
@@ -359,6 +422,10 @@ class Evolver(BackgroundRun):
             return
         if event.kind == Kind.ADMITTED:
             self._dir.record_admission(self.pool, event.artifact_id, event.ts)
+            self._checkpoint()
+        elif event.kind == Kind.SCORED:
+            self._dir.record_scores(self.pool, event.artifact_id, event.ts)
+            self._checkpoint()
         elif event.kind == Kind.SPECULATION_ROLLED_BACK:
             self._dir.record_tombstone(event.artifact_id, event.ts)
 

@@ -30,7 +30,6 @@ class CandidateRecord:
     pool_version: int  # pool_version right after this admission
     status: str = ACTIVE
     patched_from: tuple[str, ...] = ()
-    next_component: int = 0  # GEPA's round-robin pointer over component names
     meta: dict = field(default_factory=dict)
 
     @property
@@ -46,6 +45,12 @@ class CandidateRecord:
         if not self.val_scores:
             return 0.0
         return sum(self.val_scores.values()) / len(self.val_scores)
+
+    @property
+    def scored(self) -> bool:
+        """False for a candidate admitted before any validation (ACE admits every playbook
+        update and validates some of them later)."""
+        return bool(self.val_scores)
 
     @property
     def alive(self) -> bool:
@@ -91,9 +96,12 @@ class ArtifactPool:
         ts: float,
         speculative: bool = False,
         patched_from: Sequence[str] = (),
-        next_component: int = 0,
     ) -> CandidateRecord | None:
-        """Add a candidate; returns ``None`` (and changes nothing) for a duplicate text."""
+        """Add a candidate; returns ``None`` (and changes nothing) for a duplicate text.
+
+        ``val_scores`` may be empty: the candidate is in the pool (it counts as an update and
+        moves ``pool_version``) but on no front and never the best until :meth:`set_scores`.
+        """
         if artifact.id in self._by_id:
             return None
         unknown = set(val_scores) - set(self.val_ids)
@@ -108,7 +116,6 @@ class ArtifactPool:
             pool_version=self.pool_version,
             status=SPECULATIVE if speculative else ACTIVE,
             patched_from=tuple(patched_from),
-            next_component=next_component,
         )
         self.records.append(record)
         self._by_id[artifact.id] = record
@@ -129,9 +136,17 @@ class ArtifactPool:
 
     def confirm(self, artifact_id: str, val_scores: Mapping[str, float]) -> CandidateRecord:
         """A speculative candidate's full scores landed and it stays."""
+        record = self.set_scores(artifact_id, val_scores)
+        record.status = ACTIVE
+        return record
+
+    def set_scores(self, artifact_id: str, val_scores: Mapping[str, float]) -> CandidateRecord:
+        """Give a candidate (new) validation scores; the fronts follow."""
+        unknown = set(val_scores) - set(self.val_ids)
+        if unknown:
+            raise ValueError(f"scores for unknown validation ids: {sorted(unknown)[:5]}")
         record = self._by_id[artifact_id]
         record.val_scores = dict(val_scores)
-        record.status = ACTIVE
         self._rebuild_fronts()
         return record
 
@@ -151,9 +166,9 @@ class ArtifactPool:
         prefix of the validation set: what a run *reports* as its best must have a full score
         (selection and the staleness/speculation policies may use speculative ones).
         """
-        live = [r for r in self.alive() if not confirmed or r.status == ACTIVE]
+        live = [r for r in self.alive() if r.scored and (not confirmed or r.status == ACTIVE)]
         if not live:
-            raise LookupError("the pool is empty: evaluate and admit the seed first")
+            raise LookupError("the pool has no scored candidate: evaluate and admit the seed first")
         return max(live, key=lambda r: (r.mean_score, -r.index))
 
     def history_since(self, version: int) -> list[CandidateRecord]:

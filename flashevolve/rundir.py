@@ -4,25 +4,35 @@ Layout (one directory per run)::
 
     events.jsonl     the event log, appended as events happen (written by EventLog)
     artifacts.jsonl  one line per admitted artifact (with its validation scores) and one per
-                     tombstone, appended at admission -- a killed process loses nothing accepted
+                     tombstone, appended and fsync'd at admission -- a killed process loses
+                     nothing accepted
+    state.json       the workflow's own state, the RNG streams, the id counters and the budget
+                     spent, replaced atomically after every new job and every admission
     best.json        the best artifact at the end
     summary.json     the run summary at the end
 
-Resuming reads ``events.jsonl`` for the history (clock offset, counters, iteration) and rebuilds
-the pool from ``artifacts.jsonl``; a torn last line from a killed process is skipped.
+Resuming reads ``events.jsonl`` for the history (clock offset, counters), rebuilds the pool from
+``artifacts.jsonl`` and hands ``state.json`` back to the workflow and the context.  A torn last
+line from a killed process is cut off (with a warning) before anything is appended again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from flashevolve.artifacts import Artifact
 from flashevolve.errors import ConfigError
 from flashevolve.events.log import EventLog
-from flashevolve.events.schema import Event, Kind
+from flashevolve.events.schema import Event
 from flashevolve.pool import ArtifactPool
+
+#: The layout version written into state.json; a run directory from another layout is refused.
+LAYOUT_VERSION = 2
 
 
 class RunDirectory:
@@ -46,18 +56,41 @@ class RunDirectory:
     def artifacts_path(self) -> Path:
         return self.path / "artifacts.jsonl"
 
-    def prepare(self, pool: ArtifactPool) -> tuple[float, list[Event], int]:
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    def prepare(self, pool: ArtifactPool) -> tuple[float, list[Event], dict[str, Any]]:
         """Create the directory, or reload it when resuming (the pool is rebuilt in place):
-        returns (clock offset, earlier events, iterations already made)."""
+        returns (clock offset, earlier events, saved state -- empty for a new run)."""
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.resume and self.events_path.exists()):
-            return 0.0, [], 0
+            return 0.0, [], {}
+        state = self.read_state()
+        for log in (self.events_path, self.artifacts_path):
+            cut_torn_tail(log)
         history = EventLog.read(self.events_path)
         if not len(pool):
             self.restore_pool(pool)
         offset = max((e.ts for e in history), default=0.0)
-        iteration = sum(1 for e in history if e.kind == Kind.PARENT_SELECTED)
-        return offset, history, iteration
+        return offset, history, state
+
+    def read_state(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            return {}
+        try:
+            state = json.loads(self.state_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{self.state_path} is not valid JSON ({err}); cannot resume"
+            ) from None
+        version = state.get("layout")
+        if version != LAYOUT_VERSION:
+            raise ConfigError(
+                f"{self.path} was written by a flashevolve with run-directory layout {version}, "
+                f"this one reads layout {LAYOUT_VERSION}; resume it with the version that wrote it"
+            )
+        return state
 
     def restore_pool(self, pool: ArtifactPool) -> None:
         if not self.artifacts_path.exists():
@@ -66,17 +99,20 @@ class RunDirectory:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a torn last line from a killed process
+                continue  # a torn line from a killed process (cut_torn_tail warned)
             if "tombstone" in row:
                 if row["tombstone"] in pool:
                     pool.tombstone(row["tombstone"])
+                continue
+            if "scores_for" in row:
+                if row["scores_for"] in pool:
+                    pool.set_scores(row["scores_for"], row["val_scores"])
                 continue
             pool.admit(
                 Artifact.from_dict(row["artifact"]),
                 row["val_scores"],
                 ts=row.get("ts", 0.0),
                 patched_from=row.get("patched_from", ()),
-                next_component=row.get("next_component", 0),
             )
 
     def record_admission(self, pool: ArtifactPool, artifact_id: str, ts: float) -> None:
@@ -90,15 +126,35 @@ class RunDirectory:
                 "score": rec.mean_score,
                 "ts": ts,
                 "patched_from": list(rec.patched_from),
-                "next_component": rec.next_component,
             }
         )
+
+    def record_scores(self, pool: ArtifactPool, artifact_id: str, ts: float) -> None:
+        """A candidate admitted earlier got (new) validation scores (``scored`` events)."""
+        if artifact_id in pool:
+            self._append(
+                {
+                    "scores_for": artifact_id,
+                    "val_scores": pool.get(artifact_id).val_scores,
+                    "ts": ts,
+                }
+            )
 
     def record_tombstone(self, artifact_id: str, ts: float) -> None:
         self._append({"tombstone": artifact_id, "ts": ts})
 
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Replace state.json atomically (write, flush, rename): a kill leaves the old or the
+        new file, never half of one."""
+        payload = json.dumps({"layout": LAYOUT_VERSION, **state}, separators=(",", ":"))
+        tmp = self.state_path.with_suffix(".json.tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(payload)
+            fh.flush()
+        os.replace(tmp, self.state_path)
+
     def write_outputs(self, pool: ArtifactPool, summary: dict[str, Any]) -> None:
-        if len(pool):
+        if any(r.scored for r in pool.alive()):
             best = pool.best(confirmed=True)
             (self.path / "best.json").write_text(
                 json.dumps(
@@ -118,6 +174,56 @@ class RunDirectory:
             self._artifacts_fh = None
 
     def _append(self, row: dict[str, Any]) -> None:
-        if self._artifacts_fh is None:  # line-buffered: each admission is on disk at once
-            self._artifacts_fh = self.artifacts_path.open("a", buffering=1)
+        if self._artifacts_fh is None:
+            self._artifacts_fh = self.artifacts_path.open("a", encoding="utf-8")
         self._artifacts_fh.write(json.dumps(row) + "\n")
+        # An admission is what a run exists for: on disk before the run goes on.
+        self._artifacts_fh.flush()
+        os.fsync(self._artifacts_fh.fileno())
+
+
+def task_fingerprint(task: Any) -> str:
+    """A short hash of a task's splits and seed artifact: what a resume must find unchanged."""
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        for ex in getattr(task, split, ()):
+            row = [split, ex.id, dict(ex.inputs), ex.reference]
+            digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(dict(task.seed_artifact()), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Cut a last line a killed writer left without its newline; returns the bytes removed.
+
+    Appending after a torn line would glue the next record onto it and lose both.
+    """
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return 0
+        # scan back to the last newline
+        pos = size - 1
+        chunk = 4096
+        while pos > 0:
+            start = max(0, pos - chunk)
+            fh.seek(start)
+            block = fh.read(pos - start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        fh.truncate(keep)
+    warnings.warn(
+        f"{path}: dropped a torn last line ({size - keep} bytes) left by a killed process",
+        stacklevel=2,
+    )
+    return size - keep

@@ -14,7 +14,7 @@ import pytest
 from flashevolve import Evolver
 from flashevolve.events.schema import Kind
 from flashevolve.tasks import get_task
-from flashevolve.workflows.reflection import fenced_block_grammar
+from flashevolve.workflows.gepa.reflection import fenced_block_grammar
 
 pytestmark = pytest.mark.llama
 

@@ -4,7 +4,7 @@ import random
 from collections import Counter
 
 from flashevolve.tasks.base import Example, Rollout
-from flashevolve.workflows.reflection import (
+from flashevolve.workflows.gepa.reflection import (
     build_reflection_prompt,
     parse_fenced,
     reflective_records,

@@ -8,17 +8,16 @@ import random
 import re
 
 import pytest
+from support import make_stage_context
 
 from flashevolve.artifacts import Artifact
 from flashevolve.backends.sim import SimulatedTask, WorkloadContent, simulated
-from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Kind
 from flashevolve.policies.guarded import Guarded
 from flashevolve.policies.reflective import Reflective, parse_answer
 from flashevolve.policies.staleness import StaleItem, make_policy
 from flashevolve.pool import ArtifactPool
-from flashevolve.runtime.budget import Budget, BudgetTracker
-from flashevolve.runtime.clock import LoopClock, run_virtual
+from flashevolve.runtime.clock import run_virtual
 from flashevolve.runtime.context import StageContext
 
 
@@ -161,18 +160,8 @@ def make_ctx(content=None) -> StageContext:  # noqa: ANN001
         "instruction", "Better.\n[[sim-quality=0.400]]", parents=(seed.id,), origin="reflection"
     )
     pool.admit(best, {ex.id: 0.5 for ex in task.val}, ts=1.0)
-    clock = LoopClock()  # started inside the virtual loop (decide_all)
-    log = EventLog(clock=clock)
-    llm = simulated(seed=0, content=content)
-    return StageContext(
-        task=task,
-        pool=pool,
-        log=log,
-        clock=clock,
-        task_llm=llm,
-        reflection_llm=llm,
-        tracker=BudgetTracker(Budget()),
-    )
+    # the clock is started inside the virtual loop (decide_all)
+    return make_stage_context(task, simulated(seed=0, content=content), pool=pool)
 
 
 def proposals(ctx: StageContext, n: int) -> list[StaleItem]:
@@ -229,7 +218,7 @@ def test_reflective_batch_patches_once_and_merges_the_rest() -> None:
     items = proposals(ctx, 4)
     decisions = decide_all(Reflective(k=4), ctx, items)
     assert [d.action for d in decisions] == ["patch", "discard", "merged", "accept"]
-    patched = decisions[0].artifact
+    patched = decisions[0].repair.value
     best = ctx.pool.best()
     assert patched.origin == "patch"
     assert patched.parents == (best.id, items[0].artifact.id, items[2].artifact.id)
@@ -240,7 +229,7 @@ def test_reflective_batch_patches_once_and_merges_the_rest() -> None:
     assert made[0].data["patched_from"] == ["i0", "i2"]
     assert len(content.prompts) == 1  # k items -> one call
     prompt = content.prompts[0]
-    assert "## Stale item i3" in prompt and "## Current best artifact" in prompt
+    assert "## Stale item i3" in prompt and "## Current state" in prompt
     assert "missed constraint 2" in prompt  # the item's own minibatch feedback
 
 
@@ -299,10 +288,17 @@ def test_reflective_history_is_capped_newest_first() -> None:
 
 
 def test_reflective_gate_patches_setting_reaches_the_workflow() -> None:
-
     ev = sim_evolver(Reflective(k=2, gate_patches=False))
     summary = ev.run_virtual()
-    assert ev.workflow.gate_patches is False
+    patched = [
+        e for e in ev.event_list() if e.kind == Kind.STALE_DETECTED and e.decision == "patch"
+    ]
+    assert patched, "no stale proposal was patched: nothing checked"
+    # a repair skips the gate: no gate verdict names a patched artifact
+    gated = {
+        e.artifact_id for e in ev.event_list() if e.kind in (Kind.GATE_PASSED, Kind.GATE_FAILED)
+    }
+    assert not gated & {e.artifact_id for e in patched}
     assert summary["stale_seen"] > 0
     assert summary["stale_seen"] == sum(
         summary[f"stale_{k}"] for k in ("accepted", "patched", "discarded", "merged")
@@ -363,7 +359,7 @@ def test_reflective_patch_that_only_changes_whitespace_is_unchanged() -> None:
 
 # -- the order the reviewer sees (position bias) ---------------------------------------------------
 
-_SHOWN_RE = re.compile(r"^## Stale item (\S+) ", re.MULTILINE)
+_SHOWN_RE = re.compile(r"^## Stale item (\S+)", re.MULTILINE)
 
 
 class ByPrompt(WorkloadContent):
@@ -416,7 +412,7 @@ def test_reflective_shows_each_batch_in_a_recorded_permutation() -> None:
         assert [d.action for d in decisions] == ["patch", "discard", "merged", "accept"]
         assert all(d.data["matched_by"] == "id" for d in decisions)
         assert decisions[0].patched_from == ("i0", "i2")
-        assert decisions[0].artifact.parents[1:] == (items[0].artifact.id, items[2].artifact.id)
+        assert decisions[0].repair.value.parents[1:] == (items[0].artifact.id, items[2].artifact.id)
     assert len(orders) > 1  # the seeds do shuffle (identity for all six would be a bug)
 
 

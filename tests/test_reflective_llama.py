@@ -32,7 +32,7 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
     from flashevolve import Evolver, backends
     from flashevolve.policies.reflective import Reflective
     from flashevolve.tasks import get_task
-    from flashevolve.workflows.reflection import fenced_block_grammar
+    from flashevolve.workflows.gepa.reflection import fenced_block_grammar
 
     run_dir = tmp_path / "run"
     task = get_task("ifeval-lite")
@@ -139,16 +139,13 @@ def test_reflective_review_call_against_llama_server(reviewer_server, constraine
     discard / patch) likely.  Either way every item gets a recorded decision with a reason, and a
     patch exists only with its ``patch_made`` event.
     """
+    from support import make_stage_context
+
     from flashevolve.artifacts import Artifact
     from flashevolve.backends.openai_compat import OpenAICompatLLM
-    from flashevolve.events.log import EventLog
     from flashevolve.policies.reflective import Reflective
     from flashevolve.policies.staleness import StaleItem
     from flashevolve.pool import ArtifactPool
-    from flashevolve.runtime.budget import Budget, BudgetTracker
-    from flashevolve.runtime.clock import LoopClock
-    from flashevolve.runtime.context import StageContext
-    from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
     from flashevolve.tasks import get_task
 
     task = get_task("ifeval-lite")
@@ -188,20 +185,9 @@ def test_reflective_review_call_against_llama_server(reviewer_server, constraine
     ]
 
     async def go():
-        clock = LoopClock()
-        clock.start()
-        log = EventLog(clock=clock)
         client = OpenAICompatLLM(reviewer_server.endpoint, reviewer_server.model, max_retries=0)
-        inst = InstrumentedLLM(client, "reflection", log, InFlight())
-        ctx = StageContext(
-            task=task,
-            pool=pool,
-            log=log,
-            clock=clock,
-            task_llm=inst,
-            reflection_llm=inst,
-            tracker=BudgetTracker(Budget()),
-        )
+        ctx = make_stage_context(task, client, pool=pool, instrument=True)
+        ctx.clock.start()
         policy = Reflective(
             k=2,
             max_tokens=384 if not constrained else 1024,

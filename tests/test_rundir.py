@@ -17,7 +17,7 @@ VAL = ["v1", "v2"]
 def test_admissions_and_tombstones_survive_a_torn_last_line(tmp_path) -> None:
     pool = ArtifactPool(VAL)
     run = RunDirectory(tmp_path / "run")
-    assert run.prepare(pool) == (0.0, [], 0)
+    assert run.prepare(pool) == (0.0, [], {})
     seed = Artifact({"instruction": "be brief"})
     child = Artifact({"instruction": "be brief and exact"}, parents=(seed.id,), origin="patch")
     pool.admit(seed, {"v1": 0.0, "v2": 1.0}, ts=1.0)

@@ -10,17 +10,15 @@ import asyncio
 from typing import Any
 
 import pytest
+from support import make_stage_context
 
 from flashevolve.artifacts import Artifact
 from flashevolve.backends.sim import SimulatedTask, simulated
-from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Kind
 from flashevolve.policies.speculation import Speculation, prefix_size
 from flashevolve.pool import ACTIVE, TOMBSTONED, ArtifactPool
-from flashevolve.runtime.budget import Budget, BudgetTracker
-from flashevolve.runtime.clock import LoopClock, run_virtual
+from flashevolve.runtime.clock import run_virtual
 from flashevolve.runtime.context import StageContext
-from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
 from flashevolve.runtime.items import WorkItem
 from flashevolve.tasks.base import Example, Rollout
 from flashevolve.workflows.gepa import GatedChild, GepaWorkflow, Job, Proposal
@@ -54,20 +52,7 @@ class TableTask:
 def make_ctx(task: Any, spec: Speculation, llm: Any = None) -> StageContext:
     pool = ArtifactPool([ex.id for ex in task.val])
     pool.admit(Artifact({"instruction": "parent"}), {ex.id: 0.5 for ex in task.val}, ts=0.0)
-    clock = LoopClock()
-    log = EventLog(clock=clock)
-    if llm is not None:
-        llm = InstrumentedLLM(llm, "task", log, InFlight())
-    return StageContext(
-        task=task,
-        pool=pool,
-        log=log,
-        clock=clock,
-        task_llm=llm,
-        reflection_llm=llm,
-        tracker=BudgetTracker(Budget()),
-        speculation=spec,
-    )
+    return make_stage_context(task, llm, pool=pool, instrument=True, speculation=spec)
 
 
 def gated_item(ctx: StageContext, text: str) -> WorkItem:

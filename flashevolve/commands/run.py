@@ -236,7 +236,7 @@ def _make_evolver(
         kwargs["max_in_flight"] = args.max_in_flight or max(4, 2 * slots)
     grammar = args.reflection_grammar
     if grammar == "on" or (grammar == "auto" and args.backend.partition(":")[0] == "local"):
-        from flashevolve.workflows.reflection import fenced_block_grammar
+        from flashevolve.workflows.gepa.reflection import fenced_block_grammar
 
         kwargs["reflection_extra_body"] = {"grammar": fenced_block_grammar()}
     kwargs.update(

@@ -27,9 +27,6 @@ from flashevolve.events.frame_schemas import (
 )
 from flashevolve.events.schema import SCHEMA, Kind
 
-#: Stages of the GEPA pipeline in flow order; other stage names sort after these.
-STAGE_ORDER = ("rollout", "propose", "gate", "validate")
-
 REQUEST_TERMINAL = {
     str(Kind.REQUEST_FINISHED): "finished",
     str(Kind.REQUEST_FAILED): "failed",
@@ -98,7 +95,17 @@ def run_end(df: pl.DataFrame) -> float:
     return float(value) if value is not None else 0.0  # type: ignore[arg-type]
 
 
-_RANK = {s: i for i, s in enumerate(STAGE_ORDER)}
+def stage_order(df: pl.DataFrame) -> list[str]:
+    """The run's stages in flow order: as the workflow declared them in ``run_started``; for a
+    log without that, in order of first appearance."""
+    declared = run_info(df).get("stages")
+    known = [str(s) for s in declared] if isinstance(declared, list) else []
+    seen = df.filter(pl.col("stage").is_not_null())["stage"].unique(maintain_order=True)
+    return known + [s for s in seen.to_list() if s not in known]
+
+
+def _rank(df: pl.DataFrame) -> dict[str, int]:
+    return {s: i for i, s in enumerate(stage_order(df))}
 
 
 # -- frames ----------------------------------------------------------------------------------
@@ -167,78 +174,80 @@ def artifacts(df: pl.DataFrame) -> pl.DataFrame:
     ``parents`` lists every parent (several for merges and patches); ``parent_id`` is the main
     one.  Flags come from the speculation events: ``speculative`` (was admitted before its
     validation finished), ``confirmed`` and ``tombstoned`` (the speculation was rolled back).
+    ``score`` is the latest validation score known for it (at admission, confirmation, or a
+    later ``scored`` event).
     """
-    rows: dict[str, dict[str, Any]] = {}
-    child_parent: dict[str, str] = {}
-    proposals = _of(df, Kind.PROPOSAL_MADE, Kind.GATE_PASSED, Kind.GATE_FAILED)
-    for art, parent in proposals[["artifact_id", "parent_id"]].iter_rows():
-        if art is not None and parent is not None:
-            child_parent.setdefault(art, parent)
-
-    def row(art: str) -> dict[str, Any]:
-        if art not in rows:
-            rows[art] = {
-                "artifact_id": art,
-                "parent_id": None,
-                "parents": [],
-                "origin": None,
-                "pool_version": None,
-                "frontier_version": None,
-                "score": None,
-                "admitted_ts": None,
-                "admitted": False,
-                "speculative": False,
-                "confirmed": False,
-                "tombstoned": False,
-                "patched_from": [],
-            }
-        return rows[art]
-
-    kinds = (
-        Kind.ADMITTED,
-        Kind.SPECULATIVE_ADMITTED,
-        Kind.SPECULATION_CONFIRMED,
-        Kind.SPECULATION_ROLLED_BACK,
-    )
-    cols = ["kind", "ts", "artifact_id", "parent_id", "pool_version", "frontier_version"]
-    events = _of(df, *kinds).filter(pl.col("artifact_id").is_not_null())
-    for kind, ts, art, parent, pool_v, front_v, score, raw in events[
-        [*cols, "score", "data"]
-    ].iter_rows():
-        r = row(art)
-        data = _data(raw)
-        if kind == Kind.ADMITTED:
-            r["admitted"] = True
-            r["admitted_ts"] = ts
-            r["pool_version"] = pool_v
-            r["frontier_version"] = front_v
-            r["origin"] = data.get("origin", r["origin"])
-            r["parent_id"] = parent or r["parent_id"]
-            r["parents"] = _str_list(data.get("parents")) or r["parents"]
-            r["patched_from"] = _str_list(data.get("patched_from")) or r["patched_from"]
-            if score is not None:
-                r["score"] = score
-        elif kind == Kind.SPECULATIVE_ADMITTED:
-            r["speculative"] = True
-            if r["admitted_ts"] is None:
-                r["admitted_ts"] = ts
-            if r["score"] is None and score is not None:
-                r["score"] = score
-        elif kind == Kind.SPECULATION_CONFIRMED:
-            r["confirmed"] = True
-            if score is not None:
-                r["score"] = score
-        elif kind == Kind.SPECULATION_ROLLED_BACK:
-            r["tombstoned"] = True
-    for r in rows.values():
-        if r["parent_id"] is None:
-            r["parent_id"] = (r["parents"] or [None])[0] or child_parent.get(r["artifact_id"])
-        if not r["parents"] and r["parent_id"] is not None:
-            r["parents"] = [r["parent_id"]]
-    if not rows:
+    kinds = [
+        str(k)
+        for k in (
+            Kind.ADMITTED,
+            Kind.SPECULATIVE_ADMITTED,
+            Kind.SPECULATION_CONFIRMED,
+            Kind.SPECULATION_ROLLED_BACK,
+            Kind.SCORED,
+        )
+    ]
+    events = df.filter(pl.col("kind").is_in(kinds) & pl.col("artifact_id").is_not_null())
+    if events.is_empty():
         return _empty(ARTIFACTS_SCHEMA)
-    return pl.DataFrame(list(rows.values()), schema=ARTIFACTS_SCHEMA, orient="row").sort(
-        "admitted_ts", nulls_last=True, maintain_order=True
+    is_ = {k: pl.col("kind") == str(k) for k in kinds}
+    admitted = is_[str(Kind.ADMITTED)]
+    data = pl.col("data").fill_null("{}")
+
+    def json_list(path: str) -> pl.Expr:
+        return data.str.json_path_match(path).str.json_decode(pl.List(pl.Utf8))
+
+    rows = events.with_columns(
+        data.str.json_path_match("$.origin").alias("_origin"),
+        json_list("$.parents").alias("_parents"),
+        json_list("$.patched_from").alias("_patched_from"),
+        # a rolled-back sweep's score is not the artifact's standing score
+        pl.when(~is_[str(Kind.SPECULATION_ROLLED_BACK)]).then(pl.col("score")).alias("_score"),
+    )
+    out = rows.group_by("artifact_id", maintain_order=True).agg(
+        pl.col("parent_id").filter(admitted).last().alias("parent_id"),
+        pl.col("_parents").filter(admitted).last().alias("parents"),
+        pl.col("_origin").filter(admitted).last().alias("origin"),
+        pl.col("pool_version").filter(admitted).last(),
+        pl.col("frontier_version").filter(admitted).last(),
+        pl.col("_score").drop_nulls().last().alias("score"),
+        pl.coalesce(
+            pl.col("ts").filter(admitted).last(),
+            pl.col("ts").filter(is_[str(Kind.SPECULATIVE_ADMITTED)]).first(),
+        ).alias("admitted_ts"),
+        admitted.any().alias("admitted"),
+        is_[str(Kind.SPECULATIVE_ADMITTED)].any().alias("speculative"),
+        is_[str(Kind.SPECULATION_CONFIRMED)].any().alias("confirmed"),
+        is_[str(Kind.SPECULATION_ROLLED_BACK)].any().alias("tombstoned"),
+        pl.col("_patched_from").filter(admitted).last().alias("patched_from"),
+    )
+    # Parents of speculative-only rows come from the proposal that made them.
+    proposals = _of(df, Kind.PROPOSAL_MADE, Kind.GATE_PASSED, Kind.GATE_FAILED).filter(
+        pl.col("artifact_id").is_not_null() & pl.col("parent_id").is_not_null()
+    )
+    made_from = proposals.group_by("artifact_id", maintain_order=True).agg(
+        pl.col("parent_id").first().alias("_proposed_parent")
+    )
+    out = out.join(made_from, on="artifact_id", how="left")
+    out = out.with_columns(
+        pl.coalesce("parent_id", pl.col("parents").list.first(), "_proposed_parent").alias(
+            "parent_id"
+        ),
+        pl.col("patched_from").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))),
+    ).with_columns(
+        pl.when(pl.col("parents").is_null() | (pl.col("parents").list.len() == 0))
+        .then(
+            pl.when(pl.col("parent_id").is_not_null())
+            .then(pl.concat_list("parent_id"))
+            .otherwise(pl.lit([], dtype=pl.List(pl.Utf8)))
+        )
+        .otherwise(pl.col("parents"))
+        .alias("parents")
+    )
+    return (
+        out.select(list(ARTIFACTS_SCHEMA))
+        .cast(ARTIFACTS_SCHEMA)
+        .sort("admitted_ts", nulls_last=True, maintain_order=True)
     )
 
 
@@ -331,9 +340,10 @@ def throughput(df: pl.DataFrame, window_s: float = 60.0) -> pl.DataFrame:
     out = out.with_columns(
         (pl.col("count") * 60.0 / (pl.col("t_end") - pl.col("t_start"))).alias("per_min")
     )
+    rank = _rank(df)
     order = (
         pl.when(pl.col("group") == "stage")
-        .then(pl.col("series").replace_strict(_RANK, default=len(_RANK), return_dtype=pl.Int64))
+        .then(pl.col("series").replace_strict(rank, default=len(rank), return_dtype=pl.Int64))
         .otherwise(100)
         .alias("_rank")
     )
@@ -391,8 +401,10 @@ def backend_load(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def best_score_over_time(df: pl.DataFrame) -> pl.DataFrame:
-    """Best admitted validation score so far, one row per admission (non-decreasing)."""
-    adm = _of(df, Kind.ADMITTED).filter(pl.col("score").is_not_null())
+    """Best validation score of an admitted artifact so far, one row per score that became
+    known -- at admission, or later (``scored``, for workflows that validate some admitted
+    versions afterwards) -- non-decreasing."""
+    adm = _of(df, Kind.ADMITTED, Kind.SCORED).filter(pl.col("score").is_not_null())
     if adm.is_empty():
         return _empty(BEST_SCHEMA)
     out = adm.select("ts", "artifact_id", "score").with_columns(
@@ -429,9 +441,10 @@ def stage_time_breakdown(df: pl.DataFrame) -> pl.DataFrame:
         (pl.col("busy_s") / total if total > 0 else pl.lit(0.0)).alias("share"),
         pl.col("stage").replace_strict(waits, default=0.0, return_dtype=pl.Float64).alias("wait_s"),
     )
+    rank = _rank(df)
     out = out.with_columns(
         pl.col("stage")
-        .replace_strict(_RANK, default=len(_RANK), return_dtype=pl.Int64)
+        .replace_strict(rank, default=len(rank), return_dtype=pl.Int64)
         .alias("_rank")
     )
     return out.sort("_rank", "stage").select(list(BREAKDOWN_SCHEMA)).cast(BREAKDOWN_SCHEMA)
@@ -444,7 +457,6 @@ __all__ = [
     "BREAKDOWN_SCHEMA",
     "CONCURRENCY_SCHEMA",
     "REQUESTS_SCHEMA",
-    "STAGE_ORDER",
     "STALENESS_SCHEMA",
     "THROUGHPUT_SCHEMA",
     "artifacts",
@@ -457,6 +469,7 @@ __all__ = [
     "requests",
     "run_end",
     "run_info",
+    "stage_order",
     "stage_time_breakdown",
     "staleness",
     "throughput",

@@ -36,6 +36,9 @@ class Kind(StrEnum):
     VALIDATION_FINISHED = "validation_finished"  # one full validation sweep finished
     EARLY_REJECTED = "early_rejected"  # validation stopped: the bar can no longer be cleared
     ADMITTED = "admitted"
+    #: an artifact admitted earlier got its (new) validation score (ACE validates some playbook
+    #: versions after admitting them); the best-score series reads these with ``admitted``
+    SCORED = "scored"
     SPECULATIVE_ADMITTED = "speculative_admitted"
     SPECULATION_CONFIRMED = "speculation_confirmed"
     SPECULATION_ROLLED_BACK = "speculation_rolled_back"

@@ -6,6 +6,10 @@ Two limits, either of which may be switched off with ``None``:
   parent was chosen, ``"frontier"`` = Pareto-front changes since then);
 - ``max_age_s``: run-clock seconds since the item's basis was chosen.
 
+An item the workflow marks as conflicting (``StaleItem.conflict``: e.g. an ACE operation whose
+target bullets changed since its stamp) is discarded whatever its lag: Guarded never applies work
+it knows no longer fits.
+
 The paper leaves delta_max unspecified; 2 pool versions is our default because, with GEPA's
 Pareto selection, two admissions rarely move the candidate a proposal was built on out of the
 front, while longer lags increasingly mean the proposal fixes failures that are already fixed.
@@ -22,7 +26,8 @@ if TYPE_CHECKING:
 
 
 class Guarded:
-    """Accept a stale item if its lag <= ``max_lag`` and its age <= ``max_age_s``; else discard."""
+    """Accept a stale item if it has no conflict, its lag <= ``max_lag`` and its age <=
+    ``max_age_s``; else discard."""
 
     name = "guarded"
 
@@ -56,6 +61,10 @@ class Guarded:
             "max_lag": self.max_lag,
             "max_age_s": self.max_age_s,
         }
+        if item.conflict is not None:
+            return StaleDecision(
+                DISCARD, reason=f"conflict: {item.conflict}", data={**data, "limit": "conflict"}
+            )
         if self.max_lag is not None and lag > self.max_lag:
             return StaleDecision(
                 DISCARD,

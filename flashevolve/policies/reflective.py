@@ -1,17 +1,18 @@
 """*Reflective Async*: an LLM reviews stale proposals and accepts, discards or patches them.
 
 A stale proposal was written against a pool that has since moved on.  Unlike a stale gradient, a
-stale prompt is readable: a reviewer can see what the pool accepted meanwhile and decide whether
-the proposal still adds something.  Per review call the policy shows the reviewer
+stale prompt (or playbook operation, or harness) is readable: a reviewer can see what was accepted
+meanwhile and decide whether the proposal still adds something.  What the reviewer is shown, and
+what a repair is, belong to the workflow (:class:`~flashevolve.workflows.base.Repairable`): its
+``review_material`` renders the current state, what changed since the oldest stamp in the batch
+(capped at ~``history_tokens``) and each stale item with the feedback that motivated it; its
+``make_repair`` turns the reviewer's ``patched`` value into a repair (GEPA: the best with new
+component texts; ACE: delta operations rebased onto the current playbook); its ``apply_patch``
+says how the repair re-enters.  This module owns the rest: batching, order, the prompt's decision
+rules, the JSON answer ``{"decisions": [{"item", "decision": accept|discard|patch,
+"rationale"}], "patched": <repair> | null}`` and how decisions map back to items.
 
-- the current best artifact (what a patch is merged into),
-- what the pool admitted since the oldest stamp in the batch (newest first, score changes, capped
-  at ~``history_tokens`` with a 4-characters-per-token estimate),
-- each stale proposal with the minibatch feedback that motivated it,
-
-and asks for JSON: ``{"decisions": [{"item", "decision": accept|discard|patch, "rationale"}],
-"patched": {component: text} | null}``.  All items decided ``patch`` are folded into *one*
-repaired artifact (the best with ``patched`` merged in): the first of them in arrival order
+All items decided ``patch`` are folded into *one* repair: the first of them in arrival order
 carries it (action ``patch``), the others are ``merged`` into it.  An answer that is not valid
 JSON of that shape, or that was cut off at ``max_tokens``, is recorded with its reason and every
 item of the batch is discarded -- a malformed answer is never adopted.
@@ -32,11 +33,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flashevolve.artifacts import Artifact
 from flashevolve.backends.base import ChatRequest
 from flashevolve.events.schema import Kind
 from flashevolve.policies.reflective_prompt import (
-    CHARS_PER_TOKEN,
     ItemDecision,
     Parsed,
     PatchAnswer,
@@ -50,6 +49,7 @@ from flashevolve.policies.staleness import (
     MERGED,
     PATCH,
     POLICIES,
+    Repair,
     StaleDecision,
     StaleItem,
 )
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from flashevolve.runtime.context import StageContext
 
 __all__ = [
-    "CHARS_PER_TOKEN",
     "ItemDecision",
     "PatchAnswer",
     "Parsed",
@@ -82,6 +81,8 @@ class Reflective:
     """LLM-reviewed staleness: accept | discard | patch, batched up to ``k`` items per call."""
 
     name = "reflective"
+    #: it reviews and repairs: the workflow must implement Repairable (checked at construction)
+    needs_repair = True
 
     def __init__(
         self,
@@ -129,7 +130,6 @@ class Reflective:
         self._timer: asyncio.Task | None = None
         self._calls: set[asyncio.Task] = set()
         self._batches = 0
-        self._wired: Any = False
 
     def __repr__(self) -> str:
         return (
@@ -145,8 +145,7 @@ class Reflective:
         )
 
     async def decide(self, item: StaleItem, ctx: StageContext) -> StaleDecision:
-        self._wire(ctx)
-        if item.artifact is None:
+        if item.artifact is None and item.subject_id is None:
             return StaleDecision(ACCEPT, reason="no proposal to review at this stage")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(item, future))
@@ -160,18 +159,8 @@ class Reflective:
         """``k``, but never more than the workers of the checking stage: each waiting item holds
         one of them, so with fewer workers than ``k`` a batch could only ever leave by
         ``max_wait_s`` -- and the stage would stand still until then."""
-        runtime = ctx.settings.get("runtime")
-        workers = getattr(runtime, "targets", {}).get(stage) if runtime is not None else None
+        workers = ctx.workers(stage)
         return max(1, min(self.k, workers)) if workers else self.k
-
-    def _wire(self, ctx: StageContext) -> None:
-        """Tell the workflow whether patched artifacts go through the minibatch gate."""
-        workflow = getattr(ctx.settings.get("runtime"), "workflow", None)
-        if workflow is self._wired:  # once per run (the same policy object may be reused)
-            return
-        self._wired = workflow
-        if workflow is not None and hasattr(workflow, "gate_patches"):
-            workflow.gate_patches = self.gate_patches
 
     async def _flush_later(self, ctx: StageContext) -> None:
         await ctx.clock.sleep(self.max_wait_s)
@@ -245,14 +234,18 @@ class Reflective:
             raise ValueError(f"order {order} is not a permutation of the {len(items)} items")
         shown = [items[i] for i in order]
         position = {it.item_id: p for p, it in enumerate(shown)}
-        best = ctx.pool.best()
-        prompt = build_patch_prompt(
+        workflow = _repairable(ctx)
+        material = workflow.review_material(
             shown,
             ctx,
-            history_tokens=self.history_tokens,
-            artifact_chars=self.artifact_chars,
-            feedback_chars=self.feedback_chars,
+            limits={
+                "history_tokens": self.history_tokens,
+                "artifact_chars": self.artifact_chars,
+                "feedback_chars": self.feedback_chars,
+                "patch_chars": self.patch_chars,
+            },
         )
+        prompt = build_patch_prompt(shown, material)
         request = ChatRequest(
             messages=[{"role": "user", "content": prompt}],
             max_tokens=self.max_tokens,
@@ -261,13 +254,12 @@ class Reflective:
             stage="patch",
             item_id=items[0].item_id,
             metadata={"items": [it.item_id for it in items]},
-            extra_body=self._schema_body(shown, best) if self.review_schema else None,
+            extra_body=self._schema_body(shown, material) if self.review_schema else None,
         )
         base = {
             "batch": batch_id,
             "batch_size": len(items),
             "trigger": trigger,
-            "best_id": best.id,
             **_order_data(items, order),
         }
         if self.review_schema:
@@ -284,12 +276,12 @@ class Reflective:
                 )
                 for it in items
             ]
-        return self._apply(items, shown, parsed.answer, ctx, best, base)
+        return self._apply(items, shown, parsed.answer, ctx, base)
 
-    def _schema_body(self, items: list[StaleItem], best: Any) -> dict[str, Any]:
+    def _schema_body(self, items: list[StaleItem], material: Any) -> dict[str, Any]:
         schema = review_json_schema(
             item_ids=[it.item_id for it in items],
-            components=list(best.artifact.names),
+            patched=material.patch_schema,
             max_text=self.patch_chars,
             max_rationale=200,
         )
@@ -318,120 +310,117 @@ class Reflective:
         shown: list[StaleItem],
         answer: PatchAnswer,
         ctx: StageContext,
-        best: Any,
         base: dict[str, Any],
     ) -> list[StaleDecision]:
-        by_id = {d.item: d for d in answer.decisions}
-        matched = "id"
-        if not any(it.item_id in by_id for it in items):
-            if len(answer.decisions) == 1:  # one verdict for the whole batch
-                by_id = {it.item_id: answer.decisions[0] for it in items}
-                matched = "single"
-            elif len(answer.decisions) == len(items):
-                # the n-th decision belongs to the n-th item *as shown*
-                by_id = {it.item_id: d for it, d in zip(shown, answer.decisions, strict=True)}
-                matched = "position"
-        chosen: list[tuple[str, str]] = []
-        for it in items:
-            d = by_id.get(it.item_id)
-            chosen.append((d.decision, d.rationale) if d else (DISCARD, ""))
-        patch_ids = [it.item_id for it, (dec, _) in zip(items, chosen, strict=True) if dec == PATCH]
-        patched_art, patch_problem = None, None
+        by_id, matched = _match_decisions(items, shown, answer)
+        patch_ids = [it.item_id for it in items if _said(by_id, it) == PATCH]
+        repair: Repair | str | None = None
         if patch_ids:
-            patched_art, patch_problem = self._merge(items, patch_ids, answer.patched, ctx, best)
-        out: list[StaleDecision] = []
-        first_patch = True
+            patching = [it for it in items if it.item_id in patch_ids]
+            repair = _repairable(ctx).make_repair(patching, answer.patched, ctx)
+            if isinstance(repair, Repair):
+                self._emit_patch(ctx, repair, patch_ids)
         position = {it.item_id: p for p, it in enumerate(shown)}
-        for it, (dec, why) in zip(items, chosen, strict=True):
+        out: list[StaleDecision] = []
+        for it in items:
+            said = by_id.get(it.item_id)
+            why = said.rationale if said else ""
             data = {
                 **base,
                 "position": position[it.item_id],
                 "matched_by": matched,
                 "rationale": why,
-                "answered": dec,
+                "answered": said.decision if said else DISCARD,
             }
-            if it.item_id not in by_id:
-                out.append(
-                    StaleDecision(
-                        DISCARD, reason="the reviewer gave no decision for this item", data=data
-                    )
-                )
-            elif dec == PATCH and patched_art is None:
-                out.append(
-                    StaleDecision(DISCARD, reason=f"patch not usable: {patch_problem}", data=data)
-                )
-            elif dec == PATCH and first_patch:
-                first_patch = False
-                out.append(
-                    StaleDecision(
-                        PATCH,
-                        reason=why or "patched into the current best",
-                        artifact=patched_art,
-                        patched_from=tuple(patch_ids),
-                        data={**data, "patched_from": patch_ids},
-                    )
-                )
-            elif dec == PATCH:
-                out.append(
-                    StaleDecision(
-                        MERGED,
-                        reason=why or "merged into a shared patch",
-                        merged_into=patched_art.id,
-                        data={**data, "merged_into": patched_art.id},
-                    )
-                )
-            else:
-                out.append(StaleDecision(dec, reason=why or f"reviewer said {dec}", data=data))
+            out.append(self._one(it, said, why, repair, patch_ids, out, data))
         return out
 
-    def _merge(
+    def _one(
         self,
-        items: list[StaleItem],
+        item: StaleItem,
+        said: ItemDecision | None,
+        why: str,
+        repair: Repair | str | None,
         patch_ids: list[str],
-        patched: dict[str, str] | None,
-        ctx: StageContext,
-        best: Any,
-    ) -> tuple[Artifact | None, str | None]:
-        if not patched:
-            return None, "the answer has no 'patched' texts"
-        known = {k: v for k, v in patched.items() if k in best.artifact.components and v.strip()}
-        if not known:
-            return None, (
-                f"'patched' names no part of the current best "
-                f"({sorted(patched)} vs {best.artifact.names})"
+        earlier: list[StaleDecision],
+        data: dict[str, Any],
+    ) -> StaleDecision:
+        """The decision for one item of a reviewed batch."""
+        if said is None:
+            return StaleDecision(
+                DISCARD, reason="the reviewer gave no decision for this item", data=data
             )
-        comps = {**dict(best.artifact.components), **known}
-        stale = [it.artifact.id for it in items if it.item_id in patch_ids and it.artifact]
-        art = Artifact(
-            comps,
-            parents=(best.id, *stale),
-            origin="patch",
-            version_stamp=ctx.pool.pool_version,
-            frontier_stamp=ctx.pool.frontier_version,
-            meta={"patched_from": patch_ids, "next_component": best.next_component},
+        if said.decision != PATCH:
+            return StaleDecision(
+                said.decision, reason=why or f"reviewer said {said.decision}", data=data
+            )
+        if not isinstance(repair, Repair):
+            return StaleDecision(DISCARD, reason=f"patch not usable: {repair}", data=data)
+        if not any(d.action == PATCH for d in earlier):  # the first patched item carries it
+            return StaleDecision(
+                PATCH,
+                reason=why or "patched into the current state",
+                repair=repair,
+                patched_from=tuple(patch_ids),
+                recheck=self.gate_patches,
+                data={**data, "patched_from": patch_ids},
+            )
+        return StaleDecision(
+            MERGED,
+            reason=why or "merged into a shared patch",
+            merged_into=repair.id,
+            data={**data, "merged_into": repair.id},
         )
-        if art.id == best.id or all(
-            v.strip() == best.artifact.components[k].strip() for k, v in known.items()
-        ):
-            return None, "the patch leaves the current best unchanged"
-        if art.id in ctx.pool:
-            return None, f"the patch duplicates pool candidate {art.id}"
+
+    def _emit_patch(self, ctx: StageContext, repair: Repair, patch_ids: list[str]) -> None:
+        """One ``patch_made`` event per repair, with what the reviewer wrote (capped)."""
+        details = {
+            k: (
+                {n: str(t)[: self.artifact_chars] for n, t in v.items()}
+                if isinstance(v, dict)
+                else v
+            )
+            for k, v in repair.details.items()
+        }
         ctx.emit(
             Kind.PATCH_MADE,
             stage="patch",
-            artifact_id=art.id,
-            parent_id=best.id,
+            artifact_id=repair.id,
+            parent_id=repair.parent_id,
             version_stamp=ctx.pool.pool_version,
             frontier_stamp=ctx.pool.frontier_version,
-            data={
-                "patched_from": patch_ids,
-                "stale_artifacts": stale,
-                "components": sorted(known),
-                # what the reviewer wrote (capped), so a patch can be read in the log
-                "texts": {k: v[: self.artifact_chars] for k, v in known.items()},
-            },
+            data={"patched_from": patch_ids, "stale_artifacts": list(repair.absorbed), **details},
         )
-        return art, None
+
+
+def _repairable(ctx: StageContext) -> Any:
+    workflow = ctx.workflow
+    if workflow is None or not hasattr(workflow, "review_material"):
+        raise RuntimeError(
+            "the reflective policy needs a workflow that implements Repairable "
+            "(review_material, make_repair, apply_patch)"
+        )
+    return workflow
+
+
+def _said(by_id: dict[str, ItemDecision], item: StaleItem) -> str | None:
+    d = by_id.get(item.item_id)
+    return d.decision if d else None
+
+
+def _match_decisions(
+    items: list[StaleItem], shown: list[StaleItem], answer: PatchAnswer
+) -> tuple[dict[str, ItemDecision], str]:
+    """Which answered decision belongs to which item: by id; else one verdict for the whole
+    batch; else, with exactly one decision per item, by the position the item was shown at."""
+    by_id = {d.item: d for d in answer.decisions}
+    if any(it.item_id in by_id for it in items):
+        return by_id, "id"
+    if len(answer.decisions) == 1:
+        return {it.item_id: answer.decisions[0] for it in items}, "single"
+    if len(answer.decisions) == len(items):
+        return {it.item_id: d for it, d in zip(shown, answer.decisions, strict=True)}, "position"
+    return by_id, "id"
 
 
 def _order_data(items: list[StaleItem], order: list[int]) -> dict[str, Any]:

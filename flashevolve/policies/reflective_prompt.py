@@ -9,17 +9,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from flashevolve.artifacts import Artifact
-from flashevolve.policies.staleness import ACCEPT, DISCARD, PATCH, StaleItem
+from flashevolve.policies.staleness import ACCEPT, DISCARD, PATCH, ReviewMaterial, StaleItem
 
-if TYPE_CHECKING:
-    from flashevolve.runtime.context import StageContext
-
-CHARS_PER_TOKEN = 4
 #: Lenient spellings a small model uses for the three decisions.
 _SYNONYMS = {
     "reject": DISCARD,
@@ -64,14 +59,15 @@ class PatchAnswer(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     decisions: list[ItemDecision]
-    patched: dict[str, str] | None = None
+    #: the repair, in the shape the workflow asked for (its make_repair validates it)
+    patched: Any = None
 
 
 def review_json_schema(
     max_items: int = 16,
     item_ids: list[str] | None = None,
     max_text: int = 4000,
-    components: list[str] | None = None,
+    patched: dict[str, Any] | None = None,
     max_rationale: int = 300,
 ) -> dict[str, Any]:
     """The answer schema as JSON Schema, for servers with constrained decoding.
@@ -80,26 +76,20 @@ def review_json_schema(
     "json_schema", "json_schema": {"name": "review", "schema": review_json_schema(k)}}}``; with
     ``max_items = k`` a small model cannot ramble on with invented items.  ``Reflective(
     review_schema=True)`` does this per request, with the batch's own ``item_ids`` (exactly one
-    decision per item, ids from the batch) and the best artifact's ``components`` (the only keys
-    ``patched`` may use).  Every text is capped, so a constrained answer has a bounded length.
-    The parser stays the judge either way; the schema only makes valid answers likelier.
+    decision per item, ids from the batch) and the workflow's schema of a repair as ``patched``
+    (GEPA: complete texts for the best's components).  Every text is capped, so a constrained
+    answer has a bounded length.  The parser stays the judge either way; the schema only makes
+    valid answers likelier.
     """
     item: dict[str, Any] = {"type": "string", "maxLength": 32}
     n_min = 1
     if item_ids:
         item = {"type": "string", "enum": list(item_ids)}
         n_min = max_items = len(item_ids)
-    text: dict[str, Any] = {"type": "string", "maxLength": max_text}
-    patched_obj: dict[str, Any] = {"type": "object", "additionalProperties": text}
-    if components:
-        text = {"type": "string", "minLength": 1, "maxLength": max_text}
-        patched_obj = {
-            "type": "object",
-            "properties": {name: text for name in components},
-            # one component: its text is required; several: any subset of them
-            "required": list(components) if len(components) == 1 else [],
-            "additionalProperties": False,
-        }
+    patched_obj: dict[str, Any] = patched or {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": max_text},
+    }
     return {
         "type": "object",
         "properties": {
@@ -180,20 +170,15 @@ def parse_answer(text: str, finish_reason: str | None = "stop") -> Parsed:
 # -- the prompt ----------------------------------------------------------------------------------
 
 PROMPT_INTRO = """\
-You review stale proposals in an evolutionary search over text artifacts (prompts or other
-instructions for an AI system). Each proposal below was written by looking at a small batch of
-failures of an *older* artifact. While it waited, other proposals were accepted, so the artifact
-it tried to improve is no longer the current best.
+You review stale proposals in an evolutionary search over text artifacts. Each proposal was made
+against an older state of the search; while it waited, other proposals were accepted.
 
 For every stale item decide one of:
-- "accept": the proposal still adds something the current best lacks; test it as it is.
-- "discard": its ideas are already covered by the current best or by what was accepted
+- "accept": the proposal still adds something the current state lacks; use it as it is.
+- "discard": its ideas are already covered by the current state or by what was accepted
   meanwhile, or it only fits the few examples it was written for.
-- "patch": it holds a transferable idea (an output rule, a reasoning step, a way to handle a
-  constraint, a style requirement) that the current best lacks. Keep that idea, drop details that
-  only fit its own examples, and merge it into the current best.
-
-All items you mark "patch" are merged together into ONE repaired version of the current best.
+- "patch": it holds a transferable idea the current state lacks; repair it against the current
+  state (the repair's shape is given under "Answer format").
 """
 
 PROMPT_ANSWER = """\
@@ -201,114 +186,31 @@ PROMPT_ANSWER = """\
 Reply with one JSON object and nothing else:
 {{"decisions": [{{"item": "<stale item id>", "decision": "accept" | "discard" | "patch",
 "rationale": "<one sentence>"}}, ...],
- "patched": {{"<name of the part you changed>": "<its complete new text>"}} or null}}
+ "patched": <the repair> or null}}
 Give one decision per stale item ({ids}). "patched" is required when any decision is "patch" and
-must be null otherwise; it holds complete replacement texts for parts of the current best
-artifact ({names}), never fragments.
+must be null otherwise. The repair: {patch_format}.
 """
 
 
-def _clip(text: str, limit: int) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[: max(0, limit - 16)] + " [... clipped]"
+def build_patch_prompt(items: list[StaleItem], material: ReviewMaterial) -> str:
+    """The reviewer's prompt: the generic decision rules, then the workflow's material.
 
-
-def render_components(art: Artifact, names: list[str] | None = None, limit: int = 4000) -> str:
-    parts = []
-    for name in names or art.names:
-        parts.append(f'component "{name}":\n```\n{_clip(art[name], limit)}\n```')
-    return "\n".join(parts)
-
-
-def render_history(ctx: StageContext, since: int, budget_chars: int, limit: int) -> str:
-    """What the pool admitted after version ``since``: newest first, with score changes."""
-    records = ctx.pool.records
-    best_before: dict[str, float] = {}
-    running = float("-inf")
-    for r in records:
-        best_before[r.id] = running
-        if r.alive:
-            running = max(running, r.mean_score)
-    lines: list[str] = []
-    used = 0
-    history = sorted(ctx.pool.history_since(since), key=lambda r: -r.index)
-    for n, r in enumerate(history):
-        before = best_before[r.id]
-        change = (
-            f"best {before:.3f} -> {max(before, r.mean_score):.3f}"
-            if before > float("-inf")
-            else "first candidate"
-        )
-        changed = [
-            c
-            for c in r.artifact.names
-            if not r.parents
-            or r.parents[0] not in ctx.pool
-            or ctx.pool.get(r.parents[0]).artifact.components.get(c) != r.artifact[c]
-        ]
-        entry = (
-            f"- {r.id} ({r.artifact.origin}, status {r.status}): validation score "
-            f"{r.mean_score:.3f} ({change}); changed: {', '.join(changed) or 'nothing'}\n"
-            + "\n".join(f"  {c}: {_clip(r.artifact[c], limit)!r}" for c in changed)
-        )
-        if used + len(entry) > budget_chars and lines:
-            lines.append(f"- ... {len(history) - n} older admissions omitted")
-            break
-        lines.append(_clip(entry, budget_chars))
-        used += len(entry)
-    return "\n".join(lines) if lines else "(nothing admitted since)"
-
-
-def render_feedback(feedback: Any, limit: int) -> str:
-    lines = []
-    for rec in feedback or ():
-        inp = rec.get("input", "")
-        lines.append(
-            f"- example {rec.get('example_id', '?')} (score {float(rec.get('score', 0)):.2f}): "
-            f"input {_clip(inp, limit)!r}; feedback: {_clip(rec.get('feedback', ''), limit)}"
-        )
-    return "\n".join(lines) if lines else "- (no minibatch feedback recorded)"
-
-
-def build_patch_prompt(
-    items: list[StaleItem],
-    ctx: StageContext,
-    *,
-    history_tokens: int,
-    artifact_chars: int = 4000,
-    feedback_chars: int = 300,
-) -> str:
-    best = ctx.pool.best()
-    since = min(it.version_stamp for it in items)
+    Section headers matter to the simulator's patch answers (``respond_patch``): the current
+    state sits under a header naming "current", each stale item under one naming "item <id>".
+    """
     parts = [
         PROMPT_INTRO,
-        f"## Current best artifact (id {best.id}, validation score {best.mean_score:.3f})",
-        render_components(best.artifact, limit=artifact_chars),
+        material.what,
         "",
-        f"## Accepted since the oldest proposal was made (pool version {since} -> "
-        f"{ctx.pool.pool_version}), newest first",
-        render_history(ctx, since, history_tokens * CHARS_PER_TOKEN, artifact_chars // 4),
+        "## Current state",
+        material.current,
+        "",
+        "## Changes since the oldest proposal was made",
+        material.history,
         "",
     ]
     for it in items:
-        assert it.artifact is not None
-        parent = it.parent
-        changed = [
-            c
-            for c in it.artifact.names
-            if parent is None or parent.components.get(c) != it.artifact[c]
-        ]
-        parent_note = f"made from {parent.id}" if parent is not None else "parent unknown"
-        # The proposal's text comes first in its section (simulator convention, see
-        # flashevolve.backends.sim.workload.respond_patch).
-        parts += [
-            f"## Stale item {it.item_id} ({parent_note}, lag {it.lag})",
-            render_components(it.artifact, changed or None, limit=artifact_chars),
-            "Feedback on the minibatch that motivated it:",
-            render_feedback(it.feedback, feedback_chars),
-            "",
-        ]
+        parts += [f"## Stale item {it.item_id}", material.items.get(it.item_id, "(not shown)"), ""]
     ids = ", ".join(f'"{it.item_id}"' for it in items)
-    names = ", ".join(f'"{n}"' for n in best.artifact.names)
-    parts.append(PROMPT_ANSWER.format(ids=ids, names=names))
+    parts.append(PROMPT_ANSWER.format(ids=ids, patch_format=material.patch_format))
     return "\n".join(parts)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flashevolve.pool import TOMBSTONED, ArtifactPool
-from flashevolve.tasks.base import Example, Rollout
+from flashevolve.tasks.base import Example
 
 if TYPE_CHECKING:
     from flashevolve.runtime.context import StageContext
@@ -48,87 +48,6 @@ if TYPE_CHECKING:
 def prefix_size(n: int, alpha: float) -> int:
     """``ceil(alpha * n)``, at least 1 and at most ``n`` (a tiny epsilon absorbs float noise)."""
     return max(1, min(n, math.ceil(alpha * n - 1e-9)))
-
-
-class Fanout:
-    """One artifact run on many examples with bounded concurrency; results as they land.
-
-    Requests start in the examples' order (the semaphore is FIFO), so a prefix of the list is
-    served first.  ``cancel_rest()`` cancels the unfinished requests; with the simulator or an
-    HTTP backend that aborts the request server-side.
-    """
-
-    def __init__(
-        self,
-        ctx: StageContext,
-        components: Mapping[str, str],
-        examples: Sequence[Example],
-        *,
-        stage: str,
-        item_id: str,
-        concurrency: int,
-    ) -> None:
-        self.ctx = ctx
-        self.examples = list(examples)
-        self.results: dict[int, Rollout] = {}
-        self.order: list[int] = []  # indices in landing order
-        self._landed = asyncio.Event()
-        sem = asyncio.Semaphore(max(1, concurrency))
-        seed_rng = ctx.rng(f"seed:{stage}")
-        seeds = [seed_rng.randrange(2**31) for _ in self.examples]
-
-        async def one(i: int, example: Example, seed: int) -> None:
-            async with sem:
-                rollout = await ctx.task.rollout(
-                    components, example, ctx.task_llm, stage=stage, item_id=item_id, seed=seed
-                )
-            ctx.tracker.metric_calls += 1
-            self.results[i] = rollout
-            self.order.append(i)
-            self._landed.set()
-
-        self.tasks = [
-            asyncio.create_task(one(i, ex, s))
-            for i, (ex, s) in enumerate(zip(self.examples, seeds, strict=True))
-        ]
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    async def next_landing(self) -> None:
-        """Wait until at least one more result lands (or every request ended)."""
-        before = len(self.results)
-        while len(self.results) == before:
-            if all(t.done() for t in self.tasks):
-                for t in self.tasks:  # surface a request's exception, as gather would
-                    if not t.cancelled() and t.exception() is not None:
-                        raise t.exception()  # type: ignore[misc]
-                return
-            self._landed.clear()
-            waiter = asyncio.create_task(self._landed.wait())
-            try:
-                await asyncio.wait(
-                    [waiter, *[t for t in self.tasks if not t.done()]],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                waiter.cancel()
-
-    def cancel_rest(self) -> int:
-        """Cancel every request not finished yet; returns how many were cancelled."""
-        n = 0
-        for t in self.tasks:
-            if not t.done():
-                t.cancel()
-                n += 1
-        return n
-
-    def cancel_all(self) -> None:
-        self.cancel_rest()
-
-    def scores(self, indices: Sequence[int] | None = None) -> dict[str, float]:
-        idx = sorted(self.results) if indices is None else indices
-        return {self.examples[i].id: self.results[i].score for i in idx}
 
 
 @dataclass
@@ -164,6 +83,13 @@ class Speculation:
             self.bar is None or self.bar in ("parent", "best") or isinstance(self.bar, int | float)
         ):
             raise ValueError(f"bar must be 'parent', 'best', a number or None, not {self.bar!r}")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The reordering's pass streaks (what a resumed run needs to order alike)."""
+        return {"streak": dict(self.streak)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.streak = {str(k): int(v) for k, v in dict(state.get("streak", {})).items()}
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n

@@ -6,10 +6,14 @@ every stale item that reaches a checking stage to the policy and obeys the retur
 
 - ``accept``  -- process it as is;
 - ``discard`` -- drop it (its job ends);
-- ``patch``   -- replace its artifact with ``decision.artifact`` (re-stamped to the current pool);
+- ``patch``   -- replace it with ``decision.repair`` (the workflow's ``apply_patch`` says how a
+  repair re-enters: GEPA merges a patched prompt into the best, ACE rebases delta operations);
 - ``merged``  -- drop it because its content went into another item's patch.
 
-Policies are small objects; the LLM-backed ones receive what they need through the context.
+What a stale item *is* belongs to the workflow (``Workflow.stale_view``): a policy sees a
+:class:`StaleItem`, and an LLM-backed policy asks the workflow for the review material and the
+repair (:class:`~flashevolve.workflows.base.Repairable`).  Policies are small objects; they get
+what they need through the context.
 """
 
 from __future__ import annotations
@@ -41,22 +45,63 @@ class StaleItem:
     parent: Artifact | None  # what the proposal was derived from
     feedback: Sequence[dict[str, Any]] = ()  # the item's own minibatch records
     payload: Any = None
+    #: Why the item no longer fits the present, when the workflow can tell (ACE: the bullets an
+    #: UPDATE targets changed since its stamp); None when it cannot (GEPA: only the lag says).
+    #: Guarded discards an item with a conflict whatever its lag.
+    conflict: str | None = None
+    #: Stale by the counter, but the workflow checked that nothing it depends on changed (ACE:
+    #: an ADD whose text no bullet covers): accepted without asking the policy.
+    clean: bool = False
+    #: A short id of what the item proposes, for events (an artifact id, an operation id).
+    subject_id: str | None = None
+
+
+@dataclass(slots=True)
+class Repair:
+    """A reviewer's repair of one or more stale items, built by the workflow
+    (:meth:`~flashevolve.workflows.base.Repairable.make_repair`)."""
+
+    id: str  # GEPA: the patched artifact's id; ACE: a hash of the rebased operations
+    value: Any  # what the workflow's apply_patch re-injects (an Artifact, operations, ...)
+    parent_id: str | None = None  # what it was built on (the current best, the playbook head)
+    #: ids of the stale proposals it absorbed (lineage edges in the views)
+    absorbed: tuple[str, ...] = ()
+    #: what the ``patch_made`` event records (texts, operations), kept readable in the log
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class StaleDecision:
     action: str
     reason: str = ""
-    artifact: Artifact | None = None  # the repaired artifact, for ``patch``
-    merged_into: str | None = None  # artifact id, for ``merged``
-    patched_from: tuple[str, ...] = ()  # item ids folded into ``artifact``
+    repair: Repair | None = None  # for ``patch``
+    merged_into: str | None = None  # repair id, for ``merged``
+    patched_from: tuple[str, ...] = ()  # item ids folded into ``repair``
+    #: send a repair through the workflow's screen again (GEPA: the minibatch gate) before it
+    #: is admitted; the Reflective policy's ``gate_patches`` setting
+    recheck: bool = True
     data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.action not in DECISIONS:
-            raise ValueError(f"unknown staleness decision {self.action!r}")
-        if self.action == PATCH and self.artifact is None:
-            raise ValueError("a patch decision must carry the repaired artifact")
+            raise ValueError(
+                f"unknown staleness decision {self.action!r}; choose one of {DECISIONS}"
+            )
+        if self.action == PATCH and self.repair is None:
+            raise ValueError("a patch decision must carry the repair")
+
+
+@dataclass(slots=True)
+class ReviewMaterial:
+    """What a reviewing policy shows its LLM, written by the workflow (its own words)."""
+
+    what: str  # one paragraph: what the artifacts are and what a repair means here
+    current: str  # the current state a repair builds on (the best prompt, the playbook)
+    history: str  # what changed since the oldest stale item was made
+    items: dict[str, str]  # item id -> the stale item rendered (with its motivating feedback)
+    patch_format: str  # how ``patched`` must look in the answer
+    #: JSON Schema of ``patched`` (for servers with constrained decoding); None: any JSON
+    patch_schema: dict[str, Any] | None = None
 
 
 @runtime_checkable

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flashevolve.events.schema import Event, Kind
+
 
 class Budget(BaseModel):
     """Stop conditions; the first one reached stops the run.
@@ -43,11 +45,33 @@ class Budget(BaseModel):
 
 
 class BudgetTracker:
+    """What a run has spent.  Proposals are counted from the event log (``proposal_made``,
+    whatever the workflow), metric calls by the evaluation machinery, tokens by the backend
+    wrapper.  On resume the counts continue (a count budget covers the whole run); the time
+    budget is run-clock seconds *more* (see ``flashevolve run --resume``)."""
+
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.proposals = 0
         self.metric_calls = 0
         self.tokens = 0
+
+    def observe(self, event: Event) -> None:
+        """Event-log subscriber: count proposals."""
+        if event.kind == Kind.PROPOSAL_MADE:
+            self.proposals += 1
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "proposals": self.proposals,
+            "metric_calls": self.metric_calls,
+            "tokens": self.tokens,
+        }
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.proposals = int(state.get("proposals", 0))
+        self.metric_calls = int(state.get("metric_calls", 0))
+        self.tokens = int(state.get("tokens", 0))
 
     def exhausted(self) -> str | None:
         """The reason a count budget is used up, or None."""

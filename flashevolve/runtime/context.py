@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flashevolve.backends.base import LLM
 from flashevolve.events.log import EventLog
@@ -16,6 +15,19 @@ from flashevolve.pool import ArtifactPool
 from flashevolve.runtime.budget import BudgetTracker
 from flashevolve.runtime.clock import Clock
 from flashevolve.tasks.base import Task
+
+if TYPE_CHECKING:
+    from flashevolve.policies.staleness import StaleDecision, StaleItem
+
+
+class RuntimeHandle(Protocol):
+    """What handlers and policies may ask of the running scheduler."""
+
+    targets: dict[str, int]  # worker count per stage
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task: ...
+
+    async def judge_stale(self, view: StaleItem, *, stage: str) -> StaleDecision: ...
 
 
 @dataclass
@@ -31,10 +43,14 @@ class StageContext:
     #: ``"per-stage"``: every stream has its own seeded RNG (default); ``"shared"``: one RNG for
     #: everything, as GEPA does (the order of draws then couples the streams).
     rng_mode: str = "per-stage"
-    settings: dict[str, Any] = field(default_factory=dict)
-    speculation: Any = None  # speculation policy object (see flashevolve.policies.speculation)
+    speculation: Any = None  # speculation settings (flashevolve.policies.speculation)
+    #: The workflow of the run: policies ask it how stale items look and how repairs re-enter.
+    workflow: Any = None
+    #: The scheduler running this context (None when a policy or handler is driven directly,
+    #: e.g. in a test).
+    runtime: RuntimeHandle | None = None
     _rngs: dict[str, random.Random] = field(default_factory=dict)
-    _counters: dict[str, itertools.count] = field(default_factory=dict)
+    _counters: dict[str, int] = field(default_factory=dict)
 
     def rng(self, stream: str) -> random.Random:
         key = "shared" if self.rng_mode == "shared" else stream
@@ -44,8 +60,9 @@ class StageContext:
         return self._rngs[key]
 
     def new_id(self, prefix: str) -> str:
-        counter = self._counters.setdefault(prefix, itertools.count(1))
-        return f"{prefix}{next(counter)}"
+        n = self._counters.get(prefix, 0) + 1
+        self._counters[prefix] = n
+        return f"{prefix}{n}"
 
     def now(self) -> float:
         return self.clock.now()
@@ -54,12 +71,43 @@ class StageContext:
         """Background work owned by the run (a speculative tail, a policy's timer): the runtime
         cancels it at shutdown, so nothing outlives the run.  Without a runtime (a policy driven
         directly in a test) it is a plain task."""
-        runtime = self.settings.get("runtime")
-        if runtime is not None and hasattr(runtime, "spawn"):
-            return runtime.spawn(coro, name=name)
+        if self.runtime is not None:
+            return self.runtime.spawn(coro, name=name)
         return asyncio.create_task(coro, name=name)
+
+    def workers(self, stage: str) -> int | None:
+        """Workers of ``stage`` in the running scheduler (None without one)."""
+        return None if self.runtime is None else self.runtime.targets.get(stage)
 
     def emit(self, kind: Kind | str, **fields: Any) -> Event:
         fields.setdefault("pool_version", self.pool.pool_version)
         fields.setdefault("frontier_version", self.pool.frontier_version)
         return self.log.emit(kind, **fields)
+
+    # -- what survives a restart ----------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Every RNG stream's state and the id counters, as plain JSON values."""
+        return {
+            "rngs": {k: _rng_state(r) for k, r in sorted(self._rngs.items())},
+            "counters": dict(self._counters),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue the RNG streams and id counters of a :meth:`snapshot` (so a resumed run
+        draws what the uninterrupted one would have drawn, and its ids do not repeat)."""
+        for key, raw in dict(state.get("rngs", {})).items():
+            rng = random.Random()
+            rng.setstate(_rng_from_json(raw))
+            self._rngs[key] = rng
+        for prefix, n in dict(state.get("counters", {})).items():
+            self._counters[prefix] = max(int(n), self._counters.get(prefix, 0))
+
+
+def _rng_state(rng: random.Random) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(raw: Any) -> tuple[Any, ...]:
+    version, internal, gauss = raw
+    return (int(version), tuple(int(x) for x in internal), gauss)

@@ -18,7 +18,15 @@ from typing import Any
 
 from flashevolve.errors import ConfigError
 from flashevolve.events.schema import Kind
-from flashevolve.policies.staleness import DISCARD, MERGED, PATCH, StalenessPolicy
+from flashevolve.policies.staleness import (
+    ACCEPT,
+    DISCARD,
+    MERGED,
+    PATCH,
+    StaleDecision,
+    StaleItem,
+    StalenessPolicy,
+)
 from flashevolve.policies.wind_down import WindDown
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.items import StageSpec, WorkItem
@@ -79,8 +87,11 @@ class Runtime:
         config: RuntimeConfig,
         policy: StalenessPolicy,
         controller: Any = None,
+        on_job: Any = None,
     ) -> None:
         self.workflow = workflow
+        #: called after every new job (the run directory saves the workflow's state there)
+        self.on_job = on_job
         self.ctx = ctx
         self.config = config
         self.policy = policy
@@ -269,6 +280,8 @@ class Runtime:
                 self._slots.release()
                 await ctx.clock.sleep(0.1)
                 continue
+            if self.on_job is not None:
+                self.on_job()
             job_id = ctx.new_id("j")
             self._job_items[job_id] = 0
             self._enqueue(
@@ -427,27 +440,7 @@ class Runtime:
         """Ask the policy about a stale item; returns False when the item is dropped."""
         ctx = self.ctx
         view = self.workflow.stale_view(item, ctx, lag=lag, frontier_lag=flag)
-        decision = await self.policy.decide(view, ctx)
-        result_id = None
-        if decision.action == PATCH and decision.artifact is not None:
-            result_id = decision.artifact.id
-        elif decision.action == MERGED:
-            result_id = decision.merged_into
-        elif view.artifact is not None:
-            result_id = view.artifact.id
-        ctx.emit(
-            Kind.STALE_DETECTED,
-            stage=stage,
-            item_id=item.item_id,
-            artifact_id=result_id,
-            version_stamp=item.version_stamp,
-            frontier_stamp=item.frontier_stamp,
-            lag=lag,
-            frontier_lag=flag,
-            decision=decision.action,
-            reason=decision.reason,
-            data={"policy": self.policy.name, **decision.data},
-        )
+        decision = await self.judge_stale(view, stage=stage)
         if decision.action in (DISCARD, MERGED):
             ctx.emit(
                 Kind.ITEM_DROPPED,
@@ -462,6 +455,42 @@ class Runtime:
             item.frontier_stamp = ctx.pool.frontier_version
             item.patched = True
         return True
+
+    async def judge_stale(self, view: StaleItem, *, stage: str) -> StaleDecision:
+        """The policy's decision on one stale piece of work, logged as ``stale_detected``.
+
+        Stages with ``check_staleness`` come here for every stale item; a workflow that judges
+        finer-grained work inside a handler (ACE: each delta operation of a batch) calls it
+        through ``ctx.runtime``.  A view the workflow marked ``clean`` (stale by the counter,
+        but nothing it depends on changed) is accepted without asking the policy.
+        """
+        ctx = self.ctx
+        if view.clean:
+            decision = StaleDecision(ACCEPT, reason="nothing it depends on changed since its stamp")
+            policy = "workflow"
+        else:
+            decision = await self.policy.decide(view, ctx)
+            policy = self.policy.name
+        if decision.action == PATCH and decision.repair is not None:
+            result_id = decision.repair.id
+        elif decision.action == MERGED:
+            result_id = decision.merged_into
+        else:
+            result_id = view.subject_id
+        ctx.emit(
+            Kind.STALE_DETECTED,
+            stage=stage,
+            item_id=view.item_id,
+            artifact_id=result_id,
+            version_stamp=view.version_stamp,
+            frontier_stamp=ctx.pool.frontier_version - view.frontier_lag,
+            lag=view.lag,
+            frontier_lag=view.frontier_lag,
+            decision=decision.action,
+            reason=decision.reason,
+            data={"policy": policy, "conflict": view.conflict, **decision.data},
+        )
+        return decision
 
 
 def resolve_workers(workers: Mapping[str, int] | None, workflow: Any) -> dict[str, int]:

@@ -1,4 +1,10 @@
-"""Running an artifact on a batch of examples, concurrently and with accounting."""
+"""Running an artifact on a batch of examples, concurrently and with accounting.
+
+One piece of machinery for every workflow: :class:`Fanout` starts one rollout per example (at
+most ``concurrency`` at once, in the examples' order), hands results out as they land, and can
+cancel what is still running (speculative completion releases a stage on a prefix and cancels or
+keeps the tail).  :func:`run_examples` is the common case: wait for all of them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,103 @@ from collections.abc import Mapping, Sequence
 
 from flashevolve.runtime.context import StageContext
 from flashevolve.tasks.base import Example, Rollout
+
+
+class Fanout:
+    """One artifact run on many examples with bounded concurrency; results as they land.
+
+    Requests start in the examples' order (the semaphore is FIFO), so a prefix of the list is
+    served first.  Each example is one metric call.  ``cancel_rest()`` cancels the unfinished
+    rollouts; with the simulator or an HTTP backend that aborts the request server-side.
+    """
+
+    def __init__(
+        self,
+        ctx: StageContext,
+        components: Mapping[str, str],
+        examples: Sequence[Example],
+        *,
+        stage: str,
+        item_id: str,
+        concurrency: int,
+    ) -> None:
+        self.ctx = ctx
+        self.examples = list(examples)
+        self.results: dict[int, Rollout] = {}
+        self.order: list[int] = []  # indices in landing order
+        self._landed = asyncio.Event()
+        sem = asyncio.Semaphore(max(1, concurrency))
+        # One seed per example from the stage's own stream: equal runs send equal requests.
+        seed_rng = ctx.rng(f"seed:{stage}")
+        seeds = [seed_rng.randrange(2**31) for _ in self.examples]
+
+        async def one(i: int, example: Example, seed: int) -> None:
+            async with sem:
+                rollout = await ctx.task.rollout(
+                    components, example, ctx.task_llm, stage=stage, item_id=item_id, seed=seed
+                )
+            ctx.tracker.metric_calls += 1
+            self.results[i] = rollout
+            self.order.append(i)
+            self._landed.set()
+
+        self.tasks = [
+            asyncio.create_task(one(i, ex, s))
+            for i, (ex, s) in enumerate(zip(self.examples, seeds, strict=True))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def done(self) -> bool:
+        return all(t.done() for t in self.tasks)
+
+    async def next_landing(self) -> None:
+        """Wait until at least one more result lands (or every rollout ended).
+
+        A rollout that raised re-raises here, as ``gather`` would.
+        """
+        before = len(self.results)
+        while len(self.results) == before:
+            for t in self.tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            if self.done():
+                return
+            self._landed.clear()
+            waiter = asyncio.create_task(self._landed.wait())
+            try:
+                await asyncio.wait(
+                    [waiter, *[t for t in self.tasks if not t.done()]],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                waiter.cancel()
+
+    async def until(self, count: int) -> None:
+        """Wait until the first ``count`` examples (in list order) have landed."""
+        while not all(i in self.results for i in range(count)):
+            await self.next_landing()
+            if self.done() and not all(i in self.results for i in range(count)):
+                raise RuntimeError(f"{self.ctx.task.name}: rollouts ended without results")
+
+    async def all(self) -> list[Rollout]:
+        """Every result, in the examples' order."""
+        await self.until(len(self))
+        return [self.results[i] for i in range(len(self))]
+
+    def cancel_rest(self) -> int:
+        """Cancel every rollout not finished yet; returns how many were cancelled."""
+        n = 0
+        for t in self.tasks:
+            if not t.done():
+                t.cancel()
+                n += 1
+        return n
+
+    def scores(self, indices: Sequence[int] | None = None) -> dict[str, float]:
+        idx = sorted(self.results) if indices is None else indices
+        return {self.examples[i].id: self.results[i].score for i in idx}
 
 
 async def run_examples(
@@ -18,20 +121,11 @@ async def run_examples(
     item_id: str,
     concurrency: int,
 ) -> list[Rollout]:
-    """Roll the artifact out on every example, at most ``concurrency`` requests at once.
-
-    Results come back in the examples' order.  Each example is one metric call.
-    """
-    sem = asyncio.Semaphore(max(1, concurrency))
-    seed_rng = ctx.rng(f"seed:{stage}")
-    seeds = [seed_rng.randrange(2**31) for _ in examples]
-
-    async def one(example: Example, seed: int) -> Rollout:
-        async with sem:
-            rollout = await ctx.task.rollout(
-                components, example, ctx.task_llm, stage=stage, item_id=item_id, seed=seed
-            )
-        ctx.tracker.metric_calls += 1
-        return rollout
-
-    return list(await asyncio.gather(*(one(ex, s) for ex, s in zip(examples, seeds, strict=True))))
+    """Roll the artifact out on every example (at most ``concurrency`` at once); results come
+    back in the examples' order.  If the caller is cancelled or a rollout raises, the rest are
+    cancelled too: nothing keeps running for a caller that has gone."""
+    fan = Fanout(ctx, components, examples, stage=stage, item_id=item_id, concurrency=concurrency)
+    try:
+        return await fan.all()
+    finally:
+        fan.cancel_rest()

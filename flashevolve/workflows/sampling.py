@@ -31,6 +31,22 @@ class EpochSampler:
         start %= len(self.order)
         return self.order[start : start + self.b]
 
+    def to_state(self) -> dict[str, object]:
+        """Where the sampler is (the RNG's own state is saved with the run's other streams)."""
+        return {
+            "order": list(self.order),
+            "epoch": self.epoch,
+            "uses": [[i, n] for i, n in sorted(self.uses.items())],
+        }
+
+    def load_state(self, state: dict[str, object]) -> None:
+        order = [int(i) for i in state.get("order", [])]  # type: ignore[union-attr]
+        if any(not 0 <= i < self.n for i in order):
+            raise ValueError("the saved minibatch order does not fit this train split")
+        self.order = order
+        self.epoch = int(state.get("epoch", -1))  # type: ignore[arg-type]
+        self.uses = Counter({int(i): int(n) for i, n in state.get("uses", [])})  # type: ignore[union-attr]
+
     def _reshuffle(self) -> None:
         order = list(range(self.n))
         self.rng.shuffle(order)

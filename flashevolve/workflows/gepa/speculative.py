@@ -1,6 +1,13 @@
-"""The GEPA stage handlers with speculative completion (see :mod:`.speculation` for the rules).
+"""GEPA's rollout and validate stages with speculative completion.
 
-``GepaWorkflow._rollout`` / ``_validate`` call these when ``ctx.speculation`` is set.
+The settings and the generic rules (prefix size, the bar, exact early reject, reordering) live in
+:mod:`flashevolve.policies.speculation`; this module applies them to GEPA's two stages:
+
+- rollout: release the parent's minibatch results to reflection once ``rollout_alpha`` of them
+  landed; the late ones are still awaited and recorded in the background;
+- validate: score the (reordered) validation set prefix first; admit speculatively when the
+  prefix clears the bar, confirm or roll back when the tail lands; reject exactly and early when
+  the bar can no longer be cleared.
 """
 
 from __future__ import annotations
@@ -9,38 +16,49 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from flashevolve.events.schema import Kind
-from flashevolve.policies.speculation import Fanout, Speculation, parent_rolled_back, prefix_size
+from flashevolve.policies.speculation import Speculation, parent_rolled_back, prefix_size
+from flashevolve.workflows.evaluation import Fanout, run_examples
+from flashevolve.workflows.gepa.events import emit_admitted
+from flashevolve.workflows.gepa.items import Reflectable
 
 if TYPE_CHECKING:
     from flashevolve.runtime.context import StageContext
+    from flashevolve.runtime.items import WorkItem
+    from flashevolve.workflows.gepa.workflow import GepaWorkflow
 
-
-# -- GEPA stage handlers with speculation (called by GepaWorkflow when ctx.speculation is set) ---
+ROLLED_BACK_PARENT = "its parent's speculative admission was rolled back"
 
 
 def _drop(
     ctx: StageContext, stage: str, item_id: str, artifact_id: str | None, reason: str
-) -> list:
+) -> list[tuple[str, Any]]:
     ctx.emit(
         Kind.ITEM_DROPPED, stage=stage, item_id=item_id, artifact_id=artifact_id, reason=reason
     )
     return []
 
 
-async def speculative_rollout(
-    wf: Any, item: Any, ctx: StageContext, spec: Speculation
-) -> list[tuple[str, Any]]:
-    from flashevolve.workflows.gepa import Reflectable
+# -- rollout -------------------------------------------------------------------------------------
 
+
+async def rollout(
+    wf: GepaWorkflow, item: WorkItem, ctx: StageContext, spec: Speculation
+) -> list[tuple[str, Any]]:
     job = item.payload
     if parent_rolled_back(ctx, job.parent.id):
-        return _drop(
+        return _drop(ctx, "rollout", item.item_id, job.parent.id, ROLLED_BACK_PARENT)
+    if spec.rollout_alpha >= 1.0:
+        rollouts = await run_examples(
             ctx,
-            "rollout",
-            item.item_id,
-            job.parent.id,
-            "its parent's speculative admission was rolled back",
+            job.parent.components,
+            job.minibatch,
+            stage="rollout",
+            item_id=item.item_id,
+            concurrency=wf.eval_concurrency,
         )
+        if wf.skipped_as_perfect(ctx, item, job, rollouts):
+            return []
+        return [("propose", Reflectable(job, rollouts))]
     fan = Fanout(
         ctx,
         job.parent.components,
@@ -53,21 +71,14 @@ async def speculative_rollout(
     try:
         while len(fan.results) < need:
             await fan.next_landing()
-            if all(t.done() for t in fan.tasks) and len(fan.results) < need:
+            if fan.done() and len(fan.results) < need:
                 raise RuntimeError("rollout requests ended without results")
     except BaseException:
         fan.cancel_rest()
         raise
-    on_time = list(fan.order)
+    on_time = sorted(fan.order)
     for i in on_time:
-        ctx.emit(
-            Kind.ROLLOUT_FINISHED,
-            stage="rollout",
-            item_id=item.item_id,
-            artifact_id=job.parent.id,
-            score=fan.results[i].score,
-            data={"example_id": fan.examples[i].id, "late": False},
-        )
+        _emit_rollout(ctx, fan, i, item.item_id, job.parent.id, late=False)
     late = [i for i in range(len(fan)) if i not in fan.results]
     if late:
         spec.count("rollout_released_early")
@@ -76,12 +87,24 @@ async def speculative_rollout(
             _record_late(ctx, spec, fan, late, item.item_id, job.parent.id),
             name=f"late-{item.item_id}",
         )
-    idx = sorted(on_time)
-    batch = [fan.examples[i] for i in idx]
-    rollouts = [fan.results[i] for i in idx]
+    batch = [fan.examples[i] for i in on_time]
+    rollouts = [fan.results[i] for i in on_time]
     if wf.skipped_as_perfect(ctx, item, job, rollouts, examples=len(batch), of=len(fan)):
         return []
     return [("propose", Reflectable(replace(job, minibatch=batch), rollouts))]
+
+
+def _emit_rollout(
+    ctx: StageContext, fan: Fanout, i: int, item_id: str, parent_id: str, *, late: bool
+) -> None:
+    ctx.emit(
+        Kind.ROLLOUT_FINISHED,
+        stage="rollout",
+        item_id=item_id,
+        artifact_id=parent_id,
+        score=fan.results[i].score,
+        data={"example_id": fan.examples[i].id, "late": late},
+    )
 
 
 async def _record_late(
@@ -95,18 +118,14 @@ async def _record_late(
                 if i in fan.results and i not in seen:
                     seen.add(i)
                     spec.count("late_rollouts")
-                    ctx.emit(
-                        Kind.ROLLOUT_FINISHED,
-                        stage="rollout",
-                        item_id=item_id,
-                        artifact_id=parent_id,
-                        score=fan.results[i].score,
-                        data={"example_id": fan.examples[i].id, "late": True},
-                    )
-            if all(t.done() for t in fan.tasks):
+                    _emit_rollout(ctx, fan, i, item_id, parent_id, late=True)
+            if fan.done():
                 break
     finally:
         fan.cancel_rest()
+
+
+# -- validate ------------------------------------------------------------------------------------
 
 
 async def _watch(fan: Fanout, upto: int, spec: Speculation, bar: float | None) -> bool:
@@ -119,8 +138,31 @@ async def _watch(fan: Fanout, upto: int, spec: Speculation, bar: float | None) -
         if all(i in fan.results for i in range(upto)):
             return False
         await fan.next_landing()
-        if all(t.done() for t in fan.tasks) and not all(i in fan.results for i in range(upto)):
+        if fan.done() and not all(i in fan.results for i in range(upto)):
             raise RuntimeError("validation requests ended without results")
+
+
+def _roll_back(
+    ctx: StageContext,
+    spec: Speculation,
+    item_id: str,
+    child_id: str,
+    reason: str,
+    score: float | None = None,
+    **data: Any,
+) -> None:
+    """Tombstone a speculative admission (the pool version moves; derived work goes stale)."""
+    ctx.pool.tombstone(child_id)
+    spec.count("rolled_back")
+    ctx.emit(
+        Kind.SPECULATION_ROLLED_BACK,
+        stage="validate",
+        item_id=item_id,
+        artifact_id=child_id,
+        score=score,
+        reason=reason,
+        data=data,
+    )
 
 
 def _early_reject(
@@ -147,40 +189,27 @@ def _early_reject(
         "best_reachable": (sum(landed.values()) + spec.perfect_score * (n - len(landed))) / n,
     }
     if speculative:
-        ctx.pool.tombstone(child_id)
-        spec.count("rolled_back")
-        ctx.emit(
-            Kind.SPECULATION_ROLLED_BACK,
-            stage="validate",
-            item_id=item_id,
-            artifact_id=child_id,
-            reason="the bar can no longer be cleared",
-            data={**data, "early": True},
+        _roll_back(
+            ctx, spec, item_id, child_id, "the bar can no longer be cleared", **data, early=True
         )
-    else:
-        ctx.emit(
-            Kind.EARLY_REJECTED,
-            stage="validate",
-            item_id=item_id,
-            artifact_id=child_id,
-            reason="even perfect scores on the rest cannot clear the bar",
-            data=data,
-        )
+        return
+    ctx.emit(
+        Kind.EARLY_REJECTED,
+        stage="validate",
+        item_id=item_id,
+        artifact_id=child_id,
+        reason="even perfect scores on the rest cannot clear the bar",
+        data=data,
+    )
 
 
-async def speculative_validate(
-    wf: Any, item: Any, ctx: StageContext, spec: Speculation
+async def validate(
+    wf: GepaWorkflow, item: WorkItem, ctx: StageContext, spec: Speculation
 ) -> list[tuple[str, Any]]:
     prop = item.payload.proposal
     child, parent_id = prop.child, prop.job.parent.id
     if parent_rolled_back(ctx, parent_id):
-        return _drop(
-            ctx,
-            "validate",
-            item.item_id,
-            child.id,
-            "its parent's speculative admission was rolled back",
-        )
+        return _drop(ctx, "validate", item.item_id, child.id, ROLLED_BACK_PARENT)
     if child.id in ctx.pool:
         return _drop(
             ctx, "validate", item.item_id, child.id, "an identical artifact was admitted meanwhile"
@@ -202,53 +231,9 @@ async def speculative_validate(
             _early_reject(ctx, spec, fan, item.item_id, child.id, bar, speculative=False)
             return []
         prefix = fan.scores(range(m))
-        prefix_mean = sum(prefix.values()) / m
         pbar = spec.prefix_bar(ctx.pool, parent_id, bar, list(prefix))
-        if (
-            m < n
-            and spec.admit_speculatively
-            and not spec.tails_full()
-            and (pbar is None or prefix_mean >= pbar)
-        ):
-            record = ctx.pool.admit(
-                child,
-                prefix,
-                ts=ctx.now(),
-                speculative=True,
-                patched_from=prop.patched_from,
-                next_component=int(child.meta.get("next_component", 0)),
-            )
-            if record is None:
-                fan.cancel_rest()
-                return _drop(
-                    ctx,
-                    "validate",
-                    item.item_id,
-                    child.id,
-                    "an identical artifact was admitted meanwhile",
-                )
-            spec.count("speculative_admitted")
-            ctx.emit(
-                Kind.SPECULATIVE_ADMITTED,
-                stage="validate",
-                item_id=item.item_id,
-                artifact_id=child.id,
-                parent_id=parent_id,
-                score=prefix_mean,
-                version_stamp=item.version_stamp,
-                frontier_stamp=item.frontier_stamp,
-                data={
-                    "prefix": m,
-                    "n": n,
-                    "bar": bar,
-                    "prefix_bar": pbar,
-                    "alpha": spec.evaluate_alpha,
-                    "prefix_ids": list(prefix),
-                },
-            )
-            spec.spawn(
-                ctx, _finish_tail(wf, item, ctx, spec, fan, bar), name=f"tail-{item.item_id}"
-            )
+        if m < n and _may_admit_early(spec, pbar, prefix):
+            _admit_speculatively(wf, item, ctx, spec, fan, prefix, bar=bar, prefix_bar=pbar)
             return []
         if await _watch(fan, n, spec, bar):
             _early_reject(ctx, spec, fan, item.item_id, child.id, bar, speculative=False)
@@ -267,6 +252,52 @@ async def speculative_validate(
         )
     wf.admit(ctx, item, prop, ordered)
     return []
+
+
+def _may_admit_early(spec: Speculation, pbar: float | None, prefix: dict[str, float]) -> bool:
+    """May the child enter the pool on its prefix's scores?"""
+    if not spec.admit_speculatively or spec.tails_full():
+        return False
+    return pbar is None or sum(prefix.values()) / len(prefix) >= pbar
+
+
+def _admit_speculatively(
+    wf: GepaWorkflow,
+    item: WorkItem,
+    ctx: StageContext,
+    spec: Speculation,
+    fan: Fanout,
+    prefix: dict[str, float],
+    *,
+    bar: float | None,
+    prefix_bar: float | None,
+) -> None:
+    prop = item.payload.proposal
+    child, parent_id = prop.child, prop.job.parent.id
+    record = wf.admit(ctx, item, prop, prefix, speculative=True)
+    if record is None:  # an identical artifact won the race (admit said so)
+        fan.cancel_rest()
+        return
+    spec.count("speculative_admitted")
+    ctx.emit(
+        Kind.SPECULATIVE_ADMITTED,
+        stage="validate",
+        item_id=item.item_id,
+        artifact_id=child.id,
+        parent_id=parent_id,
+        score=record.mean_score,
+        version_stamp=item.version_stamp,
+        frontier_stamp=item.frontier_stamp,
+        data={
+            "prefix": len(prefix),
+            "n": len(fan),
+            "bar": bar,
+            "prefix_bar": prefix_bar,
+            "alpha": spec.evaluate_alpha,
+            "prefix_ids": list(prefix),
+        },
+    )
+    spec.spawn(ctx, _finish_tail(wf, item, ctx, spec, fan, bar), name=f"tail-{item.item_id}")
 
 
 def _sweep_finished(
@@ -295,11 +326,14 @@ def _sweep_finished(
 
 
 async def _finish_tail(
-    wf: Any, item: Any, ctx: StageContext, spec: Speculation, fan: Fanout, bar: float | None
+    wf: GepaWorkflow,
+    item: WorkItem,
+    ctx: StageContext,
+    spec: Speculation,
+    fan: Fanout,
+    bar: float | None,
 ) -> None:
     """The background half of a speculative admission: confirm or roll back."""
-    from flashevolve.workflows.gepa import emit_admitted
-
     prop = item.payload.proposal
     child = prop.child
     try:
@@ -310,17 +344,8 @@ async def _finish_tail(
         fan.cancel_rest()
     mean, ordered = _sweep_finished(ctx, spec, fan, item.item_id, child.id, bar, speculative=True)
     if bar is not None and mean < bar:
-        ctx.pool.tombstone(child.id)
-        spec.count("rolled_back")
-        ctx.emit(
-            Kind.SPECULATION_ROLLED_BACK,
-            stage="validate",
-            item_id=item.item_id,
-            artifact_id=child.id,
-            score=mean,
-            reason=f"full score {mean:.3f} is below the bar {bar:.3f}",
-            data={"bar": bar, "early": False},
-        )
+        reason = f"full score {mean:.3f} is below the bar {bar:.3f}"
+        _roll_back(ctx, spec, item.item_id, child.id, reason, score=mean, bar=bar, early=False)
         return
     record = ctx.pool.confirm(child.id, ordered)
     spec.count("confirmed")

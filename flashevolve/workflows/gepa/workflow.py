@@ -12,8 +12,8 @@ adopts the raw text); each stage draws from its own RNG stream unless ``rng="sha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from flashevolve.artifacts import Artifact
@@ -23,62 +23,33 @@ from flashevolve.policies.staleness import StaleDecision, StaleItem
 from flashevolve.pool import CandidateRecord, make_selector
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.items import StageSpec, WorkItem
-from flashevolve.tasks.base import Example, Rollout
+from flashevolve.tasks.base import Rollout
+from flashevolve.workflows.artifact_review import ArtifactReview
+from flashevolve.workflows.base import Accounting
 from flashevolve.workflows.evaluation import run_examples
-from flashevolve.workflows.reflection import (
+from flashevolve.workflows.gepa import speculative
+from flashevolve.workflows.gepa.events import emit_admitted
+from flashevolve.workflows.gepa.items import GatedChild, Job, Proposal, Reflectable
+from flashevolve.workflows.gepa.reflection import (
     build_reflection_prompt,
     parse_fenced,
     reflective_records,
 )
 from flashevolve.workflows.sampling import EpochSampler
 
-# -- item types ------------------------------------------------------------------------------
+ACCOUNTING = Accounting(
+    proposal="a child prompt written by one reflection call",
+    acceptance="a child that passed the minibatch gate (and, with speculation, the validation "
+    "bar) and joined the pool",
+    sweep="a child scored on the whole validation set",
+    gate="the child's score sum on the parent's minibatch beats the parent's",
+)
 
 
-@dataclass(slots=True)
-class Job:
-    """A parent and a minibatch, chosen at one pool version (entry of the pipeline)."""
-
-    parent: Artifact
-    minibatch: list[Example]
-    component: str
-    iteration: int
-    child_pointer: int  # round-robin pointer the child inherits
-
-
-@dataclass(slots=True)
-class Reflectable:
-    """The parent's rollouts on the minibatch, ready for reflection."""
-
-    job: Job
-    parent_rollouts: list[Rollout]
-
-
-@dataclass(slots=True)
-class Proposal:
-    """A child artifact waiting for the minibatch gate."""
-
-    job: Job
-    child: Artifact
-    parent_rollouts: list[Rollout] | None  # None after a patch: the gate re-runs the parent
-    patched_from: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class GatedChild:
-    """A child that passed the gate, waiting for full validation."""
-
-    proposal: Proposal
-    child_rollouts: list[Rollout] = field(default_factory=list)
-
-
-# -- the workflow -------------------------------------------------------------------------------
-
-
-class GepaWorkflow:
+class GepaWorkflow(ArtifactReview):
     name = "gepa"
+    accounting = ACCOUNTING
     item_types = (Job, Reflectable, Proposal, GatedChild)
-    stage_names = ("rollout", "propose", "gate", "validate")
     #: ``workers={"evaluate": n}`` sets both evaluation stages (the paper's K3).
     worker_aliases = {"evaluate": ("gate", "validate")}
 
@@ -93,8 +64,11 @@ class GepaWorkflow:
         reflection_max_tokens: int | None = None,
         reflection_temperature: float | None = None,
         reflection_extra_body: dict[str, Any] | None = None,
-        gate_patches: bool = True,
     ) -> None:
+        if minibatch_size < 1:
+            raise ValueError("minibatch_size must be at least 1")
+        if eval_concurrency < 1:
+            raise ValueError("eval_concurrency must be at least 1")
         self.minibatch_size = minibatch_size
         self.selector = make_selector(selector)
         self.eval_concurrency = eval_concurrency
@@ -104,9 +78,12 @@ class GepaWorkflow:
         self.reflection_temperature = reflection_temperature
         # e.g. {"grammar": fenced_block_grammar()} for small local reflection models
         self.reflection_extra_body = reflection_extra_body
-        self.gate_patches = gate_patches
+        # -- state (snapshot/restore) --
         self._sampler: EpochSampler | None = None
+        self._sampler_state: dict[str, Any] | None = None  # restored, applied on first use
         self._iteration = 0
+        #: the round-robin component pointer per candidate (gepa keeps it per program)
+        self._pointers: dict[str, int] = {}
 
     def stages(self) -> list[StageSpec]:
         return [
@@ -141,10 +118,35 @@ class GepaWorkflow:
             ),
         ]
 
+    # -- state ------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        sampler = self._sampler.to_state() if self._sampler else self._sampler_state
+        return {
+            "iteration": self._iteration,
+            "sampler": sampler,
+            "pointers": dict(self._pointers),
+        }
+
+    def restore(self, state: Mapping[str, Any], ctx: StageContext) -> None:
+        self._iteration = int(state.get("iteration", 0))
+        self._pointers = {str(k): int(v) for k, v in dict(state.get("pointers", {})).items()}
+        self._sampler, self._sampler_state = None, state.get("sampler")
+
+    def check_speculation(self, speculation: Any) -> None:
+        """GEPA releases the rollout stage on a prefix of the minibatch and the validate stage
+        on a prefix of the validation set; every Speculation setting applies."""
+
+    def _pointer(self, record: CandidateRecord, ctx: StageContext) -> int:
+        """A candidate's component pointer; one admitted after the last saved state inherits
+        the largest of its parents' (gepa's rule for a child)."""
+        if record.id not in self._pointers:
+            known = [self._pointers[p] for p in record.parents if p in self._pointers]
+            self._pointers[record.id] = max(known, default=0)
+        return self._pointers[record.id]
+
     # -- before the loop -----------------------------------------------------------------------
     async def initialize(self, ctx: StageContext) -> None:
         if len(ctx.pool):  # resumed run: the pool already holds the seed and its descendants
-            self._iteration = int(ctx.settings.get("resume_iteration", 0))
             return
         seed = Artifact(ctx.task.seed_artifact(), origin="seed")
         rollouts = await run_examples(
@@ -157,6 +159,7 @@ class GepaWorkflow:
         )
         scores = {ex.id: ro.score for ex, ro in zip(ctx.task.val, rollouts, strict=True)}
         record = ctx.pool.admit(seed, scores, ts=ctx.now())
+        assert record is not None  # the pool was empty
         mean = record.mean_score
         ctx.emit(
             Kind.VALIDATION_FINISHED,
@@ -178,14 +181,17 @@ class GepaWorkflow:
             self._sampler = EpochSampler(
                 len(ctx.task.train), self.minibatch_size, ctx.rng("sample")
             )
+            if self._sampler_state:
+                self._sampler.load_state(self._sampler_state)
         parent: CandidateRecord = self.selector.select(ctx.pool, ctx.rng("select"))
         names = parent.artifact.names
-        component = names[parent.next_component % len(names)]
-        parent.next_component += 1
+        pointer = self._pointer(parent, ctx)
+        component = names[pointer % len(names)]
+        self._pointers[parent.id] = pointer + 1
         iteration = self._iteration
         self._iteration += 1
         batch = [ctx.task.train[i] for i in self._sampler.batch(iteration)]
-        job = Job(parent.artifact, batch, component, iteration, parent.next_component)
+        job = Job(parent.artifact, batch, component, iteration, pointer + 1)
         ctx.emit(
             Kind.PARENT_SELECTED,
             artifact_id=parent.id,
@@ -205,23 +211,8 @@ class GepaWorkflow:
     async def _rollout(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
         job: Job = item.payload
         spec = ctx.speculation
-        if spec is not None:  # speculative completion (flashevolve.policies.speculation)
-            from flashevolve.policies.speculative_stages import (
-                parent_rolled_back,
-                speculative_rollout,
-            )
-
-            if spec.rollout_alpha < 1.0:
-                return await speculative_rollout(self, item, ctx, spec)
-            if parent_rolled_back(ctx, job.parent.id):
-                ctx.emit(
-                    Kind.ITEM_DROPPED,
-                    stage="rollout",
-                    item_id=item.item_id,
-                    artifact_id=job.parent.id,
-                    reason="its parent's speculative admission was rolled back",
-                )
-                return []
+        if spec is not None:  # a rolled-back parent, or a rollout released on a prefix
+            return await speculative.rollout(self, item, ctx, spec)
         rollouts = await run_examples(
             ctx,
             job.parent.components,
@@ -287,7 +278,7 @@ class GepaWorkflow:
             version_stamp=item.version_stamp,
             frontier_stamp=item.frontier_stamp,
             origin="reflection",
-            meta={"component": job.component, "next_component": job.child_pointer},
+            meta={"component": job.component},
         )
         if child.id == job.parent.id:
             return self._reject(ctx, item, job, "the reflection returned the text unchanged")
@@ -303,7 +294,6 @@ class GepaWorkflow:
             frontier_stamp=item.frontier_stamp,
             data={"component": job.component, "iteration": job.iteration},
         )
-        ctx.tracker.proposals += 1
         return [("gate", Proposal(job, child, work.parent_rollouts))]
 
     def _reject(
@@ -321,7 +311,7 @@ class GepaWorkflow:
 
     async def _gate(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
         prop: Proposal = item.payload
-        if prop.patched_from and not self.gate_patches:
+        if prop.skip_gate:
             return [("validate", GatedChild(prop, []))]
         batch = prop.job.minibatch
         child_rollouts = await run_examples(
@@ -358,10 +348,8 @@ class GepaWorkflow:
         return [("validate", GatedChild(prop, child_rollouts))] if passed else []
 
     async def _validate(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
-        if ctx.speculation is not None:  # prefix-first scoring with a bar; see the module
-            from flashevolve.policies.speculative_stages import speculative_validate
-
-            return await speculative_validate(self, item, ctx, ctx.speculation)
+        if ctx.speculation is not None:  # prefix-first scoring with a bar
+            return await speculative.validate(self, item, ctx, ctx.speculation)
         gated: GatedChild = item.payload
         child = gated.proposal.child
         val = ctx.task.val
@@ -387,16 +375,22 @@ class GepaWorkflow:
         return []
 
     def admit(
-        self, ctx: StageContext, item: WorkItem, prop: Proposal, scores: dict[str, float]
+        self,
+        ctx: StageContext,
+        item: WorkItem,
+        prop: Proposal,
+        scores: dict[str, float],
+        *,
+        speculative: bool = False,
     ) -> CandidateRecord | None:
-        """GEPA's admission rule: every child that passed the gate joins the pool."""
+        """GEPA's admission rule: every child that passed the gate joins the pool.
+
+        ``speculative=True`` admits on a prefix's scores (the ``admitted`` event comes at
+        confirmation, :func:`emit_admitted`); otherwise the ``admitted`` event is emitted here.
+        """
         child = prop.child
         record = ctx.pool.admit(
-            child,
-            scores,
-            ts=ctx.now(),
-            patched_from=prop.patched_from,
-            next_component=int(child.meta.get("next_component", 0)),
+            child, scores, ts=ctx.now(), speculative=speculative, patched_from=prop.patched_from
         )
         if record is None:
             ctx.emit(
@@ -407,7 +401,9 @@ class GepaWorkflow:
                 reason="an identical artifact was admitted meanwhile",
             )
             return None
-        emit_admitted(ctx, item, prop, record, scores)
+        self._pointers.setdefault(child.id, prop.job.child_pointer)
+        if not speculative:
+            emit_admitted(ctx, item, prop, record, scores)
         return record
 
     # -- staleness -------------------------------------------------------------------------
@@ -434,44 +430,24 @@ class GepaWorkflow:
             parent=parent,
             feedback=feedback,
             payload=payload,
+            subject_id=artifact.id if artifact is not None else None,
         )
 
     def apply_patch(self, item: WorkItem, decision: StaleDecision, ctx: StageContext) -> Proposal:
-        """A patched artifact re-enters the gate against the candidate it was merged into."""
+        """A repaired artifact re-enters the gate against the candidate it was merged into
+        (or goes straight to validation when the policy said not to re-gate repairs)."""
         prop: Proposal = item.payload
-        patched = decision.artifact
-        assert patched is not None  # guaranteed by StaleDecision
-        base_id = patched.parents[0] if patched.parents else None
-        base = ctx.pool.get(base_id).artifact if base_id in ctx.pool else ctx.pool.best().artifact
-        job = replace(prop.job, parent=base)
-        return Proposal(job, patched, None, decision.patched_from or (item.item_id,))
-
-
-def emit_admitted(
-    ctx: StageContext,
-    item: WorkItem,
-    prop: Proposal,
-    record: CandidateRecord,
-    scores: dict[str, float],
-    **extra: Any,
-) -> None:
-    """The one ``admitted`` event of a child that joined the pool for good."""
-    child = prop.child
-    ctx.emit(
-        Kind.ADMITTED,
-        stage="validate",
-        item_id=item.item_id,
-        artifact_id=child.id,
-        parent_id=prop.job.parent.id,
-        score=record.mean_score,
-        latency_s=ctx.now() - item.created_at,  # the job's time from its start to admission
-        version_stamp=item.version_stamp,
-        frontier_stamp=item.frontier_stamp,
-        data={
-            "origin": child.origin,
-            "parents": list(child.parents),
-            "patched_from": list(prop.patched_from),
-            "val_scores": scores,
-            **extra,
-        },
-    )
+        repair = decision.repair
+        if repair is None or not isinstance(repair.value, Artifact):
+            raise ValueError("a GEPA patch decision must carry a repaired Artifact")
+        patched: Artifact = repair.value
+        base_id = repair.parent_id
+        base = ctx.pool.get(base_id) if base_id in ctx.pool else ctx.pool.best()
+        job = replace(prop.job, parent=base.artifact, child_pointer=self._pointer(base, ctx))
+        return Proposal(
+            job,
+            patched,
+            None,
+            decision.patched_from or (item.item_id,),
+            skip_gate=not decision.recheck,
+        )

@@ -1,0 +1,41 @@
+"""The one ``admitted`` event of a GEPA child (plain or confirmed after speculation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flashevolve.events.schema import Kind
+from flashevolve.pool import CandidateRecord
+from flashevolve.runtime.context import StageContext
+from flashevolve.runtime.items import WorkItem
+from flashevolve.workflows.gepa.items import Proposal
+
+
+def emit_admitted(
+    ctx: StageContext,
+    item: WorkItem,
+    prop: Proposal,
+    record: CandidateRecord,
+    scores: dict[str, float],
+    **extra: Any,
+) -> None:
+    """The one ``admitted`` event of a child that joined the pool for good."""
+    child = prop.child
+    ctx.emit(
+        Kind.ADMITTED,
+        stage="validate",
+        item_id=item.item_id,
+        artifact_id=child.id,
+        parent_id=prop.job.parent.id,
+        score=record.mean_score,
+        latency_s=ctx.now() - item.created_at,  # the job's time from its start to admission
+        version_stamp=item.version_stamp,
+        frontier_stamp=item.frontier_stamp,
+        data={
+            "origin": child.origin,
+            "parents": list(child.parents),
+            "patched_from": list(prop.patched_from),
+            "val_scores": scores,
+            **extra,
+        },
+    )
