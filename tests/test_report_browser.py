@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flashevolve.events import frames as fr
-from flashevolve.views import example_events
+from flashevolve.examples import example_events
 from flashevolve.views.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]

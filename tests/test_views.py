@@ -6,13 +6,14 @@ import json
 import threading
 from typing import Any
 
+import polars as pl
 import pytest
 
 from flashevolve.errors import UserError
 from flashevolve.events import EventLog, Kind
 from flashevolve.events import frames as fr
+from flashevolve.examples import example_events
 from flashevolve.views import charts as ch
-from flashevolve.views import example_events
 from flashevolve.views.report import render_report, save_chart, write_report
 from flashevolve.views.widgets import Dashboard, LiveStatus
 
@@ -180,7 +181,10 @@ def test_server_load_chart_draws_running_and_waiting(async_run):
     spec = ch.server_load_chart(async_run).to_dict()
     rows = spec["data"]["values"]
     assert {r["series"] for r in rows} == {"running", "waiting"}
-    assert max(r["requests"] for r in rows if r["series"] == "waiting") > 0
+    # the rows are the server's own reports, one pair per load event
+    reported = async_run.filter(pl.col("kind") == "backend_load").height
+    assert len(rows) == 2 * reported
+    assert max(r["requests"] for r in rows if r["series"] == "running") > 0
     assert "strokeDash" not in spec["encoding"]  # one server: no per-server dashes
 
 
