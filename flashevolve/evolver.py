@@ -388,7 +388,7 @@ class Evolver(BackgroundRun):
             except RuntimeError:
                 elapsed = 0.0
         elif len(self._log):
-            elapsed = self._log.snapshot()[-1].ts
+            elapsed = self._log.tail(1)[0].ts
         minutes = max(elapsed / 60.0, 1e-9)
         rt = self.runtime
         runtime_status = rt.status() if rt else {"stages": {}, "jobs_in_flight": 0}

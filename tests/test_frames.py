@@ -268,3 +268,21 @@ def test_frames_round_trip_through_jsonl(tmp_path):
 
     frame = events_to_frame(EventLog.read(path))
     assert fr.artifacts(frame).equals(fr.artifacts(log.frame()))
+
+
+def test_the_event_log_packs_old_events_into_chunks_and_loses_none():
+    from flashevolve.events.log import EventLog
+    from flashevolve.events.schema import Event, Kind
+
+    log = EventLog(chunk_events=7)
+    for i in range(30):
+        log.emit(Kind.ITEM_DONE, ts=float(i), stage="s", latency_s=0.5, data={"i": i})
+    assert len(log) == 30
+    assert len(log._chunks) == 4 and len(log._events) == 2  # 4 packed chunks of 7, 2 loose
+    frame = log.frame()
+    assert frame.height == 30 and frame["ts"].to_list() == [float(i) for i in range(30)]
+    events = log.snapshot()
+    assert [e.data["i"] for e in events] == list(range(30))
+    assert isinstance(events[0], Event) and events[3].latency_s == 0.5
+    assert [e.ts for e in log.tail(3)] == [27.0, 28.0, 29.0]
+    assert [e.ts for e in log.tail(9)] == [float(i) for i in range(21, 30)]

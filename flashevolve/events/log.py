@@ -15,12 +15,20 @@ from flashevolve.events.schema import SCHEMA, Event, Kind
 Listener = Callable[[Event], None]
 
 
+#: Events kept as Python objects before they are packed into a columnar chunk.
+CHUNK_EVENTS = 20_000
+
+
 class EventLog:
     """Every event of a run, in order.
 
-    Writes go to an in-memory list and, when ``path`` is given, to a JSON-lines file flushed per
-    line, so a killed process loses at most the line being written.  Reads from another thread
-    (a notebook reading frames while the run goes on) take a snapshot under a lock.
+    Writes go to memory and, when ``path`` is given, to a JSON-lines file flushed per line, so a
+    killed process loses at most the line being written.  In memory, the newest events are
+    Python objects (what listeners and ``snapshot()`` hand out) and every ``chunk_events`` of
+    them are packed into a Polars chunk -- columnar, several times smaller -- so a day-long run
+    does not hold millions of event objects (docs/reliability.md, the soak run).  Reads from
+    another thread (a notebook reading frames while the run goes on) take a consistent view under
+    a lock.
     """
 
     def __init__(
@@ -29,10 +37,18 @@ class EventLog:
         *,
         clock: Any = None,
         history: list[Event] | None = None,
+        chunk_events: int = CHUNK_EVENTS,
     ) -> None:
+        if chunk_events < 1:
+            raise ValueError("chunk_events must be at least 1")
+        self.chunk_events = chunk_events
+        self._chunks: list[pl.DataFrame] = []
+        self._packed = 0  # events in the chunks
         # ``history``: events of an earlier session of the same run (resume); already on disk.
-        self._events: list[Event] = list(history or [])
+        self._events: list[Event] = []
         self._lock = threading.Lock()
+        for event in history or ():
+            self._keep(event)
         self._listeners: list[Listener] = []
         self.clock = clock
         self.path = Path(path) if path is not None else None
@@ -52,11 +68,18 @@ class EventLog:
 
     def append(self, event: Event) -> None:
         with self._lock:
-            self._events.append(event)
+            self._keep(event)
             if self._fh is not None:
                 self._fh.write(json.dumps(event.to_dict(), default=_jsonable) + "\n")
         for listener in self._listeners:
             listener(event)
+
+    def _keep(self, event: Event) -> None:
+        self._events.append(event)
+        if len(self._events) >= self.chunk_events:
+            self._chunks.append(events_to_frame(self._events))
+            self._packed += len(self._events)
+            self._events = []
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -69,11 +92,24 @@ class EventLog:
 
     # -- reading -----------------------------------------------------------------------------
     def snapshot(self) -> list[Event]:
+        """Every event as objects (packed chunks are unpacked: costly for very long runs --
+        prefer :meth:`frame` or :meth:`tail` there)."""
         with self._lock:
-            return list(self._events)
+            chunks, tail = list(self._chunks), list(self._events)
+        out: list[Event] = []
+        for chunk in chunks:
+            out.extend(frame_to_events(chunk))
+        return out + tail
+
+    def tail(self, n: int = 1) -> list[Event]:
+        """The newest ``n`` events (cheap)."""
+        with self._lock:
+            if n <= len(self._events):
+                return self._events[len(self._events) - n :]
+        return self.snapshot()[-n:]
 
     def __len__(self) -> int:
-        return len(self._events)
+        return self._packed + len(self._events)
 
     def __iter__(self):
         return iter(self.snapshot())
@@ -83,7 +119,11 @@ class EventLog:
         return [e for e in self.snapshot() if e.kind in wanted]
 
     def frame(self) -> pl.DataFrame:
-        return events_to_frame(self.snapshot())
+        with self._lock:
+            chunks, tail = list(self._chunks), list(self._events)
+        if not chunks:
+            return events_to_frame(tail)
+        return pl.concat([*chunks, events_to_frame(tail)], how="vertical")
 
     @staticmethod
     def read(path: str | Path) -> list[Event]:
@@ -115,6 +155,16 @@ def events_to_frame(events: Iterable[Event]) -> pl.DataFrame:
         for d in columns["data"]
     ]
     return pl.DataFrame(columns, schema=SCHEMA)
+
+
+def frame_to_events(frame: pl.DataFrame) -> list[Event]:
+    """The inverse of :func:`events_to_frame` (``data`` decoded back into a dict)."""
+    out = []
+    for row in frame.iter_rows(named=True):
+        raw = row.get("data")
+        row["data"] = json.loads(raw) if raw else None
+        out.append(Event(**row))
+    return out
 
 
 def _jsonable(value: Any) -> Any:
