@@ -140,6 +140,7 @@ class Evolver(BackgroundRun):
         clock.start()
         path = self._dir.events_path if self._dir else None
         self._log = log = EventLog(path, clock=clock, history=history)
+        log.subscribe(self._persist, before_write=True)
         log.subscribe(self._on_event)
         tracker = BudgetTracker(self.config.budget)
         log.subscribe(tracker.observe)
@@ -169,6 +170,8 @@ class Evolver(BackgroundRun):
         )
         ctx.runtime = self.runtime
         ctx.emit(Kind.RUN_STARTED, data=self._run_info(task_llm, reflection_llm, bool(history)))
+        if self._dir:
+            self._announce_recovered(ctx, history)
         self.state = "paused" if self._pause_pending else "running"
         try:
             # a stop() that came before the runtime existed is not lost
@@ -414,20 +417,45 @@ class Evolver(BackgroundRun):
         }
 
     # -- internals -------------------------------------------------------------------------------
+    def _persist(self, event: Event) -> None:
+        """Before an admission, a new score or a rollback is logged, it is on disk (fsync'd):
+        a kill in between leaves the artifact without its event, never the reverse."""
+        if self._dir is None or (event.data or {}).get("recovered"):
+            return
+        if event.kind == Kind.ADMITTED:
+            self._dir.record_admission(self.pool, event.artifact_id, event.ts)
+        elif event.kind == Kind.SCORED:
+            self._dir.record_scores(self.pool, event.artifact_id, event.ts)
+        elif event.kind == Kind.SPECULATION_ROLLED_BACK:
+            self._dir.record_tombstone(event.artifact_id, event.ts)
+
+    def _announce_recovered(self, ctx: StageContext, history: list[Event]) -> None:
+        """Admissions that reached artifacts.jsonl but whose event a kill cut off: logged now
+        (``data.recovered``), so the log and the pool agree again."""
+        logged = {e.artifact_id for e in history if e.kind == Kind.ADMITTED}
+        for record in self.pool.records:
+            if record.id not in logged:
+                ctx.emit(
+                    Kind.ADMITTED,
+                    artifact_id=record.id,
+                    parent_id=record.parents[0] if record.parents else None,
+                    score=record.mean_score if record.scored else None,
+                    reason="admitted before the process was killed; its event was lost",
+                    data={
+                        "origin": record.artifact.origin,
+                        "parents": list(record.parents),
+                        "patched_from": list(record.patched_from),
+                        "val_scores": record.val_scores,
+                        "recovered": True,
+                    },
+                )
+
     def _on_event(self, event: Event) -> None:
         if self._pause_pending:
             self._apply_pause()  # a pause() that came before the runtime was running
         self._count(event)
-        if self._dir is None:
-            return
-        if event.kind == Kind.ADMITTED:
-            self._dir.record_admission(self.pool, event.artifact_id, event.ts)
+        if self._dir is not None and event.kind in (Kind.ADMITTED, Kind.SCORED):
             self._checkpoint()
-        elif event.kind == Kind.SCORED:
-            self._dir.record_scores(self.pool, event.artifact_id, event.ts)
-            self._checkpoint()
-        elif event.kind == Kind.SPECULATION_ROLLED_BACK:
-            self._dir.record_tombstone(event.artifact_id, event.ts)
 
     def _count(self, event: Event) -> None:
         """Live counters for status(); also replayed over the history on resume."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from flashevolve.artifacts import Artifact
 from flashevolve.errors import ConfigError
 from flashevolve.events.log import EventLog
-from flashevolve.events.schema import Event
+from flashevolve.events.schema import Event, Kind
 from flashevolve.pool import ArtifactPool
 
 #: The layout version written into state.json; a run directory from another layout is refused.
@@ -47,6 +48,11 @@ class RunDirectory:
                 f"it, or choose another run directory"
             )
         self._artifacts_fh: Any = None
+        self._writes = 0
+        #: Fault injection for crash tests (docs/reliability.md): SIGKILL this process halfway
+        #: through the Nth line appended to artifacts.jsonl.
+        crash = os.environ.get("FLASHEVOLVE_CRASH_AT_WRITE", "")
+        self._crash_at = int(crash) if crash.isdigit() else None
 
     @property
     def events_path(self) -> Path:
@@ -176,10 +182,44 @@ class RunDirectory:
     def _append(self, row: dict[str, Any]) -> None:
         if self._artifacts_fh is None:
             self._artifacts_fh = self.artifacts_path.open("a", encoding="utf-8")
-        self._artifacts_fh.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        self._writes += 1
+        if self._writes == self._crash_at:
+            self._artifacts_fh.write(line[: len(line) // 2])
+            self._artifacts_fh.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._artifacts_fh.write(line)
         # An admission is what a run exists for: on disk before the run goes on.
         self._artifacts_fh.flush()
         os.fsync(self._artifacts_fh.fileno())
+
+    def audit(self) -> dict[str, Any]:
+        """Check the directory's promises (docs/reliability.md): every admission logged in
+        events.jsonl has its artifact in artifacts.jsonl, no artifact is stored twice, and the
+        pool rebuilt from artifacts.jsonl equals the pool the log describes."""
+        rows = []
+        if self.artifacts_path.exists():
+            for line in self.artifacts_path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        stored = [r["artifact"]["id"] for r in rows if "artifact" in r]
+        tombstoned = {r["tombstone"] for r in rows if "tombstone" in r}
+        events = EventLog.read(self.events_path) if self.events_path.exists() else []
+        logged = [e.artifact_id for e in events if e.kind == Kind.ADMITTED]
+        rolled_back = {e.artifact_id for e in events if e.kind == Kind.SPECULATION_ROLLED_BACK}
+        stored_set = set(stored)
+        return {
+            "stored": len(stored),
+            "logged": len(logged),
+            "duplicated": len(stored) - len(stored_set),
+            "logged_twice": len(logged) - len(set(logged)),
+            "lost": sorted(set(logged) - stored_set),  # announced in the log, not on disk
+            "unannounced": sorted(stored_set - set(logged)),  # on disk, event cut by a kill
+            "pool_matches_log": [a for a in stored if a not in tombstoned]
+            == [a for a in dict.fromkeys(logged) if a not in rolled_back],
+        }
 
 
 def task_fingerprint(task: Any) -> str:

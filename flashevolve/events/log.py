@@ -47,6 +47,7 @@ class EventLog:
         # ``history``: events of an earlier session of the same run (resume); already on disk.
         self._events: list[Event] = []
         self._lock = threading.Lock()
+        self._before_write: list[Listener] = []
         for event in history or ():
             self._keep(event)
         self._listeners: list[Listener] = []
@@ -67,6 +68,8 @@ class EventLog:
         return event
 
     def append(self, event: Event) -> None:
+        for listener in self._before_write:
+            listener(event)
         with self._lock:
             self._keep(event)
             if self._fh is not None:
@@ -81,8 +84,11 @@ class EventLog:
             self._packed += len(self._events)
             self._events = []
 
-    def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+    def subscribe(self, listener: Listener, *, before_write: bool = False) -> None:
+        """Call ``listener`` with every new event; ``before_write=True`` calls it before the
+        event reaches the log file (the run directory persists an admitted artifact first, so
+        the log never announces an admission a crash could lose)."""
+        (self._before_write if before_write else self._listeners).append(listener)
 
     def close(self) -> None:
         with self._lock:
