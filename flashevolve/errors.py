@@ -23,3 +23,8 @@ class TaskFileError(UserError):
 
 class BackendError(UserError):
     """A backend could not be started or reached."""
+
+
+class RunDirectoryError(UserError):
+    """The run directory cannot be written (permissions, a full disk); what is already there is
+    left intact, so the run can be resumed once the cause is fixed."""

@@ -117,6 +117,7 @@ class Evolver(BackgroundRun):
         self._ctx: StageContext | None = None
         self._tracker = BudgetTracker(self.config.budget)
         self._fingerprint: str | None = None
+        self._disk_error: OSError | None = None
 
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -132,6 +133,7 @@ class Evolver(BackgroundRun):
             self._active = False
 
     async def _run(self) -> dict[str, Any]:
+        self._disk_error = None
         task_llm, reflection_llm, owned = self._open_backends()
         offset, history, saved = self._dir.prepare(self.pool) if self._dir else (0.0, [], {})
         for e in history:
@@ -187,15 +189,29 @@ class Evolver(BackgroundRun):
             raise
         finally:
             ctx.emit(Kind.RUN_FINISHED, reason=self.runtime.stop_reason, data={"state": self.state})
-            if self._dir:
-                self._checkpoint()
-                self._dir.write_outputs(self.pool, self.summary())
+            self._finish_directory()
             log.close()
-            if self._dir:
-                self._dir.close()
             for llm in owned:
                 await llm.aclose()
+        if self._dir is not None and self._disk_error is not None:
+            self.state = "failed"
+            raise self._dir.failure(self._disk_error)
         return self.summary()
+
+    def _finish_directory(self) -> None:
+        if self._dir is None:
+            return
+        if self._disk_error is None:
+            self._checkpoint()
+        if self._disk_error is None:
+            try:
+                self._dir.write_outputs(self.pool, self.summary())
+            except OSError as err:
+                self._disk_failed(err)
+        try:
+            self._dir.close()
+        except OSError as err:
+            self._disk_failed(err)
 
     def _context(
         self,
@@ -274,7 +290,7 @@ class Evolver(BackgroundRun):
 
     def _checkpoint(self) -> None:
         """Save what a resume needs besides the pool (called after each job and admission)."""
-        if self._dir is None or self._ctx is None:
+        if self._dir is None or self._ctx is None or self._disk_error is not None:
             return
         state: dict[str, Any] = {
             "workflow_name": self.workflow.name,
@@ -286,7 +302,10 @@ class Evolver(BackgroundRun):
         }
         if self.speculation is not None and hasattr(self.speculation, "snapshot"):
             state["speculation"] = self.speculation.snapshot()
-        self._dir.save_state(state)
+        try:
+            self._dir.save_state(state)
+        except OSError as err:
+            self._disk_failed(err)
 
     def _task_fingerprint(self) -> str:
         """A short hash of the task's examples and seed: a resume refuses a changed task."""
@@ -420,14 +439,27 @@ class Evolver(BackgroundRun):
     def _persist(self, event: Event) -> None:
         """Before an admission, a new score or a rollback is logged, it is on disk (fsync'd):
         a kill in between leaves the artifact without its event, never the reverse."""
-        if self._dir is None or (event.data or {}).get("recovered"):
+        if self._dir is None or self._disk_error or (event.data or {}).get("recovered"):
             return
-        if event.kind == Kind.ADMITTED:
-            self._dir.record_admission(self.pool, event.artifact_id, event.ts)
-        elif event.kind == Kind.SCORED:
-            self._dir.record_scores(self.pool, event.artifact_id, event.ts)
-        elif event.kind == Kind.SPECULATION_ROLLED_BACK:
-            self._dir.record_tombstone(event.artifact_id, event.ts)
+        try:
+            if event.kind == Kind.ADMITTED:
+                self._dir.record_admission(self.pool, event.artifact_id, event.ts)
+            elif event.kind == Kind.SCORED:
+                self._dir.record_scores(self.pool, event.artifact_id, event.ts)
+            elif event.kind == Kind.SPECULATION_ROLLED_BACK:
+                self._dir.record_tombstone(event.artifact_id, event.ts)
+        except OSError as err:
+            self._disk_failed(err)
+
+    def _disk_failed(self, err: OSError) -> None:
+        """Writing the run directory failed (a full disk, ...): write nothing more -- so what is
+        on disk stays consistent -- and stop the run; run() then raises one clear error."""
+        if self._disk_error is not None:
+            return
+        self._disk_error = err
+        self._log.stop_writing(err)
+        if self.runtime is not None:
+            self.runtime.request_stop(f"run directory write failed: {err}", graceful=False)
 
     def _announce_recovered(self, ctx: StageContext, history: list[Event]) -> None:
         """Admissions that reached artifacts.jsonl but whose event a kill cut off: logged now
@@ -453,6 +485,8 @@ class Evolver(BackgroundRun):
     def _on_event(self, event: Event) -> None:
         if self._pause_pending:
             self._apply_pause()  # a pause() that came before the runtime was running
+        if self._log.write_error is not None and self._disk_error is None:
+            self._disk_failed(self._log.write_error)
         self._count(event)
         if self._dir is not None and event.kind in (Kind.ADMITTED, Kind.SCORED):
             self._checkpoint()

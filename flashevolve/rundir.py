@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flashevolve.artifacts import Artifact
-from flashevolve.errors import ConfigError
+from flashevolve.errors import ConfigError, RunDirectoryError
 from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Event, Kind
 from flashevolve.pool import ArtifactPool
@@ -69,7 +69,16 @@ class RunDirectory:
     def prepare(self, pool: ArtifactPool) -> tuple[float, list[Event], dict[str, Any]]:
         """Create the directory, or reload it when resuming (the pool is rebuilt in place):
         returns (clock offset, earlier events, saved state -- empty for a new run)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise RunDirectoryError(
+                f"cannot write the run directory {self.path}: {err.strerror or err}; "
+                "choose another directory (--out / run_dir=)"
+            ) from None
         if not (self.resume and self.events_path.exists()):
             return 0.0, [], {}
         state = self.read_state()
@@ -173,6 +182,14 @@ class RunDirectory:
                 )
             )
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+    def failure(self, err: OSError) -> RunDirectoryError:
+        """The one line a user reads when writing the directory failed mid-run."""
+        return RunDirectoryError(
+            f"writing the run directory {self.path} failed ({err.strerror or err}); the run "
+            "stopped there and everything written before is intact: fix the cause (e.g. free "
+            "disk space) and continue with --resume"
+        )
 
     def close(self) -> None:
         if self._artifacts_fh:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterable
@@ -48,6 +49,8 @@ class EventLog:
         self._events: list[Event] = []
         self._lock = threading.Lock()
         self._before_write: list[Listener] = []
+        #: the first error writing the file (a full disk, ...); writing stops there
+        self.write_error: OSError | None = None
         for event in history or ():
             self._keep(event)
         self._listeners: list[Listener] = []
@@ -73,7 +76,10 @@ class EventLog:
         with self._lock:
             self._keep(event)
             if self._fh is not None:
-                self._fh.write(json.dumps(event.to_dict(), default=_jsonable) + "\n")
+                try:
+                    self._fh.write(json.dumps(event.to_dict(), default=_jsonable) + "\n")
+                except OSError as err:  # a full disk: stop writing, keep what is there
+                    self._stop_writing(err)
         for listener in self._listeners:
             listener(event)
 
@@ -90,10 +96,26 @@ class EventLog:
         the log never announces an admission a crash could lose)."""
         (self._before_write if before_write else self._listeners).append(listener)
 
+    def stop_writing(self, err: OSError) -> None:
+        """Write nothing more to the file (the run directory failed elsewhere)."""
+        with self._lock:
+            self._stop_writing(err)
+
+    def _stop_writing(self, err: OSError) -> None:
+        if self.write_error is None:
+            self.write_error = err
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
-                self._fh.close()
+                try:
+                    self._fh.close()
+                except OSError as err:
+                    self.write_error = self.write_error or err
                 self._fh = None
 
     # -- reading -----------------------------------------------------------------------------
