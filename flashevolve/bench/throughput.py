@@ -176,6 +176,7 @@ def run_config(
         # (ts, best validation score so far) at each admission, for score-vs-time plots
         "best_over_time": [list(r) for r in best_score_series(evolver.events).iter_rows()],
         "sim_wasted_tokens": server.get("wasted_tokens"),
+        "sim_retries": server.get("retries"),
         # Requests queued in the simulated server per request it served (time averages; engine
         # profiles only): ~0 while the server has room, rising once it is full -- the knee.
         "server_queue_ratio": server["mean_waiting"] / max(server["mean_concurrency"], 1e-9)
@@ -255,6 +256,8 @@ THROUGHPUT_COLUMNS = [
     ("peak_concurrency", "peak conc", "d"),
     ("utilization", "utilization", ".1%"),
     ("server_queue_ratio", "queued/served", ".2f"),
+    # requests that failed for good (API profiles: 429s that outlived the client's retries)
+    ("failed_requests", "failed req", "d"),
     ("tokens_per_accepted", "tokens/accepted", ",.0f"),
     ("best_score", "best val", ".3f"),
     ("speedup", "speed-up", ".2f"),

@@ -151,6 +151,42 @@ def saturation_check(profile: str = "vllm-h100-qwen3-8b", seed: int = 0) -> dict
     }
 
 
+def closed_loop(profile: str, workers: int, minutes: float = 10.0, seed: int = 0) -> dict:
+    """``workers`` clients each sending GEPA evaluation requests back to back for ``minutes``
+    of virtual time: the throughput and latency a simulated server gives at that concurrency."""
+    from flashevolve.backends.base import ChatRequest
+    from flashevolve.backends.sim import SimulatedTask, simulated
+    from flashevolve.runtime.clock import run_virtual
+
+    llm = simulated(profile, seed=seed)
+    task = SimulatedTask(n_val=300, seed=seed)
+    latencies: list[float] = []
+
+    async def worker(w: int, stop_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        i = 0
+        while loop.time() < stop_at:
+            example = task.val[(w * 7919 + i) % len(task.val)]
+            messages = task.messages(task.seed_artifact(), example)
+            request = ChatRequest(messages, stage="validate", item_id=f"w{w}-{i}")
+            request.max_tokens = task.max_tokens
+            latencies.append((await llm.complete(request)).latency_s)
+            i += 1
+
+    async def main() -> None:
+        await asyncio.gather(*(worker(w, minutes * 60) for w in range(workers)))
+
+    run_virtual(main())
+    stats = llm.stats()
+    return {
+        "workers": workers,
+        "output_tokens_per_s": stats["completed_tokens"] / stats["elapsed_s"],
+        "mean_latency_s": statistics.fmean(latencies),
+        "p99_latency_s": sorted(latencies)[int(0.99 * (len(latencies) - 1))],
+        "utilization": stats.get("utilization"),
+    }
+
+
 def main() -> None:
     fit = fit_step_time()
     print(f"per-sequence cost: {fit.per_seq_ms:.4f} ms per step")
@@ -169,6 +205,16 @@ def main() -> None:
         f"(measured {SATURATED_RUN['total_tokens_per_s']:,.0f} tok/s, "
         f"{SATURATED_RUN['mean_tpot_ms']:.1f} ms)"
     )
+    print("closed loop, N clients sending GEPA evaluation requests for 10 simulated minutes:")
+    for profile in ("vllm-h100-qwen3-8b", "api-gpt-4o-mini"):
+        for n in (1, 8, 32, 64, 256):
+            row = closed_loop(profile, n)
+            util = row["utilization"]
+            print(
+                f"  {profile:20s} N={n:3d}: {row['output_tokens_per_s']:8,.0f} tok/s, latency "
+                f"mean {row['mean_latency_s']:5.1f} s p99 {row['p99_latency_s']:5.1f} s"
+                + (f", utilization {util:.0%}" if util is not None else "")
+            )
 
 
 if __name__ == "__main__":
