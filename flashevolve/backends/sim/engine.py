@@ -253,9 +253,10 @@ class ServingEngine:
     def _on_timer(self) -> None:
         self._timer = None
         now = self._now()
-        self._sync(now)
-        self._admit(now)
-        self._plan(now)
+        if self._sync(now):
+            self._admit(now)
+            self._plan(now)
+        # else: a real loop woke us early, inside the epoch; _sync split it and re-armed
 
     def _drop_timer(self) -> None:
         if self._timer is not None:
