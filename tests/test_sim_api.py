@@ -54,20 +54,78 @@ def test_burst_above_rpm_answers_429() -> None:
     assert llm.stats()["rejected_requests"] == 5
 
 
-def test_tpm_limit_answers_429() -> None:
-    profile = API.model_copy(update={"rpm_limit": 1000, "tpm_limit": 3000})
-    llm = SimulatedLLM(profile, max_retries=0)
+def _capped(i: int, max_tokens: int) -> ChatRequest:
+    request = _request(i)
+    request.max_tokens = max_tokens
+    return request
+
+
+def test_max_tokens_is_reserved_against_tpm_at_admission() -> None:
+    # Each request reserves its prompt + max_tokens (3,000) although its answer is far shorter:
+    # three fit in a 10,000-token window, the fourth is answered 429 at once.
+    profile = API.model_copy(update={"rpm_limit": 1000, "tpm_limit": 10_000})
+    llm = SimulatedLLM(profile, max_retries=0, length_fn=lambda stage, rng: 50)
 
     async def main() -> list[object]:
         return list(
             await asyncio.gather(
-                *(llm.complete(_request(i)) for i in range(20)), return_exceptions=True
+                *(llm.complete(_capped(i, 3000)) for i in range(4)), return_exceptions=True
             )
         )
 
     results = run_virtual(main())
-    assert any(isinstance(r, LLMError) and r.status == 429 for r in results)
-    assert any(not isinstance(r, Exception) for r in results)
+    assert [isinstance(r, LLMError) for r in results] == [False, False, False, True]
+    err = results[3]
+    assert isinstance(err, LLMError) and err.status == 429 and err.retryable
+    assert "tokens per 60s" in str(err)
+    stats = llm.stats()
+    assert stats["completed_tokens"] == 150  # what was generated: 3 x 50
+    assert stats["reserved_tokens"] == 3 * (3000 + stats["prompt_tokens"] // 3)
+
+
+def test_a_request_refused_for_tpm_passes_once_the_window_slides() -> None:
+    profile = API.model_copy(update={"rpm_limit": 1000, "tpm_limit": 10_000})
+    llm = SimulatedLLM(profile, max_retries=6, backoff_s=5.0, length_fn=lambda stage, rng: 50)
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+
+        async def one(i: int) -> float:
+            await llm.complete(_capped(i, 3000))
+            return loop.time()
+
+        return list(await asyncio.gather(*(one(i) for i in range(4))))
+
+    finished = run_virtual(main())
+    assert llm.retries >= 1
+    assert max(finished[:3]) < 5.0  # the first three went through at once
+    assert finished[3] >= 60.0  # the fourth waited for the first reservations to slide out
+
+
+def test_a_reservation_larger_than_the_limit_is_refused_for_good() -> None:
+    profile = API.model_copy(update={"tpm_limit": 5000})
+    llm = SimulatedLLM(profile, max_retries=4)
+    with pytest.raises(LLMError) as err:
+        run_virtual(llm.complete(_capped(0, 8192)))
+    assert err.value.status == 429 and not err.value.retryable
+    assert "max_tokens" in str(err.value) and llm.retries == 0
+
+
+def test_without_max_tokens_the_prompt_is_reserved_and_the_answer_charged_at_the_end() -> None:
+    profile = API.model_copy(update={"rpm_limit": 1000, "tpm_limit": 1_000})
+    llm = SimulatedLLM(profile, max_retries=0, length_fn=lambda stage, rng: 600)
+
+    async def main() -> list[object]:
+        api = llm.server
+        first = await llm.complete(_request(0))  # reserves its prompt, charged 600 at the end
+        charged = api.window_tokens()
+        second = await llm.complete(_request(1))  # prompt fits; its answer pushes past 1,000
+        third = await asyncio.gather(llm.complete(_request(2)), return_exceptions=True)
+        return [first, charged, second, third[0]]
+
+    first, charged, second, third = run_virtual(main())
+    assert charged == first.prompt_tokens + 600
+    assert isinstance(third, LLMError) and third.status == 429
 
 
 def test_retries_ride_out_the_window_on_virtual_time() -> None:
@@ -82,11 +140,19 @@ def test_retries_ride_out_the_window_on_virtual_time() -> None:
     assert end >= 60.0  # the 429'd requests had to wait for the window to slide
 
 
-def test_builtin_api_profile_is_named_simulated() -> None:
+def test_builtin_api_profiles_are_named_simulated_and_follow_the_tiers() -> None:
     llm = simulated("api-gpt-4o-mini")
     assert llm.endpoint == "sim:api-gpt-4o-mini"
     assert "simulated" in llm.model
-    assert PROFILES["api-gpt-4o-mini"].rpm_limit > PROFILES["api-gpt-4o-mini-tier1"].rpm_limit
+    tiers = [PROFILES[f"api-gpt-4o-mini-tier{t}"] for t in range(1, 6)]
+    assert [(p.rpm_limit, p.tpm_limit) for p in tiers] == [
+        (500, 200_000),
+        (5_000, 2_000_000),
+        (5_000, 4_000_000),
+        (10_000, 10_000_000),
+        (30_000, 150_000_000),
+    ]
+    assert PROFILES["api-gpt-4o-mini"].tpm_limit == tiers[1].tpm_limit  # the default is tier 2
 
 
 def test_call_with_retries_semantics() -> None:

@@ -27,7 +27,12 @@ from flashevolve.backends.base import BackendLoad, ChatRequest, LLMError
 from flashevolve.backends.sim.lengths import count_prompt_tokens, count_tokens
 from flashevolve.backends.sim.llm import SimulatedLLM, request_key
 from flashevolve.backends.sim.profiles import Profile
-from flashevolve.backends.sim.workload import ContentModel, WorkloadContent, infer_stage
+from flashevolve.backends.sim.workload import (
+    ContentModel,
+    SimWorkload,
+    WorkloadContent,
+    infer_stage,
+)
 
 STAGE_HEADER = "X-Flashevolve-Stage"
 
@@ -178,8 +183,11 @@ class SimulatorResponder:
         seed: int = 0,
         speed: float = 1.0,
         content: ContentModel | None = None,
+        workload: str | SimWorkload | None = None,
     ) -> None:
-        self.llm = SimulatedLLM(profile, seed=seed, speed=speed, content=content, max_retries=0)
+        self.llm = SimulatedLLM(
+            profile, seed=seed, speed=speed, workload=workload, content=content, max_retries=0
+        )
         self.model = self.llm.model
 
     async def respond(self, request: ChatRequest) -> Reply:

@@ -24,19 +24,19 @@ class ZeroLatencyLLM:
     endpoint = "sim:zero-latency"
 
     def __init__(self, seed: int = 0) -> None:
-        from flashevolve.backends.sim import WorkloadContent
+        from flashevolve.backends.sim import get_workload
 
         self.seed = seed
-        self.content = WorkloadContent()
+        self.workload = get_workload()
 
     async def complete(self, request: ChatRequest) -> ChatResult:
-        from flashevolve.backends.sim import count_prompt_tokens, infer_stage
+        from flashevolve.backends.sim import count_prompt_tokens
         from flashevolve.backends.sim.llm import request_key
 
         await asyncio.sleep(0)  # yield like a real backend would
-        stage = request.stage or infer_stage(request.messages)
+        stage = self.workload.stage_of(request)
         key = request_key(self.seed, request, stage)
-        text = self.content.respond(request.messages, stage, random.Random(f"text:{key}"))
+        text = self.workload.content.respond(request.messages, stage, random.Random(f"text:{key}"))
         return ChatResult(text, count_prompt_tokens(request.messages), 1, 0.0)
 
     async def aclose(self) -> None:

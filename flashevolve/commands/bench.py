@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from flashevolve.commands.common import dumps_readable
+from flashevolve.commands.sim_options import add_profile_option
 
 NAME = "bench"
 HELP = (
@@ -17,11 +18,7 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--profile",
-        default="vllm-h100-qwen3-8b",
-        help="simulator profile: vllm-h100-qwen3-8b or api-gpt-4o-mini",
-    )
+    add_profile_option(p)
     p.add_argument("--minutes", type=float, default=30.0, help="simulated minutes per config")
     p.add_argument(
         "--configs",

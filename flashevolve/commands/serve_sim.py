@@ -11,7 +11,8 @@ from flashevolve.backends.server import (
     ScriptedResponder,
     SimulatorResponder,
 )
-from flashevolve.backends.sim.profiles import PROFILES, get_profile
+from flashevolve.backends.sim.profiles import get_profile
+from flashevolve.commands.sim_options import add_profile_option
 from flashevolve.errors import ConfigError
 
 NAME = "serve-sim"
@@ -22,11 +23,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--profile",
-        default="vllm-h100-qwen3-8b",
-        help=f"simulator profile: {', '.join(sorted(PROFILES))}",
-    )
+    add_profile_option(parser)
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0 = any)")
     parser.add_argument(
         "--speed",

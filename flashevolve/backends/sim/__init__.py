@@ -1,9 +1,11 @@
 """The serving *simulator*: a workload model on a virtual clock.  It does not run any model.
 
 - :func:`simulated` builds a :class:`SimulatedLLM` (the LLM Protocol) from a profile name.
-- :mod:`.profiles` -- simulator parameters (continuous-batching engine, rate-limited API).
+- :mod:`.profiles` -- simulator parameters (continuous-batching engine, rate-limited API);
+  :mod:`.fit` -- the public measurements the engine profile is fitted to.
 - :mod:`.engine` / :mod:`.api` -- the latency models; :mod:`.lengths` -- output lengths.
-- :mod:`.workload` -- :class:`SimulatedTask` and the content model answering its requests.
+- :mod:`.workload` -- :class:`SimWorkload` (what a workflow's requests look like), the generic
+  markers and :class:`SimulatedTask`; :mod:`.gepa_workload` -- the GEPA workload (the default).
 
 See docs/simulator.md for what is modelled, what is not, and the calibration.
 """
@@ -12,7 +14,14 @@ from __future__ import annotations
 
 from flashevolve.backends.sim.api import SimulatedApi
 from flashevolve.backends.sim.engine import ServingEngine, Timing
-from flashevolve.backends.sim.lengths import STAGE_LENGTHS, LengthDist, count_prompt_tokens
+from flashevolve.backends.sim.gepa_workload import (
+    GEPA_WORKLOAD,
+    STAGE_LENGTHS,
+    WorkloadContent,
+    infer_stage,
+    respond_patch,
+)
+from flashevolve.backends.sim.lengths import LengthDist, count_prompt_tokens
 from flashevolve.backends.sim.llm import SimulatedLLM
 from flashevolve.backends.sim.profiles import (
     PROFILES,
@@ -24,9 +33,9 @@ from flashevolve.backends.sim.profiles import (
 from flashevolve.backends.sim.workload import (
     ContentModel,
     SimulatedTask,
-    WorkloadContent,
-    infer_stage,
-    respond_patch,
+    SimWorkload,
+    get_workload,
+    register_workload,
 )
 
 
@@ -34,19 +43,30 @@ def simulated(
     profile: str | Profile = "vllm-h100-qwen3-8b",
     *,
     seed: int = 0,
+    workload: str | SimWorkload | None = None,
     content: ContentModel | None = None,
     speed: float = 1.0,
     max_retries: int = 4,
 ) -> SimulatedLLM:
     """A simulated LLM endpoint (``endpoint = "sim:<profile>"``).
 
-    Run it under :func:`flashevolve.runtime.clock.run_virtual` for simulated time, or on a normal
-    loop for real time (``speed`` > 1 makes the simulated server that much faster).
+    ``workload`` says what the requests look like (a :class:`SimWorkload` or its name; default
+    GEPA's); ``content`` replaces just its content model.  Run it under
+    :func:`flashevolve.runtime.clock.run_virtual` for simulated time, or on a normal loop for
+    real time (``speed`` > 1 makes the simulated server that much faster).
     """
-    return SimulatedLLM(profile, seed=seed, content=content, speed=speed, max_retries=max_retries)
+    return SimulatedLLM(
+        profile,
+        seed=seed,
+        workload=workload,
+        content=content,
+        speed=speed,
+        max_retries=max_retries,
+    )
 
 
 __all__ = [
+    "GEPA_WORKLOAD",
     "PROFILES",
     "STAGE_LENGTHS",
     "ApiProfile",
@@ -55,6 +75,7 @@ __all__ = [
     "LengthDist",
     "Profile",
     "ServingEngine",
+    "SimWorkload",
     "SimulatedApi",
     "SimulatedLLM",
     "SimulatedTask",
@@ -62,7 +83,9 @@ __all__ = [
     "WorkloadContent",
     "count_prompt_tokens",
     "get_profile",
+    "get_workload",
     "infer_stage",
+    "register_workload",
     "respond_patch",
     "simulated",
 ]

@@ -1,168 +1,151 @@
-"""Calibration of the serving simulator against the paper's synchronous GEPA step.
+"""Calibration of the simulated *workload* against the paper's synchronous GEPA step.
 
-Run: ``python -m flashevolve.backends.sim.calibrate [--profile P] [--steps N] [--seed S]``
+Run: ``python -m flashevolve.backends.sim.calibrate [--profile P] [--minutes M] [--seed S]
+[--n-val N] [--eval-concurrency C]``
 
-A stand-alone, simplified synchronous GEPA loop over :class:`SimulatedLLM` and
-:class:`SimulatedTask` on virtual time (it does not use the flashevolve runtime):
+The server side of the simulator is fitted to public serving measurements (:mod:`.fit`); what is
+calibrated here is the workload: output lengths per stage, the validation set's size and the
+sync loop's evaluation concurrency (32 threads, what GEPA/DSPy users run).  The run is the real
+GEPA workflow, ``mode="sync"``, through :class:`flashevolve.Evolver` on virtual time -- the same
+code as ``flashevolve bench`` -- and the report is read from its event log:
 
-    rollout  parent on 3 train examples (3 concurrent requests)
-    propose  one reflection request (parent instruction in a fenced block + the 3 records)
-    gate     child on the same 3 examples (3 concurrent)
-    validate child on the n_val examples, at most 8 concurrent
+- per stage, the median time of one item (``item_done`` latencies): rollout (the parent on its
+  minibatch), propose (one reflection), gate (the child on the minibatch), validate (the full
+  validation set);
+- the median *full* step (parent selected -> next parent selected, for steps that ran all four
+  stages) and its split rollout / propose / evaluate (gate + validate), from the medians;
+- steps that skipped reflection (a perfect minibatch) or stopped at the gate are counted apart.
 
-``full`` mode runs every stage every step (the paper's per-step stage split); ``gepa`` mode
-validates only children that pass the gate and reports the acceptance rate and the score path.
+Target (paper, one H100, Qwen3-8B, vLLM): about 2 minutes per synchronous step, ~9 s rollout /
+~11 s propose / ~96 s evaluate (8% / 10% / 82%), backend concurrency in single digits.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import random
 import statistics
-from collections.abc import Sequence
 from typing import Any
 
-from flashevolve.backends.base import ChatRequest
-from flashevolve.backends.sim.llm import SimulatedLLM
-from flashevolve.backends.sim.workload import FENCE, QUALITY_RE, SimulatedTask, _first_fenced
-from flashevolve.runtime.clock import run_virtual
-from flashevolve.tasks.base import Example, Rollout
+import polars as pl
 
-EVAL_CONCURRENCY = 8
+from flashevolve.events.schema import Kind
 
-
-def reflection_prompt(instruction: str, rollouts: Sequence[Rollout], task: SimulatedTask) -> str:
-    """A GEPA-like reflection prompt (our own wording)."""
-    parts = [
-        "You improve the instruction given to an assistant.",
-        f"Current instruction:\n{FENCE}\n{instruction}\n{FENCE}",
-        "Below are examples of inputs, the assistant's outputs and feedback.",
-    ]
-    by_id = {ex.id: ex for ex in task.train}
-    for i, r in enumerate(rollouts, 1):
-        parts.append(
-            f"# Example {i}\n## Inputs\n{by_id[r.example_id].inputs['prompt']}\n"
-            f"## Output\n{r.output}\n## Feedback\n{r.feedback}"
-        )
-    parts.append("Write an improved instruction inside a fenced block.")
-    return "\n\n".join(parts)
+STAGES = ("rollout", "propose", "gate", "validate")
+#: The GEPA workload's calibrated defaults (docs/simulator.md, "Calibration").
+N_TRAIN, N_VAL, EVAL_CONCURRENCY = 150, 300, 32
 
 
-async def _evaluate(
-    task: SimulatedTask,
-    llm: SimulatedLLM,
-    comps: dict[str, str],
-    examples: Sequence[Example],
-    stage: str,
-    step: int,
-) -> list[Rollout]:
-    sem = asyncio.Semaphore(EVAL_CONCURRENCY)
-
-    async def one(ex: Example) -> Rollout:
-        async with sem:
-            return await task.rollout(comps, ex, llm, stage=stage, item_id=f"{stage}-{step}")
-
-    return list(await asyncio.gather(*(one(ex) for ex in examples)))
-
-
-async def sync_gepa(
-    profile: str, steps: int, seed: int, *, full: bool, n_val: int = 50
+def sync_step_profile(
+    profile: str = "vllm-h100-qwen3-8b",
+    *,
+    minutes: float = 60.0,
+    seed: int = 0,
+    n_train: int = N_TRAIN,
+    n_val: int = N_VAL,
+    eval_concurrency: int = EVAL_CONCURRENCY,
 ) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    task = SimulatedTask(n_val=n_val, seed=seed)
-    llm = SimulatedLLM(profile, seed=seed)
-    rng = random.Random(seed)
-    parent = task.seed_artifact()
-    base = await _evaluate(task, llm, parent, task.val, "validate", -1)
-    best_score = statistics.fmean(r.score for r in base)
-    times: dict[str, list[float]] = {s: [] for s in ("rollout", "propose", "gate", "validate")}
-    step_times: list[float] = []
-    proposals = accepted = malformed = skipped = 0
-    t_start = loop.time()
-    for step in range(steps):
-        t_step = loop.time()
-        batch = rng.sample(list(task.train), 3)
-        t0 = loop.time()
-        parent_runs = await _evaluate(task, llm, parent, batch, "rollout", step)
-        times["rollout"].append(loop.time() - t0)
-        if not full and all(r.score >= 1.0 for r in parent_runs):
-            skipped += 1
-            step_times.append(loop.time() - t_step)
-            continue
-        t0 = loop.time()
-        prompt = reflection_prompt(parent["instruction"], parent_runs, task)
-        reply = await llm.complete(
-            ChatRequest(
-                [{"role": "user", "content": prompt}], stage="propose", item_id=f"propose-{step}"
-            )
-        )
-        times["propose"].append(loop.time() - t0)
-        proposals += 1
-        new_text = _first_fenced(reply.text)
-        if new_text is None:
-            malformed += 1
-            if not full:
-                step_times.append(loop.time() - t_step)
-                continue
-            new_text = parent["instruction"]
-        child = {"instruction": new_text}
-        t0 = loop.time()
-        child_runs = await _evaluate(task, llm, child, batch, "gate", step)
-        times["gate"].append(loop.time() - t0)
-        passed = sum(r.score for r in child_runs) > sum(r.score for r in parent_runs)
-        if passed or full:
-            t0 = loop.time()
-            val = await _evaluate(task, llm, child, task.val, "validate", step)
-            times["validate"].append(loop.time() - t0)
-            score = statistics.fmean(r.score for r in val)
-            if passed:
-                accepted += 1
-                if score >= best_score:
-                    best_score, parent = score, child
-        step_times.append(loop.time() - t_step)
-    stats = llm.stats()
-    med = {k: statistics.median(v) if v else 0.0 for k, v in times.items()}
+    """Run synchronous GEPA on the simulator for ``minutes`` of virtual time; its step profile."""
+    from flashevolve import Evolver
+    from flashevolve.backends.sim import SimulatedTask, simulated
+
+    llm = simulated(profile, seed=seed)
+    evolver = Evolver(
+        SimulatedTask(n_train=n_train, n_val=n_val, seed=seed),
+        llm,
+        mode="sync",
+        budget={"seconds": minutes * 60},
+        seed=seed,
+        name="calibrate",
+        eval_concurrency=eval_concurrency,
+    )
+    summary = evolver.run_virtual()
+    report = step_report(evolver.events)
+    report["tokens_by_stage"] = tokens_by_stage(evolver.events).to_dicts()
+    report.update(
+        profile=profile,
+        seed=seed,
+        n_val=n_val,
+        eval_concurrency=eval_concurrency,
+        sim_minutes=round(summary["duration_s"] / 60, 1),
+        mean_concurrency=round(llm.stats().get("mean_concurrency", 0.0), 2),
+        peak_concurrency=summary["peak_concurrency"],
+        proposals=summary["proposals"],
+        accepted=summary["accepted"],
+        best_score=summary["best_score"],
+    )
+    return report
+
+
+def step_report(events: pl.DataFrame) -> dict[str, Any]:
+    """Stage and step times of a synchronous run, read from its event log."""
+    starts = events.filter(pl.col("kind") == Kind.PARENT_SELECTED)["ts"].to_list()
+    done = events.filter((pl.col("kind") == Kind.ITEM_DONE) & pl.col("stage").is_in(STAGES))
+    items = list(zip(done["ts"].to_list(), done["stage"].to_list(), strict=True))
+    latency = {
+        s: done.filter(pl.col("stage") == s)["latency_s"].drop_nulls().to_list() for s in STAGES
+    }
+    full_steps: list[float] = []
+    short_steps = 0
+    for begin, end in zip(starts, starts[1:], strict=False):  # the last step may be cut off
+        stages = {stage for ts, stage in items if begin < ts <= end}
+        if stages >= set(STAGES):
+            full_steps.append(end - begin)
+        else:
+            short_steps += 1
+    med = {s: statistics.median(v) if v else 0.0 for s, v in latency.items()}
     evaluate = med["gate"] + med["validate"]
     total = med["rollout"] + med["propose"] + evaluate
     return {
-        "mode": "full" if full else "gepa",
-        "steps": steps,
-        "median_s": {k: round(v, 1) for k, v in med.items()},
-        "median_step_s": round(statistics.median(step_times), 1),
-        "mean_step_s": round(statistics.fmean(step_times), 1),
+        "median_item_s": {s: round(v, 1) for s, v in med.items()},
+        "median_full_step_s": round(statistics.median(full_steps), 1) if full_steps else None,
+        "full_steps": len(full_steps),
+        "short_steps": short_steps,
         "split_of_medians": {
-            "rollout": round(med["rollout"] / total, 3),
-            "propose": round(med["propose"] / total, 3),
-            "evaluate": round(evaluate / total, 3),
+            "rollout": round(med["rollout"] / total, 3) if total else 0.0,
+            "propose": round(med["propose"] / total, 3) if total else 0.0,
+            "evaluate": round(evaluate / total, 3) if total else 0.0,
         },
-        "proposals": proposals,
-        "accepted": accepted,
-        "acceptance_rate": round(accepted / proposals, 3) if proposals else 0.0,
-        "malformed": malformed,
-        "skipped_perfect": skipped,
-        "seed_val_score": round(statistics.fmean(r.score for r in base), 3),
-        "best_val_score": round(best_score, 3),
-        "best_quality": QUALITY_RE.search(parent["instruction"]).group(1),  # type: ignore[union-attr]
-        "sim_minutes": round((loop.time() - t_start) / 60, 1),
-        "mean_concurrency": round(stats.get("mean_concurrency", 0.0), 2),
-        "utilization": round(stats.get("utilization", 0.0), 4),
     }
+
+
+def tokens_by_stage(events: pl.DataFrame) -> pl.DataFrame:
+    """Prompt and completion tokens of the finished requests, per stage (percentiles)."""
+    done = events.filter(pl.col("kind") == Kind.REQUEST_FINISHED)
+    prompt = pl.col("prompt_tokens")
+    return (
+        done.group_by("stage")
+        .agg(
+            pl.len().alias("requests"),
+            prompt.quantile(0.05).alias("prompt_p5"),
+            prompt.median().alias("prompt_p50"),
+            prompt.quantile(0.95).alias("prompt_p95"),
+            prompt.max().alias("prompt_max"),
+            pl.col("completion_tokens").mean().round(0).alias("completion_mean"),
+        )
+        .sort("stage")
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="vllm-h100-qwen3-8b")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--minutes", type=float, default=60.0, help="simulated minutes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-val", type=int, default=N_VAL)
+    parser.add_argument("--eval-concurrency", type=int, default=EVAL_CONCURRENCY)
     args = parser.parse_args(argv)
-    import time
-
-    for full in (True, False):
-        w0 = time.perf_counter()
-        result = run_virtual(sync_gepa(args.profile, args.steps, args.seed, full=full))
-        result["wall_s"] = round(time.perf_counter() - w0, 2)
-        print(result)
+    report = sync_step_profile(
+        args.profile,
+        minutes=args.minutes,
+        seed=args.seed,
+        n_val=args.n_val,
+        eval_concurrency=args.eval_concurrency,
+    )
+    tokens = pl.DataFrame(report.pop("tokens_by_stage"))
+    print(report)
+    with pl.Config(tbl_rows=20, tbl_hide_dataframe_shape=True):
+        print("tokens per request, by stage (simulated):")
+        print(tokens)
 
 
 if __name__ == "__main__":

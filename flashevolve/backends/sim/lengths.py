@@ -1,9 +1,8 @@
 """Output lengths and token counts for the *simulator* (no real tokenizer, no real model).
 
-Output lengths are drawn per stage from capped lognormal distributions.  The evaluation stages
-(rollout/gate/validate) follow the FlashEvolve paper's measurement for GEPA evaluate: mean ~700
-output tokens, long tail out to 5-7k.  Reflection (propose) and patch outputs are longer on
-average but less spread.
+Output lengths are drawn from capped lognormal distributions (:class:`LengthDist`); which one a
+request uses depends on its stage and is decided by the workload (:class:`SimWorkload`, e.g.
+the GEPA table in :mod:`.gepa_workload`).
 
 Prompt tokens are estimated as ``ceil(chars / 4)`` per message plus 4 tokens of chat-template
 overhead per message -- the usual rule of thumb for English text with BPE tokenizers.  It is
@@ -35,30 +34,6 @@ class LengthDist:
         mu = math.log(self.mean) - self.sigma**2 / 2  # so that E[X] = mean before the cap
         value = rng.lognormvariate(mu, self.sigma)
         return int(min(self.cap, max(self.floor, round(value))))
-
-
-EVALUATE_LENGTHS = LengthDist(mean=700.0, sigma=1.0, cap=7000)
-PROPOSE_LENGTHS = LengthDist(mean=1000.0, sigma=0.5, cap=4000, floor=64)
-PATCH_LENGTHS = LengthDist(mean=800.0, sigma=0.5, cap=4000, floor=64)
-
-#: Per-stage output-length model; any stage not listed uses the evaluation distribution.
-STAGE_LENGTHS: dict[str, LengthDist] = {
-    "rollout": EVALUATE_LENGTHS,
-    "gate": EVALUATE_LENGTHS,
-    "validate": EVALUATE_LENGTHS,
-    "evaluate": EVALUATE_LENGTHS,
-    "test": EVALUATE_LENGTHS,
-    "propose": PROPOSE_LENGTHS,
-    "reflect": PROPOSE_LENGTHS,
-    "patch": PATCH_LENGTHS,
-}
-
-
-def output_length(
-    stage: str, rng: random.Random, table: Mapping[str, LengthDist] | None = None
-) -> int:
-    table = STAGE_LENGTHS if table is None else table
-    return table.get(stage, EVALUATE_LENGTHS).sample(rng)
 
 
 def count_tokens(text: str) -> int:

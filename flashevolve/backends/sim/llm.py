@@ -1,9 +1,11 @@
-"""``SimulatedLLM``: the LLM Protocol over the serving *simulator* (content model x latency model).
+"""``SimulatedLLM``: the LLM Protocol over the serving *simulator* (workload model x latency model).
 
-The content model (by default :class:`~flashevolve.backends.sim.workload.WorkloadContent`)
-decides the text; the latency model -- a :class:`ServingEngine` for engine profiles or a
-:class:`SimulatedApi` for API profiles -- decides when the answer comes back, on the asyncio loop
-clock.  Under :class:`~flashevolve.runtime.clock.VirtualTimeLoop` a 30-minute run takes seconds.
+The workload (:class:`~flashevolve.backends.sim.workload.SimWorkload`, GEPA's by default) decides
+a request's stage (``ChatRequest.stage``; a guess from the prompt only when it names none), its
+output length and its text; the latency model -- a :class:`ServingEngine` for engine profiles or
+a :class:`SimulatedApi` for API profiles -- decides when the answer comes back, on the asyncio
+loop clock.  Under :class:`~flashevolve.runtime.clock.VirtualTimeLoop` a 30-minute run takes
+seconds.
 
 Randomness is keyed by the request (seed, stage, item id, request seed, prompt text), not drawn
 from a shared stream, so a request gets the same length and text whatever order requests arrive
@@ -16,15 +18,21 @@ import asyncio
 import hashlib
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from flashevolve.backends.base import BackendLoad, ChatRequest, ChatResult
 from flashevolve.backends.retry import call_with_retries
 from flashevolve.backends.sim.api import SimulatedApi
 from flashevolve.backends.sim.engine import ServingEngine, Timing
-from flashevolve.backends.sim.lengths import count_prompt_tokens, output_length
+from flashevolve.backends.sim.lengths import count_prompt_tokens
 from flashevolve.backends.sim.profiles import ApiProfile, EngineProfile, Profile, get_profile
-from flashevolve.backends.sim.workload import ContentModel, WorkloadContent, infer_stage
+from flashevolve.backends.sim.workload import (
+    ContentModel,
+    SimWorkload,
+    get_workload,
+    pad_to_tokens,
+)
 
 
 def request_key(seed: int, request: ChatRequest, stage: str) -> str:
@@ -41,13 +49,18 @@ def request_key(seed: int, request: ChatRequest, stage: str) -> str:
 
 
 class SimulatedLLM:
-    """A simulated LLM endpoint.  ``endpoint = "sim:<profile>"``; nothing here runs a model."""
+    """A simulated LLM endpoint.  ``endpoint = "sim:<profile>"``; nothing here runs a model.
+
+    ``workload``: a :class:`SimWorkload` or its name (default: GEPA's); ``content`` replaces just
+    its content model; ``length_fn(stage, rng)`` replaces its output lengths.
+    """
 
     def __init__(
         self,
         profile: str | Profile = "vllm-h100-qwen3-8b",
         *,
         seed: int = 0,
+        workload: str | SimWorkload | None = None,
         content: ContentModel | None = None,
         speed: float = 1.0,
         max_retries: int = 4,
@@ -60,10 +73,12 @@ class SimulatedLLM:
         self.endpoint = f"sim:{base.name}"
         self.seed = seed
         self.speed = speed
-        self.content: ContentModel = content or WorkloadContent()
+        self.workload = get_workload(workload)
+        if content is not None:
+            self.workload = replace(self.workload, content=content)
         self.max_retries = max_retries
         self.backoff_s = backoff_s / speed
-        self._length_fn = length_fn or output_length
+        self._length_fn = length_fn or self._workload_length
         self._retry_rng = random.Random(f"sim-retry:{seed}")
         self._server: ServingEngine | SimulatedApi | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,7 +95,15 @@ class SimulatedLLM:
             "profile": self.profile.model_dump(),
             "seed": self.seed,
             "speed": self.speed,
+            "workload": self.workload.name,
         }
+
+    @property
+    def content(self) -> ContentModel:
+        return self.workload.content
+
+    def _workload_length(self, stage: str, rng: random.Random) -> int:
+        return self.workload.length_for(stage).sample(rng)
 
     @property
     def server(self) -> ServingEngine | SimulatedApi:
@@ -125,15 +148,18 @@ class SimulatedLLM:
 
     async def complete_once(self, request: ChatRequest) -> ChatResult:
         """One attempt: no retry on 429 (the HTTP server uses this and lets clients retry)."""
-        stage = request.stage or infer_stage(request.messages)
+        workload = self.workload
+        stage = workload.stage_of(request)
         key = request_key(self.seed, request, stage)
         length = self._length_fn(stage, random.Random(f"len:{key}"))
         truncated = request.max_tokens is not None and length > request.max_tokens
         if truncated:
             length = max(1, int(request.max_tokens or 1))
-        text = self.content.respond(
+        text = workload.content.respond(
             request.messages, stage, random.Random(f"text:{key}"), truncated=truncated
         )
+        if stage in workload.padded_stages:
+            text = pad_to_tokens(text, length)
         prompt_tokens = count_prompt_tokens(request.messages)
         server = self.server
         loop = asyncio.get_running_loop()
@@ -142,7 +168,11 @@ class SimulatedLLM:
             timing: Timing = await server.generate(prompt_tokens, length, request.partial)
         else:
             timing = await server.generate(
-                prompt_tokens, length, random.Random(f"ttft:{key}"), request.partial
+                prompt_tokens,
+                length,
+                random.Random(f"ttft:{key}"),
+                request.partial,
+                max_tokens=request.max_tokens,
             )
         return ChatResult(
             text=text,

@@ -1,17 +1,19 @@
 """Simulator parameters: how fast a *simulated* server serves requests.
 
-Nothing here measures real hardware.  These are the knobs of the serving simulator, chosen so that
-a synchronous GEPA step on the simulated task lands near the figures reported by the FlashEvolve
-paper (about 2 minutes per step on one H100 serving Qwen3-8B with vLLM, ~80% of it evaluation),
-and cross-checked against public, first-principles numbers.  Every field states where its value
-comes from; ``docs/simulator.md`` has the calibration run and its script.
+Nothing here measures real hardware.  These are the knobs of the serving simulator, each fitted
+to or taken from a public source (``docs/simulator.md`` lists the sources and the fit, and
+:mod:`.fit` holds the published figures and the least-squares fit itself).  The paper's
+~2-minute synchronous GEPA step is reached through the *workload* (output lengths, validation
+set size, the sync loop's evaluation concurrency), not through a slow decoder.
 
 Two kinds of profile exist:
 
-- :class:`EngineProfile` -- a continuous-batching server (vLLM-like): one decode step advances
-  every running sequence by one token and costs ``base_step_s + per_seq_s * running`` seconds.
+- :class:`EngineProfile` -- a continuous-batching server (vLLM v1-like): each engine step
+  carries one token of every decoding sequence plus up to a token budget of prefill chunks and
+  costs ``base_step_s + per_seq_s * decoding + prefill_tokens / prefill_tokens_per_s``.
 - :class:`ApiProfile` -- a hosted API (OpenAI-like): each request streams at its own fixed rate,
-  no batch slowdown, but requests/min and tokens/min limits answer HTTP 429.
+  no batch slowdown, but requests/min and tokens/min limits answer HTTP 429; tokens are
+  *reserved* at admission (prompt + ``max_tokens``), as OpenAI's rate limiter counts them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from flashevolve.errors import ConfigError
 
 
 class EngineProfile(BaseModel):
-    """Simulator parameters of a continuous-batching inference server (vLLM-style)."""
+    """Simulator parameters of a continuous-batching inference server (vLLM v1-style)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -33,13 +35,24 @@ class EngineProfile(BaseModel):
     model: str = Field(description="Model name the simulated server reports.")
     base_step_s: float = Field(
         gt=0,
-        description="Memory-bound cost of one decode step (weights read once per step), seconds.",
+        description="Cost of one engine step with one sequence, less its per-sequence share "
+        "(weights read once per step), seconds.",
     )
     per_seq_s: float = Field(
-        ge=0, description="Extra cost per running sequence per decode step (attention/KV reads)."
+        ge=0, description="Extra cost per decoding sequence per step (attention/KV reads)."
     )
-    prefill_tokens_per_s: float = Field(gt=0, description="Prompt processing rate (one lane).")
-    max_running: int = Field(gt=0, description="Sequences decoded together at most.")
+    prefill_tokens_per_s: float = Field(
+        gt=0,
+        description="Prompt tokens per second of step time: each prefill token in a step adds "
+        "1/prefill_tokens_per_s seconds to it.",
+    )
+    max_batched_tokens: int = Field(
+        default=8192,
+        gt=0,
+        description="Token budget of one step (vLLM's max_num_batched_tokens): the decoding "
+        "sequences' tokens plus the prefill chunks.",
+    )
+    max_running: int = Field(gt=0, description="Sequences admitted at most (max_num_seqs).")
     kv_capacity_tokens: int = Field(
         gt=0, description="KV-cache size in tokens; a request reserves prompt + completion."
     )
@@ -49,8 +62,13 @@ class EngineProfile(BaseModel):
         """Decode throughput with a full batch: the denominator of utilization."""
         return self.max_running / self.step_time(self.max_running)
 
-    def step_time(self, running: int) -> float:
-        return self.base_step_s + self.per_seq_s * running
+    def step_time(self, decoding: int, prefill_tokens: float = 0.0) -> float:
+        """Seconds of one engine step with ``decoding`` sequences and that many prefill tokens."""
+        return (
+            self.base_step_s
+            + self.per_seq_s * decoding
+            + prefill_tokens / self.prefill_tokens_per_s
+        )
 
     def scaled(self, speed: float) -> EngineProfile:
         """The same server ``speed`` times faster (for real-time serving of the simulator)."""
@@ -79,13 +97,16 @@ class ApiProfile(BaseModel):
     per_stream_tokens_per_s: float = Field(gt=0, description="Output rate of one request.")
     rpm_limit: int = Field(gt=0, description="Requests per sliding 60 s window before 429.")
     tpm_limit: int = Field(
-        gt=0, description="Tokens (prompt + completion) per sliding 60 s window before 429."
+        gt=0,
+        description="Tokens per sliding 60 s window before 429.  A request reserves its prompt "
+        "plus max_tokens at admission; one without max_tokens reserves its prompt and is "
+        "charged its completion when it finishes.",
     )
     window_s: float = Field(default=60.0, gt=0, description="Rate-limit window, seconds.")
 
     @property
     def attainable_tokens_per_s(self) -> float:
-        """Output tokens/s the rate limit allows at most (the API's effective ceiling)."""
+        """Tokens/s the rate limit allows at most (the API's effective ceiling)."""
         return self.tpm_limit / self.window_s
 
     def scaled(self, speed: float) -> ApiProfile:
@@ -110,24 +131,47 @@ def _check_speed(speed: float) -> None:
 
 # --- the built-in profiles ------------------------------------------------------------------
 #
-# vllm-h100-qwen3-8b
-#   base_step_s 10 ms: Qwen3-8B in BF16 is ~16.4 GB of weights; at the H100 SXM's 3.35 TB/s a
-#     decode step cannot be faster than ~4.9 ms.  Real single-stream vLLM decode of 8B models on
-#     an H100 reports ~100-150 tok/s (7-10 ms/step); 10 ms is what makes the simulated sync GEPA
-#     step match the paper's ~9 s rollout / ~96 s evaluate (docs/simulator.md, calibration).
-#   per_seq_s 0.12 ms: gives ~6,400 tok/s decode at 256 sequences, in the range reported for
-#     8B models on one H100 under vLLM at high batch (several thousand tok/s).
-#   prefill 20,000 tok/s: 8B params -> ~16 GFLOP/token; ~30-40% of the H100's ~990 dense BF16
-#     TFLOP/s.
-#   max_running 256: vLLM's default max_num_seqs.
+# vllm-h100-qwen3-8b (docs/simulator.md, "Fitted constants", has the table and the residuals)
+#   base_step_s 7.27 ms and per_seq_s 0.0445 ms: least squares (flashevolve.backends.sim.fit)
+#     over the time per output token of vLLM v0.11 serving Qwen3-8B (BF16) on one H100 SXM at
+#     concurrency 1-8 (GPUStack performance lab) and of NVIDIA NIM serving Llama-3.1-8B-Instruct
+#     on one H100 at concurrency 1-250 (NIM benchmarking guide), one slope for both, one
+#     intercept per source; the profile takes the vLLM/Qwen3-8B intercept.
+#   prefill 20,000 tok/s of step time: first principles, not fitted -- 8.2B parameters -> ~16
+#     GFLOP per prompt token, at ~33% of the H100's ~990 dense BF16 TFLOP/s.
+#   max_batched_tokens 8192 and max_running 1024: vLLM v1's defaults for the OpenAI server on a
+#     GPU with >= 70 GiB that is not an A100 (vllm/engine/arg_utils.py, get_batch_defaults).
 #   kv_capacity 400,000 tokens: Qwen3-8B keeps 36 layers x 8 KV heads x 128 dims x 2 (K,V) x 2 B
 #     = 144 KiB per token; ~56 GiB left for the cache at gpu_memory_utilization 0.9 -> ~400k.
 #
-# api-gpt-4o-mini
+# api-gpt-4o-mini[-tierN]
 #   ttft 0.5 s and 75 tok/s per stream: typical public measurements of gpt-4o-mini (0.4-0.6 s
-#     to first token, 60-90 output tok/s).  Limits are tier-style values (a usage-tier-2-like
-#     5,000 RPM / 2,000,000 TPM; the -tier1 variant 500 RPM / 200,000 TPM).  Real limits depend
-#     on your account: read them from your provider's limits page and make your own profile.
+#     to first token, 60-90 output tok/s).  RPM/TPM: OpenAI's usage tiers for gpt-4o-mini (tier
+#     1: 500 RPM / 200,000 TPM; 2: 5,000 / 2M; 3: 5,000 / 4M; 4: 10,000 / 10M; 5: 30,000 / 150M;
+#     sources in docs/simulator.md).  ``api-gpt-4o-mini`` is tier 2.  Real limits depend on the
+#     account and change over time: read yours from the limits page and make your own profile.
+
+#: gpt-4o-mini's (requests per minute, tokens per minute) by OpenAI usage tier.
+GPT_4O_MINI_TIERS: dict[int, tuple[int, int]] = {
+    1: (500, 200_000),
+    2: (5_000, 2_000_000),
+    3: (5_000, 4_000_000),
+    4: (10_000, 10_000_000),
+    5: (30_000, 150_000_000),
+}
+
+
+def _gpt_4o_mini(name: str, tier: int) -> ApiProfile:
+    rpm, tpm = GPT_4O_MINI_TIERS[tier]
+    return ApiProfile(
+        name=name,
+        model="gpt-4o-mini (simulated)",
+        ttft_s=0.5,
+        per_stream_tokens_per_s=75.0,
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+    )
+
 
 PROFILES: dict[str, Profile] = {
     p.name: p
@@ -135,28 +179,15 @@ PROFILES: dict[str, Profile] = {
         EngineProfile(
             name="vllm-h100-qwen3-8b",
             model="Qwen/Qwen3-8B (simulated)",
-            base_step_s=0.011,
-            per_seq_s=0.0002,
+            base_step_s=0.00727,
+            per_seq_s=0.0000445,
             prefill_tokens_per_s=20_000.0,
-            max_running=256,
+            max_batched_tokens=8192,
+            max_running=1024,
             kv_capacity_tokens=400_000,
         ),
-        ApiProfile(
-            name="api-gpt-4o-mini",
-            model="gpt-4o-mini (simulated)",
-            ttft_s=0.5,
-            per_stream_tokens_per_s=75.0,
-            rpm_limit=5_000,
-            tpm_limit=2_000_000,
-        ),
-        ApiProfile(
-            name="api-gpt-4o-mini-tier1",
-            model="gpt-4o-mini (simulated)",
-            ttft_s=0.5,
-            per_stream_tokens_per_s=75.0,
-            rpm_limit=500,
-            tpm_limit=200_000,
-        ),
+        _gpt_4o_mini("api-gpt-4o-mini", 2),
+        *(_gpt_4o_mini(f"api-gpt-4o-mini-tier{t}", t) for t in GPT_4O_MINI_TIERS),
     )
 }
 

@@ -1,35 +1,38 @@
-"""The simulator's *workload model*: a stand-in task and the text a simulated server answers with.
+"""The simulator's *workload model*: what a simulated server answers, and how long the answers are.
 
-This is not a language model and it does not solve anything.  It is a small deterministic model
-of how GEPA-style evolution behaves, so the runtime, the policies and the views can be exercised
-at scale without a GPU:
+This is not a language model and it does not solve anything.  A workflow that wants to run on
+the serving simulator describes its requests with a :class:`SimWorkload`: a content model (the
+text of each answer), an output-length distribution per stage name, and a fallback that guesses
+the stage of a request that came without one (a third-party client sends no
+``X-Flashevolve-Stage`` header).  The GEPA workload (:mod:`.gepa_workload`) is the default.
 
-- Every example carries a hidden difficulty in its prompt (``[sim-example id=val-17
-  difficulty=0.430]``) and every artifact component a latent quality
-  (``[[sim-quality=0.300]]``).
-- An evaluation request (rollout/gate/validate) passes when quality + noise >= difficulty.  The
-  noise is a deterministic hash of (quality marker, example id), so the same artifact always gets
-  the same score on the same example, but a tiny edit can flip borderline examples.
-- A reflection request (propose) reads the parent's quality from the prompt and answers a fenced
-  block whose new quality is ``clip(q + delta)``: delta is drawn from a seed derived from the
-  request, is larger when the minibatch shown had failures, shrinks near 1 and is sometimes
-  negative -- so the gate accepts some children and rejects others.  About 2% of reflections are
-  malformed (no closing fence), so the rejection path runs too.
-- A patch request (reflective staleness policy) is answered by :func:`respond_patch`, a small
-  replaceable function with a documented JSON schema.
+The generic pieces every workload may use live here:
+
+- latent markers: every artifact component carries a hidden quality (``[[sim-quality=0.300]]``)
+  and every example a hidden difficulty (``[sim-example id=val-17 difficulty=0.430]``);
+- :func:`evaluation_answer`: an answer passes when quality + noise >= difficulty, where the noise
+  is a deterministic hash of (quality markers, example id) -- the same artifact always gets the
+  same score on the same example, but a small edit can flip borderline examples;
+- :func:`pad_to_tokens`: cheap filler after an answer's meaningful first line, so an answer is as
+  long as its sampled completion and prompts that quote answers (GEPA's reflection records) have
+  a realistic size;
+- :class:`SimulatedTask`: a stand-in prompt task built on those markers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from flashevolve.backends.sim.lengths import CHARS_PER_TOKEN, LengthDist
 from flashevolve.tasks.base import Example, MetricResult, PromptTask
+
+if TYPE_CHECKING:
+    from flashevolve.backends.base import ChatRequest
 
 QUALITY_RE = re.compile(r"\[\[sim-quality=([0-9]*\.?[0-9]+)\]\]")
 EXAMPLE_RE = re.compile(r"\[sim-example id=(\S+?) difficulty=([0-9]*\.?[0-9]+)\]")
@@ -38,6 +41,13 @@ FENCE = "```"
 
 #: Used when a prompt carries no quality marker (e.g. a third-party client's own prompt).
 UNKNOWN_QUALITY = 0.5
+
+#: Plain text that pads answers and example prompts to a realistic size.  It holds no marker,
+#: no fence and no "ANSWER:", so no content model ever reads anything from it.
+FILLER = (
+    "The reply works through the request step by step, restates what was asked, checks each "
+    "stated requirement against the draft and keeps the wording plain and direct. "
+)
 
 
 def quality_marker(q: float) -> str:
@@ -54,14 +64,46 @@ def joined_text(messages: Sequence[Mapping[str, object]]) -> str:
     return "\n".join(str(m.get("content", "")) for m in messages)
 
 
-def infer_stage(messages: Sequence[Mapping[str, object]]) -> str:
-    """Guess the stage of a request that came without the X-Flashevolve-Stage header."""
-    text = joined_text(messages).lower()
-    if ("stale" in text or "decisions" in text) and "discard" in text and "patch" in text:
-        return "patch"
-    if FENCE in text and ("instruction" in text or "improve" in text):
-        return "propose"
-    return "rollout"
+def filler(chars: int) -> str:
+    """``chars`` characters of :data:`FILLER` text."""
+    if chars <= 0:
+        return ""
+    return (FILLER * (chars // len(FILLER) + 1))[:chars]
+
+
+def pad_to_tokens(text: str, tokens: int) -> str:
+    """``text`` followed by filler on new lines, about ``tokens`` tokens long in all."""
+    missing = tokens * CHARS_PER_TOKEN - len(text) - 1
+    return text if missing <= 0 else f"{text}\n{filler(missing)}"
+
+
+def evaluation_answer(
+    text: str, *, noise: float = 0.06, partial_band: float = 0.05, truncated: bool = False
+) -> str:
+    """The first line of a simulated answer to an evaluation prompt (``ANSWER: pass`` ...).
+
+    Quality q is the mean of the prompt's quality markers (0.5 if none), difficulty d comes from
+    the example marker (or a hash of the prompt); ``q + noise >= d`` passes, within
+    ``partial_band`` below is partial credit, else a failure naming a constraint.
+    """
+    if truncated:
+        return "ANSWER: incomplete (output truncated at max_tokens)"
+    qualities = [float(q) for q in QUALITY_RE.findall(text)]
+    quality = sum(qualities) / len(qualities) if qualities else UNKNOWN_QUALITY
+    marker = " ".join(QUALITY_RE.findall(text)) or "none"
+    found = EXAMPLE_RE.search(text)
+    if found:
+        example_id, difficulty = found.group(1), float(found.group(2))
+    else:  # an unknown prompt: derive a stable difficulty from its text
+        example_id = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+        difficulty = unit_hash("difficulty", example_id)
+    margin = quality + (2 * unit_hash(marker, example_id) - 1) * noise - difficulty
+    constraint = 1 + int(unit_hash("constraint", example_id) * 3)
+    if margin >= 0:
+        return "ANSWER: pass"
+    if margin >= -partial_band:
+        return f"ANSWER: partial (constraint {constraint} only partly met)"
+    return f"ANSWER: fail (missed constraint {constraint})"
 
 
 class ContentModel(Protocol):
@@ -77,179 +119,63 @@ class ContentModel(Protocol):
     ) -> str: ...
 
 
-@dataclass
-class WorkloadContent:
-    """The default content model: answers evaluation, reflection and patch requests."""
-
-    noise: float = 0.06  # half-width of the deterministic pass/fail noise
-    partial_band: float = 0.05  # this far below the difficulty still earns partial credit
-    malformed_rate: float = 0.02
-    max_rules: int = 8  # rules kept in an evolved instruction (keeps prompts from growing forever)
-    # Reflection step: delta ~ N(headroom * (gain_base + gain_fail * fail_fraction),
-    #                            headroom * spread + 0.01), headroom = 1 - q.
-    gain_base: float = 0.01
-    gain_fail: float = 0.08
-    spread: float = 0.08
-    patch_fn: PatchFn | None = field(default=None)
-
-    def respond(
-        self,
-        messages: Sequence[Mapping[str, object]],
-        stage: str,
-        rng: random.Random,
-        *,
-        truncated: bool = False,
-    ) -> str:
-        text = joined_text(messages)
-        if stage in ("propose", "reflect"):
-            return self.reflect(text, rng, truncated=truncated)
-        if stage == "patch":
-            return (self.patch_fn or respond_patch)(text, rng)
-        return self.evaluate(text, truncated=truncated)
-
-    # -- evaluation -----------------------------------------------------------------------------
-
-    def evaluate(self, text: str, *, truncated: bool = False) -> str:
-        if truncated:
-            return "ANSWER: incomplete (output truncated at max_tokens)"
-        qualities = [float(q) for q in QUALITY_RE.findall(text)]
-        quality = sum(qualities) / len(qualities) if qualities else UNKNOWN_QUALITY
-        marker = " ".join(QUALITY_RE.findall(text)) or "none"
-        found = EXAMPLE_RE.search(text)
-        if found:
-            example_id, difficulty = found.group(1), float(found.group(2))
-        else:  # an unknown prompt: derive a stable difficulty from its text
-            example_id = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
-            difficulty = unit_hash("difficulty", example_id)
-        noise = (2 * unit_hash(marker, example_id) - 1) * self.noise
-        margin = quality + noise - difficulty
-        constraint = 1 + int(unit_hash("constraint", example_id) * 3)
-        if margin >= 0:
-            return "ANSWER: pass"
-        if margin >= -self.partial_band:
-            return f"ANSWER: partial (constraint {constraint} only partly met)"
-        return f"ANSWER: fail (missed constraint {constraint})"
-
-    # -- reflection -----------------------------------------------------------------------------
-
-    def reflect(self, text: str, rng: random.Random, *, truncated: bool = False) -> str:
-        current = _first_fenced(text)
-        source = current if current is not None else text
-        found = QUALITY_RE.search(source) or QUALITY_RE.search(text)
-        q = float(found.group(1)) if found else UNKNOWN_QUALITY
-        answers = [a.lower() for a in ANSWER_RE.findall(text)]
-        shown = len(answers)
-        failed = sum(
-            1.0 if a in ("fail", "incomplete") else 0.5 if a == "partial" else 0.0 for a in answers
-        )
-        fail_frac = failed / shown if shown else 0.5
-        headroom = 1.0 - q
-        mean = headroom * (self.gain_base + self.gain_fail * fail_frac)
-        spread = self.spread * headroom + 0.01
-        new_q = min(0.99, max(0.01, q + rng.gauss(mean, spread)))
-        body = self._child_text(current, new_q, rng)
-        if truncated or rng.random() < self.malformed_rate:
-            # A reflection cut off mid-block: the opening fence without the closing one.
-            return f"Let me revise the instruction.\n{FENCE}\n{body}\n"
-        return f"Here is the improved instruction.\n\n{FENCE}\n{body}\n{FENCE}\n"
-
-    def _child_text(self, parent: str | None, new_q: float, rng: random.Random) -> str:
-        base = parent if parent is not None else _DEFAULT_INSTRUCTION
-        base = QUALITY_RE.sub("", base).rstrip()
-        lines = base.splitlines() or [_DEFAULT_INSTRUCTION]
-        head, rules = lines[0], [ln for ln in lines[1:] if ln.startswith("- ")]
-        rule = _RULES[int(rng.random() * len(_RULES))].format(n=1 + int(rng.random() * 3))
-        if rule not in rules:
-            rules.append(rule)
-        rules = rules[-self.max_rules :]
-        return "\n".join([head, *rules, quality_marker(new_q)])
+StageGuess = Callable[[Sequence[Mapping[str, object]]], str]
 
 
-_DEFAULT_INSTRUCTION = "Answer the request and follow every stated constraint."
-_RULES = (
-    "- Re-read constraint {n} before writing the final answer.",
-    "- State the final answer on its own line, in the requested format.",
-    "- When constraint {n} conflicts with brevity, satisfy the constraint.",
-    "- Check word and sentence counts against constraint {n}.",
-    "- Keep the requested language and casing throughout.",
-    "- List each constraint and verify it after drafting.",
-    "- Do not add content the request did not ask for.",
-)
+def no_guess(messages: Sequence[Mapping[str, object]]) -> str:
+    """The fallback of a workload that cannot tell stages apart: the default stage."""
+    return ""
 
 
-def _first_fenced(text: str) -> str | None:
-    """The text inside the first complete fenced block (language tag dropped), if any."""
-    start = text.find(FENCE)
-    if start < 0:
-        return None
-    end = text.find(FENCE, start + 3)
-    if end < 0:
-        return None
-    block = text[start + 3 : end]
-    first_nl = block.find("\n")
-    if first_nl >= 0 and block[:first_nl].strip().isidentifier():
-        block = block[first_nl + 1 :]  # a language tag such as ```text
-    return block.strip("\n")
+@dataclass(frozen=True)
+class SimWorkload:
+    """What one workflow's requests look like to the serving simulator.
 
-
-# -- patch requests (reflective staleness policy) -----------------------------------------------
-
-
-class PatchFn(Protocol):
-    def __call__(self, prompt: str, rng: random.Random) -> str: ...
-
-
-_HEADER_RE = re.compile(r"^#{1,6}\s*(.*)$", re.MULTILINE)
-_ITEM_RE = re.compile(r"\bitem\b[\s:=#]*([A-Za-z0-9_.:\-]+)", re.IGNORECASE)
-_COMPONENT_RE = re.compile(r"\bcomponent\b[\s:=]*[\"'`]?([A-Za-z_][\w\-]*)", re.IGNORECASE)
-
-
-def respond_patch(prompt: str, rng: random.Random) -> str:
-    """Answer a reflective-staleness request with the first schema (see docs/simulator.md).
-
-    Prompt convention: markdown headers split the prompt into sections; a header naming
-    ``item <id>`` starts a stale item (its artifact text follows, with quality markers); a header
-    containing "current" starts the current best artifact.  Decision per item, from qualities:
-    accept if it beats the current best, patch if it is close, discard if it is far worse.
+    ``lengths`` maps stage names (``ChatRequest.stage``, over HTTP the ``X-Flashevolve-Stage``
+    header) to output-length distributions; ``default_length`` serves every other stage.
+    ``guess_stage`` is used only for requests that name no stage.  Answers of
+    ``padded_stages`` are padded with filler to their sampled length.
     """
-    sections: list[tuple[str, str]] = []
-    headers = list(_HEADER_RE.finditer(prompt))
-    for i, h in enumerate(headers):
-        end = headers[i + 1].start() if i + 1 < len(headers) else len(prompt)
-        sections.append((h.group(1), prompt[h.end() : end]))
-    items: list[tuple[str, float]] = []
-    current: list[float] = []
-    for title, body in sections:
-        qs = [float(q) for q in QUALITY_RE.findall(body)]
-        item = _ITEM_RE.search(title)
-        if item and qs:
-            items.append((item.group(1), qs[0]))
-        elif "current" in title.lower():
-            current.extend(qs)
-    all_q = [float(q) for q in QUALITY_RE.findall(prompt)]
-    best = max(current) if current else (max(all_q) if all_q else UNKNOWN_QUALITY)
-    comp = _COMPONENT_RE.search(prompt)
-    component = comp.group(1) if comp else "instruction"
-    decisions = []
-    patch_qs = []
-    for item_id, q in items:
-        if q >= best + 0.01:
-            decision, why = "accept", f"quality {q:.3f} beats the current best {best:.3f}"
-        elif q >= best - 0.08:
-            decision, why = "patch", f"quality {q:.3f} is close to {best:.3f}; merge its rules"
-            patch_qs.append(q)
-        else:
-            decision, why = "discard", f"quality {q:.3f} is far below {best:.3f}"
-        decisions.append({"item": item_id, "decision": decision, "rationale": why})
-    patched = None
-    if patch_qs:
-        base = max(best, *patch_qs)
-        new_q = min(0.99, max(0.01, base + (1 - base) * rng.gauss(0.03, 0.03)))
-        text = (
-            f"{_DEFAULT_INSTRUCTION}\n- Merged rules from stale proposals.\n{quality_marker(new_q)}"
-        )
-        patched = {component: text}
-    return json.dumps({"decisions": decisions, "patched": patched}, indent=1)
+
+    name: str
+    content: ContentModel
+    lengths: Mapping[str, LengthDist]
+    default_length: LengthDist
+    guess_stage: StageGuess = no_guess
+    padded_stages: frozenset[str] = field(default_factory=frozenset)
+
+    def stage_of(self, request: ChatRequest) -> str:
+        return request.stage or self.guess_stage(request.messages)
+
+    def length_for(self, stage: str) -> LengthDist:
+        return self.lengths.get(stage, self.default_length)
+
+
+#: Workloads by name; ``"gepa"`` registers itself on first use (see :func:`get_workload`).
+WORKLOADS: dict[str, SimWorkload] = {}
+
+
+def register_workload(workload: SimWorkload) -> SimWorkload:
+    WORKLOADS[workload.name] = workload
+    return workload
+
+
+def get_workload(workload: str | SimWorkload | None = None) -> SimWorkload:
+    """A workload by name (``None``: the default, GEPA's), or the given one unchanged."""
+    if isinstance(workload, SimWorkload):
+        return workload
+    import flashevolve.backends.sim.gepa_workload  # noqa: F401  (registers "gepa")
+
+    name = workload or "gepa"
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        from flashevolve.errors import ConfigError
+
+        raise ConfigError(
+            f"unknown simulator workload {name!r}; choose one of: {', '.join(sorted(WORKLOADS))} "
+            "(or pass a SimWorkload)"
+        ) from None
 
 
 # -- the simulated task -------------------------------------------------------------------------
@@ -258,7 +184,8 @@ def respond_patch(prompt: str, rng: random.Random) -> str:
 def _metric(example: Example, output: str) -> MetricResult:
     found = ANSWER_RE.search(output)
     verdict = found.group(1).lower() if found else ""
-    detail = output[found.end() :].strip(" ()\n") if found else ""
+    # the detail is the rest of the answer's first line (filler follows on later lines)
+    detail = output[found.end() :].split("\n", 1)[0].strip(" ()") if found else ""
     if verdict == "pass":
         return MetricResult(1.0, "Correct: the answer met every constraint.")
     if verdict == "partial":
@@ -270,11 +197,16 @@ def _metric(example: Example, output: str) -> MetricResult:
     return MetricResult(0.0, "No 'ANSWER:' line found in the output.")
 
 
+DEFAULT_INSTRUCTION = "Answer the request and follow every stated constraint."
+
+
 class SimulatedTask(PromptTask):
     """A stand-in task for the simulator (a workload model, not a benchmark).
 
     Difficulties are uniform in [0.05, 0.95], drawn from ``seed``; the seed artifact's latent
-    quality is ``seed_quality``.  Scores: pass 1, partial 0.5, fail 0.
+    quality is ``seed_quality``.  Each example's request text is padded with filler to a length
+    drawn uniformly from ``prompt_tokens`` (IFBench-style requests are a few sentences to a
+    paragraph).  Scores: pass 1, partial 0.5, fail 0.
     """
 
     def __init__(
@@ -286,23 +218,27 @@ class SimulatedTask(PromptTask):
         *,
         seed_quality: float = 0.30,
         max_tokens: int | None = 8192,
+        prompt_tokens: tuple[int, int] = (60, 240),
     ) -> None:
         rng = random.Random(f"sim-task:{seed}")
+        lo, hi = prompt_tokens
 
         def split(prefix: str, n: int) -> list[Example]:
             out = []
             for i in range(n):
                 d = 0.05 + 0.9 * rng.random()
                 ex_id = f"{prefix}-{i}"
-                prompt = (
+                head = (
                     f"[sim-example id={ex_id} difficulty={d:.3f}]\n"
                     f"Request {ex_id}: write the reply this user asked for and satisfy "
                     f"constraints 1-3 stated in the request."
                 )
+                size = lo + int((hi - lo) * unit_hash("prompt-size", seed, ex_id))
+                prompt = pad_to_tokens(head, size)
                 out.append(Example(ex_id, {"prompt": prompt}, meta={"difficulty": d}))
             return out
 
-        seed_text = f"{_DEFAULT_INSTRUCTION}\n{quality_marker(seed_quality)}"
+        seed_text = f"{DEFAULT_INSTRUCTION}\n{quality_marker(seed_quality)}"
         super().__init__(
             "simulated",
             train=split("train", n_train),
@@ -318,3 +254,16 @@ class SimulatedTask(PromptTask):
             max_tokens=max_tokens,
             temperature=0.0,
         )
+
+
+# -- names kept for importers from before the GEPA workload had its own module ----------------
+
+_MOVED = ("WorkloadContent", "respond_patch", "infer_stage", "PatchFn")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from flashevolve.backends.sim import gepa_workload
+
+        return getattr(gepa_workload, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
