@@ -29,7 +29,7 @@ from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
 from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, resolve_workers
 from flashevolve.tasks.registry import resolve_task
-from flashevolve.workflows.base import check_supports, make_workflow
+from flashevolve.workflows.base import Simulated, check_supports, make_workflow
 
 
 class Evolver(BackgroundRun):
@@ -512,13 +512,14 @@ class Evolver(BackgroundRun):
         if isinstance(spec, dict):
             reflection = spec.get("reflection", reflection)
             spec = spec.get("task")
+        workload = self.workflow.sim_workload() if isinstance(self.workflow, Simulated) else None
         if isinstance(spec, str):
-            spec = backend_from_spec(spec, self.config.seed)
+            spec = backend_from_spec(spec, self.config.seed, workload=workload)
             owned.append(spec)
         if spec is None:
             raise ConfigError("Evolver needs a backend: an LLM object, 'local', or 'sim[:profile]'")
         if isinstance(reflection, str):
-            reflection = backend_from_spec(reflection, self.config.seed)
+            reflection = backend_from_spec(reflection, self.config.seed, workload=workload)
             owned.append(reflection)
         self._backend_spec, self._reflection_spec = spec, reflection  # reuse on resume
         return spec, reflection or spec, owned

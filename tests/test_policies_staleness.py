@@ -11,7 +11,7 @@ import pytest
 from support import make_stage_context
 
 from flashevolve.artifacts import Artifact
-from flashevolve.backends.sim import SimulatedTask, WorkloadContent, simulated
+from flashevolve.backends.sim import SimulatedTask, simulated
 from flashevolve.events.schema import Kind
 from flashevolve.policies.guarded import Guarded
 from flashevolve.policies.reflective import Reflective, parse_answer
@@ -19,6 +19,7 @@ from flashevolve.policies.staleness import StaleItem, make_policy
 from flashevolve.pool import ArtifactPool
 from flashevolve.runtime.clock import run_virtual
 from flashevolve.runtime.context import StageContext
+from flashevolve.workflows.gepa.sim import WorkloadContent
 
 
 def sim_evolver(staleness, *, n_train=12, n_val=6, budget=300, evaluate=2, seed=0, **kw):

@@ -7,9 +7,10 @@ import polars as pl
 import pytest
 
 from flashevolve import Evolver, run_virtual
-from flashevolve.backends.sim import SimulatedTask, WorkloadContent, simulated
+from flashevolve.backends.sim import SimulatedTask, simulated
 from flashevolve.errors import ConfigError
 from flashevolve.events.schema import Kind
+from flashevolve.workflows.gepa.sim import WorkloadContent
 
 ASYNC = {"workers": {"rollout": 4, "propose": 4, "evaluate": 4}, "max_in_flight": 16}
 

@@ -104,5 +104,5 @@ def test_gepa_workload_trusts_the_stage_over_the_prompt_text() -> None:
 
 def test_workloads_by_name() -> None:
     assert simulated(workload="gepa").workload.name == "gepa"
-    with pytest.raises(ConfigError, match="unknown simulator workload 'nope'.*gepa"):
+    with pytest.raises(ConfigError, match="unknown workflow 'nope'.*gepa"):
         simulated(workload="nope")

@@ -11,17 +11,15 @@ import statistics
 import pytest
 
 from flashevolve.backends.base import ChatRequest
-from flashevolve.backends.sim import (
+from flashevolve.backends.sim import SimulatedLLM, SimulatedTask, count_prompt_tokens
+from flashevolve.backends.sim.workload import QUALITY_RE, quality_marker
+from flashevolve.runtime.clock import run_virtual
+from flashevolve.workflows.gepa.sim import (
     STAGE_LENGTHS,
-    SimulatedLLM,
-    SimulatedTask,
     WorkloadContent,
-    count_prompt_tokens,
     infer_stage,
     respond_patch,
 )
-from flashevolve.backends.sim.workload import QUALITY_RE, quality_marker
-from flashevolve.runtime.clock import run_virtual
 
 Q = re.compile(r"sim-quality=([0-9.]+)")
 

@@ -41,15 +41,16 @@ def simulated(**kwargs: Any) -> LLM:
     return _simulated(**kwargs)
 
 
-def backend_from_spec(spec: str, seed: int = 0) -> LLM:
-    """A backend named by a string: ``"local"`` or ``"sim"`` / ``"sim:<profile>"``."""
+def backend_from_spec(spec: str, seed: int = 0, *, workload: Any = None) -> LLM:
+    """A backend named by a string: ``"local"`` or ``"sim"`` / ``"sim:<profile>"`` (the
+    simulator answers with ``workload``: the run's workflow's own)."""
     from flashevolve.errors import ConfigError
 
     name, _, arg = spec.partition(":")
     if name == "local":
         return local()
     if name == "sim":
-        return simulated(profile=arg or "vllm-h100-qwen3-8b", seed=seed)
+        return simulated(profile=arg or "vllm-h100-qwen3-8b", seed=seed, workload=workload)
     raise ConfigError(f"unknown backend {spec!r}; use 'local', 'sim[:profile]' or an LLM object")
 
 

@@ -27,12 +27,7 @@ from flashevolve.backends.base import BackendLoad, ChatRequest, LLMError
 from flashevolve.backends.sim.lengths import count_prompt_tokens, count_tokens
 from flashevolve.backends.sim.llm import SimulatedLLM, request_key
 from flashevolve.backends.sim.profiles import Profile
-from flashevolve.backends.sim.workload import (
-    ContentModel,
-    SimWorkload,
-    WorkloadContent,
-    infer_stage,
-)
+from flashevolve.backends.sim.workload import ContentModel, SimWorkload, get_workload
 
 STAGE_HEADER = "X-Flashevolve-Stage"
 
@@ -107,7 +102,7 @@ class ScriptedResponder:
     ) -> None:
         if isinstance(script, str):
             script = [script]
-        self.script = WorkloadContent() if script is None else script
+        self.script = get_workload().content if script is None else script
         self.latency: Latency = (
             FixedLatency(float(latency)) if isinstance(latency, int | float) else latency
         )
@@ -121,7 +116,7 @@ class ScriptedResponder:
     def _text(self, request: ChatRequest, index: int, rng: random.Random) -> str:
         script = self.script
         if hasattr(script, "respond"):
-            stage = request.stage or infer_stage(request.messages)
+            stage = get_workload().stage_of(request)  # a header-less client: guess the stage
             return script.respond(request.messages, stage, rng)  # type: ignore[union-attr]
         if callable(script):
             return str(script(request))

@@ -117,7 +117,7 @@ class ArtifactReview:
             changed = [c for c in art.names if parent is None or parent.components.get(c) != art[c]]
             parent_note = f"made from {parent.id}" if parent is not None else "parent unknown"
             # The proposal's text comes first in its section (the simulator's patch answers
-            # read it from there: flashevolve.backends.sim.workload.respond_patch).
+            # read it from there: flashevolve.workflows.gepa.sim.respond_patch).
             rendered[it.item_id] = "\n".join(
                 [
                     f"({parent_note}, lag {it.lag})",

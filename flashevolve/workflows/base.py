@@ -188,6 +188,16 @@ def _check_contract(workflow: Any) -> None:
         )
 
 
+def sim_workload_of(name: str) -> Any:
+    """The serving simulator's workload of the workflow registered as ``name``."""
+    workflow = make_workflow(name)
+    if not isinstance(workflow, Simulated):
+        raise ConfigError(
+            f"workflow {name!r} has no simulator workload (it does not implement sim_workload)"
+        )
+    return workflow.sim_workload()
+
+
 def check_supports(workflow: Any, *, speculation: Any = None, policy: Any = None) -> None:
     """A clear error for a mechanism the workflow does not implement (never ignored silently)."""
     name = getattr(workflow, "name", type(workflow).__name__)

@@ -5,7 +5,8 @@
   :mod:`.fit` -- the public measurements the engine profile is fitted to.
 - :mod:`.engine` / :mod:`.api` -- the latency models; :mod:`.lengths` -- output lengths.
 - :mod:`.workload` -- :class:`SimWorkload` (what a workflow's requests look like), the generic
-  markers and :class:`SimulatedTask`; :mod:`.gepa_workload` -- the GEPA workload (the default).
+  markers and :class:`SimulatedTask`.  Each workflow brings its own workload (GEPA's:
+  :mod:`flashevolve.workflows.gepa.sim`, the default when none is named).
 
 See docs/simulator.md for what is modelled, what is not, and the calibration.
 """
@@ -14,13 +15,6 @@ from __future__ import annotations
 
 from flashevolve.backends.sim.api import SimulatedApi
 from flashevolve.backends.sim.engine import ServingEngine, Timing
-from flashevolve.backends.sim.gepa_workload import (
-    GEPA_WORKLOAD,
-    STAGE_LENGTHS,
-    WorkloadContent,
-    infer_stage,
-    respond_patch,
-)
 from flashevolve.backends.sim.lengths import LengthDist, count_prompt_tokens
 from flashevolve.backends.sim.llm import SimulatedLLM
 from flashevolve.backends.sim.profiles import (
@@ -66,9 +60,7 @@ def simulated(
 
 
 __all__ = [
-    "GEPA_WORKLOAD",
     "PROFILES",
-    "STAGE_LENGTHS",
     "ApiProfile",
     "ContentModel",
     "EngineProfile",
@@ -80,12 +72,9 @@ __all__ = [
     "SimulatedLLM",
     "SimulatedTask",
     "Timing",
-    "WorkloadContent",
     "count_prompt_tokens",
     "get_profile",
     "get_workload",
-    "infer_stage",
     "register_workload",
-    "respond_patch",
     "simulated",
 ]

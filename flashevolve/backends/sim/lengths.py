@@ -2,7 +2,7 @@
 
 Output lengths are drawn from capped lognormal distributions (:class:`LengthDist`); which one a
 request uses depends on its stage and is decided by the workload (:class:`SimWorkload`, e.g.
-the GEPA table in :mod:`.gepa_workload`).
+the GEPA table in :mod:`flashevolve.workflows.gepa.sim`).
 
 Prompt tokens are estimated as ``ceil(chars / 4)`` per message plus 4 tokens of chat-template
 overhead per message -- the usual rule of thumb for English text with BPE tokenizers.  It is

@@ -4,7 +4,8 @@ This is not a language model and it does not solve anything.  A workflow that wa
 the serving simulator describes its requests with a :class:`SimWorkload`: a content model (the
 text of each answer), an output-length distribution per stage name, and a fallback that guesses
 the stage of a request that came without one (a third-party client sends no
-``X-Flashevolve-Stage`` header).  The GEPA workload (:mod:`.gepa_workload`) is the default.
+``X-Flashevolve-Stage`` header).  Each workflow defines its own (``Workflow.sim_workload()``;
+GEPA's, in :mod:`flashevolve.workflows.gepa.sim`, is the default).
 
 The generic pieces every workload may use live here:
 
@@ -26,7 +27,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from flashevolve.backends.sim.lengths import CHARS_PER_TOKEN, LengthDist
 from flashevolve.tasks.base import Example, MetricResult, PromptTask
@@ -151,7 +152,7 @@ class SimWorkload:
         return self.lengths.get(stage, self.default_length)
 
 
-#: Workloads by name; ``"gepa"`` registers itself on first use (see :func:`get_workload`).
+#: Workloads registered by name (a workflow's own is found through the workflow registry).
 WORKLOADS: dict[str, SimWorkload] = {}
 
 
@@ -161,21 +162,18 @@ def register_workload(workload: SimWorkload) -> SimWorkload:
 
 
 def get_workload(workload: str | SimWorkload | None = None) -> SimWorkload:
-    """A workload by name (``None``: the default, GEPA's), or the given one unchanged."""
+    """A workload by name (``None``: GEPA's, the default), or the given one unchanged.
+
+    A name not registered here is looked up in the workflow registry: ``"ace"`` is the ACE
+    workflow's own workload (``Workflow.sim_workload()``)."""
     if isinstance(workload, SimWorkload):
         return workload
-    import flashevolve.backends.sim.gepa_workload  # noqa: F401  (registers "gepa")
-
     name = workload or "gepa"
-    try:
-        return WORKLOADS[name]
-    except KeyError:
-        from flashevolve.errors import ConfigError
+    if name not in WORKLOADS:
+        from flashevolve.workflows.base import sim_workload_of
 
-        raise ConfigError(
-            f"unknown simulator workload {name!r}; choose one of: {', '.join(sorted(WORKLOADS))} "
-            "(or pass a SimWorkload)"
-        ) from None
+        register_workload(sim_workload_of(name))
+    return WORKLOADS[name]
 
 
 # -- the simulated task -------------------------------------------------------------------------
@@ -254,16 +252,3 @@ class SimulatedTask(PromptTask):
             max_tokens=max_tokens,
             temperature=0.0,
         )
-
-
-# -- names kept for importers from before the GEPA workload had its own module ----------------
-
-_MOVED = ("WorkloadContent", "respond_patch", "infer_stage", "PatchFn")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from flashevolve.backends.sim import gepa_workload
-
-        return getattr(gepa_workload, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -132,6 +132,12 @@ class GepaWorkflow(ArtifactReview):
         self._pointers = {str(k): int(v) for k, v in dict(state.get("pointers", {})).items()}
         self._sampler, self._sampler_state = None, state.get("sampler")
 
+    def sim_workload(self) -> Any:
+        """What GEPA's requests look like to the serving simulator (:mod:`.sim`)."""
+        from flashevolve.workflows.gepa.sim import GEPA_WORKLOAD
+
+        return GEPA_WORKLOAD
+
     def check_speculation(self, speculation: Any) -> None:
         """GEPA releases the rollout stage on a prefix of the minibatch and the validate stage
         on a prefix of the validation set; every Speculation setting applies."""
