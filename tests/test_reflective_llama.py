@@ -1,9 +1,12 @@
 """End to end: the Reflective staleness policy against the real embedded llama-server.
 
-A short asynchronous GEPA run on ``ifeval-lite`` with many proposals in flight and a small
-validation split, so that admissions make in-flight proposals stale and the reviewer (the same
-SmolLM2-135M model, with schema-constrained decoding: ``Reflective(review_schema=True)``, what
-``flashevolve run --staleness reflective --backend local`` uses) is asked about them.  What the
+A short asynchronous GEPA run on ``ifeval-lite`` prompts with many proposals in flight, so that
+admissions make in-flight proposals stale and the reviewer (the same SmolLM2-135M model, with
+schema-constrained decoding: ``Reflective(review_schema=True)``, what ``flashevolve run
+--staleness reflective --backend local`` uses) is asked about them.  Every request goes to the
+real model, but the task's score is made deterministic -- any changed instruction beats the seed
+-- so that the first admission certainly finds other proposals of the seed still in flight:
+staleness is guaranteed, not left to how fast a 135M model happens to be.  What the
 model decides is its own business: the test pins the invariants -- every stale item got a
 recorded decision with a reason, unusable answers were discarded and never became artifacts, and
 every patch names real stale items -- and prints what the model did.  The 12-minute version of
@@ -22,8 +25,35 @@ import pytest
 from flashevolve.events.schema import Kind
 
 
+class _SeedLoses:
+    """ifeval-lite with every request sent to the model, but scored without looking at the
+    answer: the seed instruction scores 0 and any other instruction 1.  Children of the seed
+    then pass the gate and are admitted for sure; their siblings in flight go stale."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner = inner
+        self.name = "ifeval-lite-seed-loses"
+        self.train, self.val, self.test = inner.train[:12], inner.val[:2], []
+        self.inner.max_tokens = 48
+        self._seed = {name: "Reply in capital letters." for name in inner.seed_artifact()}
+
+    def seed_artifact(self) -> dict[str, str]:
+        return dict(self._seed)
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    async def rollout(self, components, example, llm, *, stage, item_id, seed=None):  # noqa: ANN001, ANN201
+        out = await self.inner.rollout(
+            components, example, llm, stage=stage, item_id=item_id, seed=seed
+        )
+        out.score = 0.0 if dict(components) == self._seed else 1.0
+        out.feedback = "Follow the constraints more closely." if out.score == 0 else "Good."
+        return out
+
+
 @pytest.mark.llama
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(1000)
 def test_reflective_run_against_llama_server(tmp_path) -> None:
     from flashevolve.backends.llama_build import find_llama_server
 
@@ -35,13 +65,7 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
     from flashevolve.workflows.gepa.reflection import fenced_block_grammar
 
     run_dir = tmp_path / "run"
-    task = get_task("ifeval-lite")
-    # Small and short everywhere: two CPU cores, a 135M model, and we need several proposals in
-    # flight while the first admissions land (that is what makes them stale).  A deliberately
-    # poor seed instruction makes early gate passes (and so early admissions) likelier.
-    task.val = task.val[:2]
-    task.max_tokens = 64
-    task._seed = {name: "Reply in capital letters, in one long paragraph." for name in task._seed}
+    task = _SeedLoses(get_task("ifeval-lite"))
     llm = backends.local(slots=4, ctx_per_slot=4096, startup_timeout_s=180)
     try:
         policy = Reflective(
@@ -58,7 +82,7 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
             task,
             llm,
             staleness=policy,
-            budget={"seconds": 180},  # CI-sized; the 12-minute run is in docs/benchmarks.md
+            budget={"seconds": 900},  # a cap; the run stops at the second stale decision
             workers={"rollout": 4, "propose": 4, "evaluate": 2},
             max_in_flight=16,
             minibatch_size=1,
@@ -76,7 +100,7 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
         while ev.status()["state"] == "running" and sum(ev.status()["stale"].values()) < 2:
             time.sleep(1.0)
         ev.stop()
-        summary = ev.wait(timeout=120)
+        summary = ev.wait(timeout=300)
     finally:
         llm.close()
     df = ev.events
@@ -85,9 +109,8 @@ def test_reflective_run_against_llama_server(tmp_path) -> None:
     print("summary:", {k: summary[k] for k in (*keys, "stale_discarded", "stale_merged")})
     print(stale.select("item_id", "lag", "decision", "reason").to_dicts())
     print("positions shown:", [json.loads(d).get("position") for d in stale["data"]])
-    assert summary["proposals"] >= 1
-    if stale.is_empty():
-        pytest.skip("no proposal went stale in this short run (nothing was admitted in time)")
+    assert summary["proposals"] >= 2
+    assert stale.height >= 1, "the first admission must have found stale proposals in flight"
     assert stale["decision"].null_count() == 0
     assert stale["reason"].null_count() == 0
     assert set(stale["decision"].to_list()) <= {"accept", "discard", "patch", "merged"}

@@ -171,9 +171,11 @@ def test_the_job_bound_can_move_while_running():
         async def watch():
             while not task.done():
                 await asyncio.sleep(2)
-                slots = getattr(ev.runtime, "_slots", None)
-                if slots is not None:
-                    samples.append((ev.runtime.ctx.now(), slots.used, slots.limit))
+                if ev.runtime is not None and ev.runtime.state == "running":
+                    status = ev.status()
+                    samples.append(
+                        (ev.runtime.ctx.now(), status["jobs_in_flight"], status["max_in_flight"])
+                    )
 
         watcher = asyncio.create_task(watch())
         await asyncio.sleep(200)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 
@@ -45,10 +44,6 @@ def test_names_are_forgiving_about_case_and_underscores() -> None:
     assert isinstance(get_task("IFEval_Lite"), Task)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("flashevolve.backends.sim.workload") is None,
-    reason="flashevolve.backends.sim.workload is not written yet",
-)
 def test_sim_is_wired_lazily() -> None:
     assert get_task("sim").name
 
