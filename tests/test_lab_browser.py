@@ -311,8 +311,8 @@ class Page:
         except PlaywrightTimeout:
             state = self.page.evaluate(CELL_STATE, marker)
             raise AssertionError(
-                f"the {what} drew no marks within {STEP_S:.0f} s; its output: "
-                f"{json.dumps(state['outputs'])[:2000]} / {state['text'][:500]!r}"
+                f"the {what} drew no marks within {STEP_S:.0f} s; its output shows "
+                f"{state['text'][:500]!r} from {json.dumps(state['outputs'])[:500]}"
             ) from None
         self.progress(f"the {what} drew")
         return handle.json_value()
