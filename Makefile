@@ -1,5 +1,6 @@
 # flashevolve developer entry points. Everything runs inside a project-local virtualenv (.venv).
 #   make demo          install, build the embedded llama-server, run a 3-minute sync vs async demo
+#   make lab           install, open the notebooks in JupyterLab (the project's venv and kernel)
 #   make test          install dev extras, build llama-server (cached), run tests and notebooks
 #   make llama-server  build and cache llama-server + fetch the default model (once, ~10 min)
 #   make lint          ruff check + ruff format --check
@@ -10,18 +11,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 
-.PHONY: demo test llama-server lint clean distclean install-local install-dev browser
+.PHONY: demo lab test llama-server lint clean distclean install-local install-dev browser
 
 # The venv is created once; its python is the target that says it exists.
 $(PYTHON):
 	$(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 
+# JupyterLab (the lab extra) comes with every install: the notebooks are how most people use
+# flashevolve, and `.venv/bin/jupyter lab notebooks/` should work after `make demo`.
 install-local: $(PYTHON)
-	$(BIN)/pip install --quiet -e '.[local]'
+	$(BIN)/pip install --quiet -e '.[local,lab]'
 
 install-dev: $(PYTHON)
-	$(BIN)/pip install --quiet -e '.[dev,local]'
+	$(BIN)/pip install --quiet -e '.[dev,local,lab]'
 
 # Builds only when the cache has no binary (prints "cached" otherwise).
 llama-server: install-local
@@ -30,6 +33,13 @@ llama-server: install-local
 demo: install-local
 	$(PYTHON) -m flashevolve local-server build
 	$(BIN)/flashevolve run --task ifeval-lite --backend local --mode sync,async --minutes 3 --out runs/demo --overwrite
+
+# The notebooks in JupyterLab, with this venv's Python as the kernel. Notebook 01 also needs
+# the llama-server (`make llama-server`, or after `make demo`). LAB_ARGS passes options on,
+# e.g. `make lab LAB_ARGS="--port 8899 --no-browser"`; as root, --allow-root is added.
+LAB_ARGS ?=
+lab: install-local
+	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: install-dev browser
 	$(PYTHON) -m flashevolve local-server build
@@ -40,13 +50,15 @@ test: install-dev browser
 		echo "no notebooks/*.ipynb yet: notebook step skipped"; \
 	fi
 
-# Headless Chromium lets the report test check that every chart draws. Installed only where
-# we are root with apt (CI, containers); elsewhere that one test skips and says why.
+# Headless Chromium lets the browser tests check that the report's charts draw and that the
+# notebook dashboard works in JupyterLab (Playwright drives this Chromium; it never downloads
+# one). Installed only where we are root with apt (CI, containers); elsewhere those tests skip
+# and say why.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
-	  echo "chromium not installed: the report's browser test will be skipped"; }
+	  echo "chromium not installed: the browser tests (report, JupyterLab) will be skipped"; }
 
 lint: $(PYTHON)
 	$(BIN)/ruff check flashevolve tests

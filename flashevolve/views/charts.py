@@ -17,6 +17,9 @@ import polars as pl
 
 from flashevolve.events import frames as fr
 from flashevolve.events.schema import Kind
+from flashevolve.views.renderer import use_offline_charts
+
+use_offline_charts()  # in a notebook, charts draw without a CDN (see views/renderer.py)
 
 #: Most points embedded for one series; longer step series are reduced to per-bucket peaks so
 #: a long run's report stays a few MB (the reduction is named in the chart's subtitle).

@@ -40,7 +40,7 @@ SECTIONS = {
 def _vl_convert() -> ModuleType:
     try:
         import vl_convert
-    except ImportError as exc:  # it ships in the dev extra; a plain install may lack it
+    except ImportError as exc:  # a core dependency; only a trimmed install lacks it
         raise UserError(
             "exporting charts or writing the offline report needs vl-convert: "
             "pip install vl-convert-python"

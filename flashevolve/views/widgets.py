@@ -18,7 +18,8 @@ from typing import Any, Literal
 import ipywidgets as ipw
 from pydantic import BaseModel, Field, ValidationError
 
-TERMINAL_STATES = frozenset({"stopped", "finished", "failed"})
+from flashevolve.views.controls import TERMINAL_STATES, LiveControls, PauseControl
+
 STATE_COLORS = {
     "running": "#2e7d32",
     "paused": "#f9a825",
@@ -94,121 +95,38 @@ def _bar(busy: int, workers: int) -> str:
     )
 
 
-class LiveControls:
-    """Worker counts per stage and the job bound as number fields, with an "apply" button that
-    calls ``target.set_workers(...)`` / ``target.set_max_in_flight(...)`` (thread-safe on an
-    ``Evolver``; each change is a ``workers_changed`` / ``job_bound_changed`` event with reason
-    "set by user").
-
-    Only the fields the user edited since they were last filled in are sent: the adaptive
-    controller may have moved the others meanwhile, and "apply" must not undo its moves.  The
-    fields are filled from the first status and after every apply; the stage table above always
-    shows the live counts.  Disabled for sync runs (one worker per stage is what sync means) and
-    once the run has ended.
-    """
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-        self.fields: dict[str, ipw.BoundedIntText] = {}
-        self.bound = ipw.BoundedIntText(
-            min=1, max=100_000, description="jobs bound", layout=ipw.Layout(width="170px")
-        )
-        self.apply_button = ipw.Button(description="apply", layout=ipw.Layout(width="70px"))
-        self.apply_button.on_click(lambda _button: self.apply())
-        self.message = ipw.HTML()
-        self._row = ipw.HBox([])
-        self.widget = ipw.VBox([self._row, ipw.HBox([self.bound, self.apply_button]), self.message])
-        self._synced: dict[str, int] = {}  # stage -> worker count when last filled in
-        self._synced_bound: int | None = None  # the job bound when last filled in
-        self._filled = False
-
-    @staticmethod
-    def supports(target: Any) -> bool:
-        return callable(getattr(target, "set_workers", None)) and callable(
-            getattr(target, "set_max_in_flight", None)
-        )
-
-    def _fill(self, status: LiveStatus) -> None:
-        for stage, s in status.stages.items():
-            if stage not in self.fields:
-                self.fields[stage] = ipw.BoundedIntText(
-                    min=1, max=100_000, description=stage, layout=ipw.Layout(width="150px")
-                )
-            self.fields[stage].value = max(1, s.workers)
-            self._synced[stage] = self.fields[stage].value
-        self._row.children = tuple(self.fields.values())
-        if status.max_in_flight is not None:
-            self.bound.value = status.max_in_flight
-            self._synced_bound = status.max_in_flight
-        self._filled = True
-
-    def sync(self, status: LiveStatus) -> None:
-        """Called with every status: fill the fields once, keep the enabled state current."""
-        if not self._filled and status.stages:
-            self._fill(status)
-        live = status.mode != "sync" and status.state not in TERMINAL_STATES
-        for w in (*self.fields.values(), self.bound, self.apply_button):
-            w.disabled = not live
-        if status.mode == "sync":
-            self.message.value = "<i>sync run: one worker per stage, one job in flight</i>"
-
-    def edited(self) -> tuple[dict[str, int], int | None]:
-        """(worker counts, job bound) the user changed since the fields were filled in;
-        nothing before the first status has filled them."""
-        workers = {
-            stage: int(f.value)
-            for stage, f in self.fields.items()
-            if stage in self._synced and f.value != self._synced[stage]
-        }
-        synced_bound = self._synced_bound
-        bound = (
-            int(self.bound.value)
-            if synced_bound is not None and self.bound.value != synced_bound
-            else None
-        )
-        return workers, bound
-
-    def apply(self) -> str:
-        """Send the edited values to the run; returns (and shows) what happened."""
-        workers, bound = self.edited()
-        done = []
-        try:
-            if workers:
-                self.target.set_workers(**workers)
-                done += [f"{stage} {n}" for stage, n in workers.items()]
-            if bound is not None:
-                self.target.set_max_in_flight(bound)
-                done.append(f"jobs bound {bound}")
-        except Exception as exc:  # noqa: BLE001 -- shown next to the button; the run goes on
-            text = f"not applied: {exc}"
-            self.message.value = f'<span style="color:#c62828">{html.escape(text)}</span>'
-            return text
-        text = "applied: " + ", ".join(done) if done else "nothing changed"
-        self.message.value = html.escape(text)
-        for stage, n in workers.items():
-            self._synced[stage] = n
-        if bound is not None:
-            self._synced_bound = bound
-        return text
-
-
 class SourcePanel:
     """The widgets of one source: a header line, a per-stage table and a counters table, and
-    -- when the source can change them (an ``Evolver``) -- live worker and job-bound controls."""
+    -- when the source can take them (an ``Evolver``) -- a pause / resume button and live worker
+    and job-bound controls.
+
+    Cells that show a number carry a ``data-fe`` attribute naming it (``data-fe="proposals"``),
+    and the widgets carry ``fe-*`` classes, so a page can be read and driven without guessing
+    from the layout (the JupyterLab browser test does).
+    """
 
     def __init__(self, name: str, target: Any = None) -> None:
         self.name = name
         self.header = ipw.HTML()
         self.stages = ipw.HTML()
         self.counters = ipw.HTML()
+        self.pause = PauseControl(target) if PauseControl.supports(target) else None
         self.controls = LiveControls(target) if LiveControls.supports(target) else None
-        parts: list[ipw.Widget] = [self.header, self.stages, self.counters]
+        top: list[ipw.Widget] = [self.header]
+        if self.pause is not None:
+            top.append(self.pause.button)
+        parts: list[ipw.Widget] = [
+            ipw.HBox(top, layout=ipw.Layout(align_items="center")),
+            self.stages,
+            self.counters,
+        ]
         if self.controls is not None:
             parts.append(self.controls.widget)
         self.widget = ipw.VBox(
             parts,
             layout=ipw.Layout(border="1px solid #ddd", padding="6px 10px", margin="0 8px 0 0"),
         )
+        self.widget.add_class("fe-panel")
         self.shown: dict[str, Any] = {"name": name, "state": "pending"}
         self.header.value = f"<b>{html.escape(name)}</b> · waiting for the first status"
 
@@ -218,12 +136,14 @@ class SourcePanel:
         best = "–" if status.best_score is None else f"{status.best_score:.4f}"
         self.header.value = (
             f"<b>{html.escape(name)}</b> · {html.escape(status.mode)} · "
-            f'<span style="color:{color};font-weight:bold">{html.escape(status.state)}</span>'
+            f'<span data-fe="state" style="color:{color};font-weight:bold">'
+            f"{html.escape(status.state)}</span>"
             f" · {_fmt_elapsed(status.elapsed_s)}"
         )
         rows = "".join(
             f"<tr><td>{html.escape(stage)}</td><td align=right>{s.queue_depth}</td>"
-            f"<td align=right>{s.busy}/{s.workers}</td><td>{_bar(s.busy, s.workers)}</td></tr>"
+            f'<td align=right data-fe="workers-{html.escape(stage)}">{s.busy}/{s.workers}</td>'
+            f"<td>{_bar(s.busy, s.workers)}</td></tr>"
             for stage, s in status.stages.items()
         )
         self.stages.value = (
@@ -236,7 +156,8 @@ class SourcePanel:
         stale_text = " · ".join(f"{d} {n}" for d, n in stale.items())
         self.counters.value = (
             '<table style="font-size:12px">'
-            f"<tr><td>backend in flight</td><td align=right><b>{status.in_flight}</b></td></tr>"
+            f"<tr><td>backend in flight</td><td align=right data-fe=in_flight><b>{status.in_flight}</b>"
+            "</td></tr>"
             f"<tr><td>jobs in flight / bound</td><td align=right>{status.jobs_in_flight} / "
             f"{'–' if status.max_in_flight is None else status.max_in_flight}"
             + (
@@ -245,11 +166,11 @@ class SourcePanel:
                 else f" · winding down since {_fmt_elapsed(status.wind_down_at)}: no new jobs"
             )
             + "</td></tr>"
-            f"<tr><td>proposals</td><td align=right>{status.proposals} "
+            f"<tr><td>proposals</td><td align=right data-fe=proposals>{status.proposals} "
             f"({status.proposals_per_min:.1f}/min)</td></tr>"
-            f"<tr><td>accepted</td><td align=right>{status.accepted} "
+            f"<tr><td>accepted</td><td align=right data-fe=accepted>{status.accepted} "
             f"({status.accepted_per_min:.1f}/min)</td></tr>"
-            f"<tr><td>best val score</td><td align=right><b>{best}</b></td></tr>"
+            f"<tr><td>best val score</td><td align=right data-fe=best_score><b>{best}</b></td></tr>"
             f"<tr><td>pool / frontier version</td><td align=right>{status.pool_version} / "
             f"{status.frontier_version}</td></tr>"
             f"<tr><td>stale work</td><td align=right>{stale_text}</td></tr>"
@@ -283,6 +204,8 @@ class SourcePanel:
             "server_load": {k: v.model_dump() for k, v in status.server_load.items()},
             "error": None,
         }
+        if self.pause is not None:
+            self.pause.sync(status)
         if self.controls is not None:
             self.controls.sync(status)
         return self.shown
@@ -327,11 +250,13 @@ class Dashboard:
             SourcePanel(n, s if controls else None) for n, s in zip(names, sources, strict=True)
         ]
         self.widget = ipw.HBox([p.widget for p in self.panels])
+        self.widget.add_class("fe-dashboard")
         self.refreshes = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
+        self._shown_in_cell: int | None = None  # see _ipython_display_
 
     # -- polling -----------------------------------------------------------------------------
     def refresh(self) -> dict[str, Any]:
@@ -410,23 +335,44 @@ class Dashboard:
         with self._lock:
             return self._snapshot()
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
+    def show(self) -> Dashboard:
+        """Display the panels (in a notebook; nothing outside IPython) and start polling."""
+        try:
+            from IPython.display import display
+        except ImportError:  # plain Python: nothing to show, polling still feeds snapshot()
+            return self.start()
         display(self.widget)
-        self.start()
+        self._shown_in_cell = _current_cell()
+        return self.start()
+
+    def _ipython_display_(self) -> None:
+        # `ev.dashboard()` as a cell's last line shows the panels and then returns the board,
+        # which the cell would display a second time: once per cell is what the user asked for
+        if self._shown_in_cell is None or self._shown_in_cell != _current_cell():
+            self.show()
+
+
+def _current_cell() -> int | None:
+    """The running cell's execution count in an IPython kernel, else None."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return None if shell is None else int(shell.execution_count)
 
 
 def dashboard(*sources: Any, refresh_s: float = 1.0, controls: bool = True) -> Dashboard:
     """Build a :class:`Dashboard`, show it (in a notebook) and start polling."""
-    board = Dashboard(*sources, refresh_s=refresh_s, controls=controls)
-    try:
-        from IPython.display import display
-
-        display(board.widget)
-    except ImportError:  # plain Python: nothing to show, polling still feeds snapshot()
-        pass
-    return board.start()
+    return Dashboard(*sources, refresh_s=refresh_s, controls=controls).show()
 
 
-__all__ = ["Dashboard", "LiveControls", "LiveStatus", "StageStatus", "TERMINAL_STATES", "dashboard"]
+__all__ = [
+    "Dashboard",
+    "LiveControls",
+    "LiveStatus",
+    "PauseControl",
+    "StageStatus",
+    "TERMINAL_STATES",
+    "dashboard",
+]
