@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from test_parity_gepa import two_part_task
+from test_gepa_shared_rng import two_part_task
 
 from flashevolve import Evolver
 from flashevolve.backends.sim import simulated
