@@ -73,7 +73,7 @@ class ArtifactPool:
         self._front_best: dict[str, float] = {}
         self._fronts: dict[str, list[int]] = {vid: [] for vid in self.val_ids}
         self._revision = 0  # bumps on any change that can alter selection
-        self._weights_cache: tuple[int, dict[int, int]] | None = None
+        self._tickets_cache: tuple[int, list[int]] | None = None
 
     # -- membership ----------------------------------------------------------------------------
     def __contains__(self, artifact_id: str) -> bool:
@@ -182,17 +182,26 @@ class ArtifactPool:
         """
         return {vid: list(members) for vid, members in self._fronts.items()}
 
+    def pareto_tickets(self) -> list[int]:
+        """GEPA's sampling list for Pareto selection (cached per pool state): every pruned-front
+        survivor once per front it is on, in the order gepa lists them."""
+        if self._tickets_cache is None or self._tickets_cache[0] != self._revision:
+            self._tickets_cache = (self._revision, pareto_tickets(self._fronts, self._means()))
+        return self._tickets_cache[1]
+
     def pareto_weights(self) -> dict[int, int]:
-        """Candidate index -> number of pruned fronts it is on (cached per pool state)."""
-        if self._weights_cache is None or self._weights_cache[0] != self._revision:
-            mean = {r.index: r.mean_score for r in self.records if r.alive}
-            pruned = prune_dominated(self._fronts, mean)
-            weights: dict[int, int] = {}
-            for members in pruned.values():
-                for idx in members:
-                    weights[idx] = weights.get(idx, 0) + 1
-            self._weights_cache = (self._revision, weights)
-        return self._weights_cache[1]
+        """Candidate index -> number of pruned fronts it is on."""
+        weights: dict[int, int] = {}
+        for idx in self.pareto_tickets():
+            weights[idx] = weights.get(idx, 0) + 1
+        return weights
+
+    def dominators(self) -> list[int]:
+        """Indices of the pruned-front survivors in gepa's order (its merge draws from them)."""
+        return dominator_order(self._fronts, self._means())
+
+    def _means(self) -> dict[int, float]:
+        return {r.index: r.mean_score for r in self.records if r.alive}
 
     def _rebuild_fronts(self) -> None:
         """Recompute the fronts from every live record (after a confirm or a rollback)."""
@@ -216,29 +225,78 @@ class ArtifactPool:
 # -- parent selection ----------------------------------------------------------------------------
 
 
-def prune_dominated(
-    fronts: Mapping[str, list[int]], mean: Mapping[int, float]
-) -> dict[str, list[int]]:
-    """GEPA's pruning of the instance fronts.
+def gepa_front_sets(fronts: Mapping[str, Sequence[int]]) -> dict[str, set[int]]:
+    """The fronts as gepa 0.1.4 hands them to its selectors: Python sets of candidate indices.
 
-    Candidates that appear on some front are visited by ascending mean score (stable by index);
-    GEPA repeatedly drops the first one whose every front also holds another surviving
-    candidate.  Dropping only ever removes survivors, so a candidate that could not be dropped
-    can never become droppable later: one ordered pass, keeping a count of survivors per front,
-    gives exactly the same result in linear time.
+    gepa builds each front by adding candidates in admission order and passes copies around;
+    where it meets ties it walks those sets, and the walk order of a set of small ints is fixed
+    by CPython's table layout (ints are not hash-salted), not by admission order.  Building the
+    same sets the same way reproduces gepa's order exactly, in every process.  Empty fronts
+    (nobody scored on that instance yet) are left out, as gepa never has them.
     """
-    alive_per_front = {vid: len(members) for vid, members in fronts.items()}
-    fronts_of: dict[int, list[str]] = {}
-    for vid, members in fronts.items():
+    return {vid: set(set(members)) for vid, members in fronts.items() if members}
+
+
+def dominated_candidates(
+    fronts: Mapping[str, Sequence[int]], mean: Mapping[int, float]
+) -> set[int]:
+    """GEPA's pruning of the instance fronts: the candidates it drops.
+
+    Candidates on some front are visited by ascending mean score; equal means keep gepa's order
+    of first appearance across its fronts (:func:`gepa_front_sets`).  GEPA repeatedly drops the
+    first one whose every front also holds another surviving candidate, restarting the scan after
+    each drop.  Dropping only ever removes survivors, so a candidate that could not be dropped can
+    never become droppable later: one ordered pass, keeping a count of survivors per front, gives
+    exactly the same result in linear time.
+    """
+    sets = gepa_front_sets(fronts)
+    alive_per_front = {vid: len(members) for vid, members in sets.items()}
+    fronts_of: dict[int, list[str]] = {}  # insertion order = gepa's first appearance
+    for vid, members in sets.items():
         for idx in members:
             fronts_of.setdefault(idx, []).append(vid)
     dropped: set[int] = set()
-    for cand in sorted(fronts_of, key=lambda i: (mean[i], i)):
+    for cand in sorted(fronts_of, key=lambda i: mean[i]):  # stable: ties keep first appearance
         if all(alive_per_front[vid] >= 2 for vid in fronts_of[cand]):
             dropped.add(cand)
             for vid in fronts_of[cand]:
                 alive_per_front[vid] -= 1
+    return dropped
+
+
+def prune_dominated(
+    fronts: Mapping[str, Sequence[int]], mean: Mapping[int, float]
+) -> dict[str, list[int]]:
+    """The fronts without GEPA's dominated candidates (:func:`dominated_candidates`)."""
+    dropped = dominated_candidates(fronts, mean)
     return {vid: [i for i in members if i not in dropped] for vid, members in fronts.items()}
+
+
+def _pruned_sets(fronts: Mapping[str, Sequence[int]], mean: Mapping[int, float]) -> list[set[int]]:
+    """The pruned fronts as gepa rebuilds them (a new set per front, filled in walk order)."""
+    dropped = dominated_candidates(fronts, mean)
+    return [
+        {i for i in members if i not in dropped} for members in gepa_front_sets(fronts).values()
+    ]
+
+
+def pareto_tickets(fronts: Mapping[str, Sequence[int]], mean: Mapping[int, float]) -> list[int]:
+    """GEPA's sampling list: each survivor once per pruned front it is on, grouped by candidate
+    in order of first appearance; ``rng.choice`` on it is gepa's Pareto parent draw."""
+    counts: dict[int, int] = {}
+    for members in _pruned_sets(fronts, mean):
+        for idx in members:
+            counts[idx] = counts.get(idx, 0) + 1
+    return [idx for idx, n in counts.items() for _ in range(n)]
+
+
+def dominator_order(fronts: Mapping[str, Sequence[int]], mean: Mapping[int, float]) -> list[int]:
+    """The survivors of pruning in the order gepa's merge samples its pair from (the walk order
+    of a set of all of them)."""
+    survivors: list[int] = []
+    for members in _pruned_sets(fronts, mean):
+        survivors.extend(members)
+    return list(set(survivors))
 
 
 class ParentSelector(Protocol):
@@ -253,10 +311,9 @@ class ParetoSelector:
     name = "pareto"
 
     def select(self, pool: ArtifactPool, rng: random.Random) -> CandidateRecord:
-        weights = pool.pareto_weights()
-        if not weights:
+        tickets = pool.pareto_tickets()
+        if not tickets:
             return pool.best()
-        tickets = [idx for idx in sorted(weights) for _ in range(weights[idx])]
         return pool.records[rng.choice(tickets)]
 
 
@@ -270,7 +327,8 @@ class BestSelector:
 
 
 class EpsilonGreedySelector:
-    """The best with probability 1 - epsilon, otherwise a uniformly random live candidate."""
+    """The best with probability 1 - epsilon, otherwise a uniformly random live candidate
+    (one ``rng.random()`` and, when exploring, one index draw: gepa's sequence)."""
 
     name = "epsilon_greedy"
 
@@ -281,7 +339,8 @@ class EpsilonGreedySelector:
 
     def select(self, pool: ArtifactPool, rng: random.Random) -> CandidateRecord:
         if rng.random() < self.epsilon:
-            return rng.choice(pool.alive())
+            alive = pool.alive()
+            return alive[rng.randint(0, len(alive) - 1)]
         return pool.best()
 
 

@@ -12,18 +12,21 @@ from flashevolve.workflows.gepa.reflection import (
 from flashevolve.workflows.sampling import EpochSampler
 
 
-def test_epoch_sampler_covers_every_item_each_epoch_and_pads_with_least_used():
+def test_epoch_sampler_covers_every_item_each_epoch_and_pads_with_the_last_shuffled():
+    """gepa counts uses afresh each epoch; among the equally used it pads with the id it saw
+    last, so the padding repeats the end of the shuffled list, last first."""
     sampler = EpochSampler(7, 3, random.Random(0))
-    epoch0 = [i for it in range(3) for i in sampler.batch(it)]
-    assert len(epoch0) == 9 and set(epoch0) == set(range(7))
-    counts = Counter(epoch0)
-    assert sorted(counts.values()) == [1, 1, 1, 1, 1, 2, 2]
-    epoch1 = [i for it in range(3, 6) for i in sampler.batch(it)]
-    assert set(epoch1) == set(range(7))
-    # the two padded in epoch 0 are not the padding again in epoch 1
-    padded0 = {i for i, c in counts.items() if c == 2}
-    padded1 = {i for i, c in Counter(epoch1).items() if c == 2}
-    assert not padded0 & padded1
+    for epoch in range(3):
+        ids = [i for it in range(3 * epoch, 3 * epoch + 3) for i in sampler.batch(it)]
+        assert len(ids) == 9 and set(ids) == set(range(7))
+        assert sorted(Counter(ids).values()) == [1, 1, 1, 1, 1, 2, 2]
+        assert ids[7:] == [ids[6], ids[5]]
+
+
+def test_epoch_sampler_pads_past_one_repeat_when_the_batch_outgrows_the_split():
+    order = EpochSampler(2, 5, random.Random(3)).batch(0)
+    assert len(order) == 5 and sorted(Counter(order).values()) == [2, 3]
+    assert order[2:] == [order[1], order[0], order[1]]
 
 
 def test_epoch_sampler_is_seeded():

@@ -473,7 +473,7 @@ def test_reflective_unusable_answer_and_single_items_record_positions() -> None:
 def test_reflective_positions_are_in_the_run_events() -> None:
 
     def stale_events() -> list[tuple[str, str, str, int, tuple[str, ...]]]:
-        ev = sim_evolver(Reflective(k=2), seed=1)
+        ev = sim_evolver(Reflective(k=2), seed=2)  # a run with four two-item batches
         ev.run_virtual()
         rows = []
         for e in ev.events.filter(ev.events["kind"] == Kind.STALE_DETECTED).iter_rows(named=True):

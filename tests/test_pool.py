@@ -107,8 +107,10 @@ def test_the_reported_best_is_a_confirmed_candidate():
 
 
 def _prune_by_restarting(fronts, mean):
-    """GEPA's pruning written the slow, literal way: restart the scan after every drop."""
-    order = sorted({i for m in fronts.values() for i in m}, key=lambda i: (mean[i], i))
+    """GEPA's pruning written the slow, literal way: restart the scan after every drop.  Equal
+    means keep gepa's order of first appearance, walking each front as the set gepa holds."""
+    seen = list(dict.fromkeys(i for m in fronts.values() for i in set(set(m))))
+    order = sorted(seen, key=lambda i: mean[i])
     dropped = set()
     while True:
         for cand in order:

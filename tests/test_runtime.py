@@ -285,12 +285,16 @@ def test_a_resumed_sync_run_continues_exactly_where_it_stopped(tmp_path):
     components as one uninterrupted run to 10 (RNG streams, sampler, pointers restored)."""
 
     def trace(ev):
+        events = ev.event_list()
         picks = [
-            (e.artifact_id, e.data["component"], tuple(e.data["minibatch"]))
-            for e in ev.event_list()
+            (e.artifact_id, tuple(e.data["minibatch"]))
+            for e in events
             if e.kind == Kind.PARENT_SELECTED
         ]
-        return picks, [r.id for r in ev.pool.records]
+        components = [
+            (e.parent_id, e.data["component"]) for e in events if e.kind == Kind.PROPOSAL_MADE
+        ]
+        return picks, components, [r.id for r in ev.pool.records]
 
     whole = make("sync", seed=2, budget={"proposals": 10})
     whole.run_virtual()

@@ -41,7 +41,9 @@ class StageContext:
     tracker: BudgetTracker
     seed: int = 0
     #: ``"per-stage"``: every stream has its own seeded RNG (default); ``"shared"``: one RNG for
-    #: everything, as GEPA does (the order of draws then couples the streams).
+    #: every decision (parent, minibatch, merge, shuffles), as GEPA does -- the order of draws then
+    #: couples them.  Request-seed streams (named ``"seed:..."``) stay separate in both modes:
+    #: gepa seeds no requests, so drawing them from the shared RNG would shift its sequence.
     rng_mode: str = "per-stage"
     speculation: Any = None  # speculation settings (flashevolve.policies.speculation)
     #: The workflow of the run: policies ask it how stale items look and how repairs re-enter.
@@ -53,7 +55,8 @@ class StageContext:
     _counters: dict[str, int] = field(default_factory=dict)
 
     def rng(self, stream: str) -> random.Random:
-        key = "shared" if self.rng_mode == "shared" else stream
+        shared = self.rng_mode == "shared" and not stream.startswith("seed:")
+        key = "shared" if shared else stream
         if key not in self._rngs:
             # Seeding with a string is stable across processes (it is hashed with SHA-512).
             self._rngs[key] = random.Random(f"{self.seed}:{key}" if key != "shared" else self.seed)

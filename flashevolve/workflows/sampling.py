@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
 
 
 class EpochSampler:
-    """GEPA's epoch-shuffled minibatches.
+    """GEPA 0.1.4's epoch-shuffled minibatches.
 
-    At each epoch boundary all train indices are shuffled and padded up to a multiple of the batch
-    size with the least-used indices; iteration ``i`` takes the slice ``[i*b, i*b + b)`` of that
-    list (modulo its length), so an iteration that produced nothing still moves the window.
+    At each epoch boundary all train indices are shuffled with the RNG and, when the split is not
+    a multiple of the batch size, padded with the least-used indices of *that* epoch's list --
+    every index is used once, so the padding repeats the last shuffled ones, last first (gepa
+    counts uses afresh each epoch and, among equally used ids, takes the one it saw last).
+    Iteration ``i`` takes the slice ``[i*b, i*b + b)`` of that list (modulo its length), so an
+    iteration that produced nothing still moves the window.
     """
 
     def __init__(self, n: int, batch_size: int, rng: random.Random) -> None:
@@ -20,11 +22,11 @@ class EpochSampler:
         self.n, self.b, self.rng = n, max(1, batch_size), rng
         self.order: list[int] = []
         self.epoch = -1
-        self.uses: Counter[int] = Counter()
 
     def batch(self, iteration: int) -> list[int]:
         start = iteration * self.b
-        epoch = start // len(self.order) if self.order else 0
+        # gepa's first call is epoch 0 whatever the iteration (a resumed run included)
+        epoch = start // len(self.order) if self.order and self.epoch >= 0 else 0
         if not self.order or epoch > self.epoch:
             self.epoch = epoch
             self._reshuffle()
@@ -33,11 +35,7 @@ class EpochSampler:
 
     def to_state(self) -> dict[str, object]:
         """Where the sampler is (the RNG's own state is saved with the run's other streams)."""
-        return {
-            "order": list(self.order),
-            "epoch": self.epoch,
-            "uses": [[i, n] for i, n in sorted(self.uses.items())],
-        }
+        return {"order": list(self.order), "epoch": self.epoch}
 
     def load_state(self, state: dict[str, object]) -> None:
         order = [int(i) for i in state.get("order", [])]  # type: ignore[union-attr]
@@ -45,16 +43,14 @@ class EpochSampler:
             raise ValueError("the saved minibatch order does not fit this train split")
         self.order = order
         self.epoch = int(state.get("epoch", -1))  # type: ignore[arg-type]
-        self.uses = Counter({int(i): int(n) for i, n in state.get("uses", [])})  # type: ignore[union-attr]
 
     def _reshuffle(self) -> None:
         order = list(range(self.n))
         self.rng.shuffle(order)
-        for i in order:
-            self.uses[i] += 1
-        pad = (self.b - self.n % self.b) % self.b
-        for _ in range(pad):
-            least = min(order[: self.n], key=lambda i: (self.uses[i], i))
+        uses = dict.fromkeys(order, 1)
+        position = {i: p for p, i in enumerate(order)}
+        for _ in range((self.b - self.n % self.b) % self.b):
+            least = min(uses, key=lambda i: (uses[i], -position[i]))
             order.append(least)
-            self.uses[least] += 1
+            uses[least] += 1
         self.order = order

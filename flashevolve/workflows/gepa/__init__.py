@@ -2,12 +2,26 @@
 
 - :mod:`.workflow` -- the stages (rollout -> propose -> gate -> validate) and the admission rule;
 - :mod:`.items` -- the payloads that travel between the stages;
+- :mod:`.propose` -- the propose stage: one reflection call, or Combee (:mod:`.combee`);
+- :mod:`.reflection` -- the reflection prompt and the parser of its answer;
+- :mod:`.merge`, :mod:`.merge_jobs` -- gepa's merge (crossover) and its jobs in the pipeline;
 - :mod:`.speculative` -- the rollout and validate handlers with speculative completion;
-- :mod:`.review` -- what a reviewing staleness policy sees of a stale proposal, and the repair;
-- :mod:`.reflection` -- the reflection prompt and the strict parser of its answer.
+- :mod:`.combee_sim` -- what the serving simulator answers to Combee's reduce calls.
+
+docs/gepa.md lists what is kept from gepa and every difference.
 """
 
-from flashevolve.workflows.gepa.items import GatedChild, Job, Proposal, Reflectable
+from flashevolve.workflows.gepa.combee import Combee
+from flashevolve.workflows.gepa.items import GatedChild, Job, MergeInfo, Proposal, Reflectable
 from flashevolve.workflows.gepa.workflow import GepaWorkflow, emit_admitted
 
-__all__ = ["GatedChild", "GepaWorkflow", "Job", "Proposal", "Reflectable", "emit_admitted"]
+__all__ = [
+    "Combee",
+    "GatedChild",
+    "GepaWorkflow",
+    "Job",
+    "MergeInfo",
+    "Proposal",
+    "Reflectable",
+    "emit_admitted",
+]

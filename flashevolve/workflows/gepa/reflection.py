@@ -9,7 +9,9 @@ from typing import Any
 
 from flashevolve.tasks.base import Example, Rollout
 
-_FENCE = re.compile(r"^[ \t]*```[^\n`]*$", re.MULTILINE)
+FENCE = "```"
+#: a language tag after the opening fence: a run of non-blank characters ending the line
+_LANGUAGE_TAG = re.compile(r"\S*\n")
 
 REFLECTION_TEMPLATE = """\
 You are revising one component of the instructions that steer an AI system.
@@ -95,19 +97,33 @@ class ParsedReflection:
 
 
 def parse_fenced(answer: str) -> ParsedReflection:
-    """Take the text between the first opening fence and the last closing fence.
+    """The new text in a reflection answer, read the way gepa 0.1.4 reads it -- or a rejection.
 
-    Unlike GEPA, an answer with no fenced block, with an opening fence that is never closed
-    (typically a truncated generation), or with an empty body is *rejected* with a reason; it is
-    never adopted as the new text.
+    The answer is stripped; the text between the first and the last fence (three backticks)
+    anywhere in it is taken -- so a single-line block and a closing fence glued to the last line
+    both work -- and a leading language tag (one word running to the end of the opening line) is
+    dropped, while other text on the opening line is kept.
+
+    Unlike gepa, an answer with fewer than two fences (no block, or one that was opened and never
+    closed -- typically a truncated generation) and an empty block are *rejected* with a reason:
+    gepa adopts the raw answer, or the text after a lone opening fence, as the new instruction
+    (its issue #390).
     """
-    fences = list(_FENCE.finditer(answer or ""))
-    if not fences:
+    text = (answer or "").strip()
+    start = text.find(FENCE)
+    end = text.rfind(FENCE)
+    if start < 0:
         return ParsedReflection(None, "no fenced block in the reflection answer")
-    if len(fences) == 1:
-        return ParsedReflection(None, "the fenced block was never closed (truncated answer?)")
-    body = answer[fences[0].end() : fences[-1].start()].strip("\n")
-    if not body.strip():
+    if start + len(FENCE) >= end:  # a lone fence (gepa's test for an incomplete block)
+        if text[start + len(FENCE) :].strip():
+            return ParsedReflection(None, "the fenced block was never closed (truncated answer?)")
+        return ParsedReflection(None, "a closing fence without an opening one")
+    body = text[start + len(FENCE) : end]
+    tag = _LANGUAGE_TAG.match(body)
+    if tag:
+        body = body[tag.end() :]
+    body = body.strip()
+    if not body:
         return ParsedReflection(None, "the fenced block is empty")
     return ParsedReflection(body, None)
 

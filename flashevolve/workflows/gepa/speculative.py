@@ -19,7 +19,6 @@ from flashevolve.events.schema import Kind
 from flashevolve.policies.speculation import Speculation, parent_rolled_back, prefix_size
 from flashevolve.workflows.evaluation import Fanout, run_examples
 from flashevolve.workflows.gepa.events import emit_admitted
-from flashevolve.workflows.gepa.items import Reflectable
 
 if TYPE_CHECKING:
     from flashevolve.runtime.context import StageContext
@@ -56,9 +55,7 @@ async def rollout(
             item_id=item.item_id,
             concurrency=wf.eval_concurrency,
         )
-        if wf.skipped_as_perfect(ctx, item, job, rollouts):
-            return []
-        return [("propose", Reflectable(job, rollouts))]
+        return wf.to_reflection(ctx, item, job, rollouts)
     fan = Fanout(
         ctx,
         job.parent.components,
@@ -89,9 +86,8 @@ async def rollout(
         )
     batch = [fan.examples[i] for i in on_time]
     rollouts = [fan.results[i] for i in on_time]
-    if wf.skipped_as_perfect(ctx, item, job, rollouts, examples=len(batch), of=len(fan)):
-        return []
-    return [("propose", Reflectable(replace(job, minibatch=batch), rollouts))]
+    job = replace(job, minibatch=batch)
+    return wf.to_reflection(ctx, item, job, rollouts, examples=len(batch), of=len(fan))
 
 
 def _emit_rollout(

@@ -2,9 +2,11 @@
 
 Semantics follow GEPA 0.1.4 (see docs/gepa.md): epoch-shuffled minibatches of 3, the parent is
 re-run on its minibatch with traces, reflection is skipped when every minibatch score is
-perfect, one reflection call rewrites one component chosen round-robin, the child runs on the
-same minibatch and passes only if its score sum is *strictly* greater, and every child that
-passes is scored on the whole validation set and admitted.
+perfect, one reflection call rewrites one component chosen round-robin (the pointer moves only
+once the rollout is past the skip check), the child runs on the same minibatch and passes only if
+its score sum is *strictly* greater, and every child that passes is scored on the whole
+validation set and admitted.  Options: Combee reflection over a minibatch of K
+(``combee=K``, :mod:`.combee`) and gepa's merge (``use_merge=True``, :mod:`.merge`).
 
 Deliberate differences: a reflection answer without a closed fenced block is rejected (GEPA
 adopts the raw text); each stage draws from its own RNG stream unless ``rng="shared"``.
@@ -17,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from flashevolve.artifacts import Artifact
-from flashevolve.backends.base import ChatRequest, LLMError
+from flashevolve.errors import ConfigError
 from flashevolve.events.schema import Kind
 from flashevolve.policies.staleness import StaleDecision, StaleItem
 from flashevolve.pool import CandidateRecord, make_selector
@@ -28,17 +30,18 @@ from flashevolve.workflows.artifact_review import ArtifactReview
 from flashevolve.workflows.base import Accounting
 from flashevolve.workflows.evaluation import run_examples
 from flashevolve.workflows.gepa import speculative
+from flashevolve.workflows.gepa.combee import Combee
 from flashevolve.workflows.gepa.events import emit_admitted
 from flashevolve.workflows.gepa.items import GatedChild, Job, Proposal, Reflectable
-from flashevolve.workflows.gepa.reflection import (
-    build_reflection_prompt,
-    parse_fenced,
-    reflective_records,
-)
+from flashevolve.workflows.gepa.merge import MergeSchedule
+from flashevolve.workflows.gepa.merge_jobs import make_merge_job, screen_merge
+from flashevolve.workflows.gepa.propose import propose
+from flashevolve.workflows.gepa.reflection import reflective_records
 from flashevolve.workflows.sampling import EpochSampler
 
 ACCOUNTING = Accounting(
-    proposal="a child prompt written by one reflection call",
+    proposal="a child prompt written by reflection (one call, or Combee's map and reduce "
+    "calls), or a merge of two candidates",
     acceptance="a child that passed the minibatch gate (and, with speculation, the validation "
     "bar) and joined the pool",
     sweep="a child scored on the whole validation set",
@@ -56,7 +59,7 @@ class GepaWorkflow(ArtifactReview):
     def __init__(
         self,
         *,
-        minibatch_size: int = 3,
+        minibatch_size: int | None = None,
         selector: Any = "pareto",
         eval_concurrency: int = 8,
         skip_perfect: bool = True,
@@ -64,11 +67,32 @@ class GepaWorkflow(ArtifactReview):
         reflection_max_tokens: int | None = None,
         reflection_temperature: float | None = None,
         reflection_extra_body: dict[str, Any] | None = None,
+        combee: int | None = None,
+        combee_duplication: int = 2,
+        combee_reduce_fanin: int | None = None,
+        use_merge: bool = False,
+        max_merge_invocations: int = 5,
     ) -> None:
+        """``combee=K``: Combee reflection over a minibatch of K examples (it sets the minibatch
+        size; ``combee_duplication`` is p, ``combee_reduce_fanin`` the partials per reduce call,
+        None for one call).  ``use_merge``/``max_merge_invocations``: gepa's merge."""
+        if combee is not None:
+            self.combee: Combee | None = Combee(combee, combee_duplication, combee_reduce_fanin)
+            if minibatch_size is not None and minibatch_size != combee:
+                raise ConfigError(
+                    f"combee={combee} sets the reflection minibatch to {combee} examples; "
+                    f"drop minibatch_size={minibatch_size} (or make it {combee})"
+                )
+            minibatch_size = combee
+        else:
+            self.combee = None
+        minibatch_size = 3 if minibatch_size is None else minibatch_size
         if minibatch_size < 1:
-            raise ValueError("minibatch_size must be at least 1")
+            raise ConfigError("minibatch_size must be at least 1")
         if eval_concurrency < 1:
-            raise ValueError("eval_concurrency must be at least 1")
+            raise ConfigError("eval_concurrency must be at least 1")
+        if max_merge_invocations < 0:
+            raise ConfigError("max_merge_invocations must be 0 or more")
         self.minibatch_size = minibatch_size
         self.selector = make_selector(selector)
         self.eval_concurrency = eval_concurrency
@@ -78,6 +102,7 @@ class GepaWorkflow(ArtifactReview):
         self.reflection_temperature = reflection_temperature
         # e.g. {"grammar": fenced_block_grammar()} for small local reflection models
         self.reflection_extra_body = reflection_extra_body
+        self.merges = MergeSchedule(max_merge_invocations) if use_merge else None
         # -- state (snapshot/restore) --
         self._sampler: EpochSampler | None = None
         self._sampler_state: dict[str, Any] | None = None  # restored, applied on first use
@@ -121,16 +146,21 @@ class GepaWorkflow(ArtifactReview):
     # -- state ------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         sampler = self._sampler.to_state() if self._sampler else self._sampler_state
-        return {
+        state = {
             "iteration": self._iteration,
             "sampler": sampler,
             "pointers": dict(self._pointers),
         }
+        if self.merges is not None:
+            state["merge"] = self.merges.snapshot()
+        return state
 
     def restore(self, state: Mapping[str, Any], ctx: StageContext) -> None:
         self._iteration = int(state.get("iteration", 0))
         self._pointers = {str(k): int(v) for k, v in dict(state.get("pointers", {})).items()}
         self._sampler, self._sampler_state = None, state.get("sampler")
+        if self.merges is not None:
+            self.merges.restore(state.get("merge", {}))
 
     def sim_workload(self) -> Any:
         """What GEPA's requests look like to the serving simulator (:mod:`.sim`)."""
@@ -182,22 +212,25 @@ class GepaWorkflow(ArtifactReview):
             data={"origin": "seed", "parents": [], "val_scores": scores},
         )
 
-    async def make_job(self, ctx: StageContext) -> Job:
+    async def make_job(self, ctx: StageContext) -> Job | Proposal:
+        """gepa's iteration start: a merge when one is due after an admitted child, otherwise a
+        parent (selector draw) and the iteration's minibatch (sampler), in that order of draws."""
         if self._sampler is None:
             self._sampler = EpochSampler(
                 len(ctx.task.train), self.minibatch_size, ctx.rng("sample")
             )
             if self._sampler_state:
                 self._sampler.load_state(self._sampler_state)
-        parent: CandidateRecord = self.selector.select(ctx.pool, ctx.rng("select"))
-        names = parent.artifact.names
-        pointer = self._pointer(parent, ctx)
-        component = names[pointer % len(names)]
-        self._pointers[parent.id] = pointer + 1
+        if self.merges is not None:
+            merge, used = make_merge_job(self.merges, ctx, self._iteration)
+            self._iteration += used  # a merge uses up its iteration (and minibatch slice)
+            if merge is not None:
+                return merge
         iteration = self._iteration
+        parent: CandidateRecord = self.selector.select(ctx.pool, ctx.rng("select"))
         self._iteration += 1
         batch = [ctx.task.train[i] for i in self._sampler.batch(iteration)]
-        job = Job(parent.artifact, batch, component, iteration, pointer + 1)
+        job = Job(parent.artifact, batch, "", iteration, 0)
         ctx.emit(
             Kind.PARENT_SELECTED,
             artifact_id=parent.id,
@@ -206,15 +239,17 @@ class GepaWorkflow(ArtifactReview):
             frontier_stamp=ctx.pool.frontier_version,
             data={
                 "iteration": iteration,
-                "component": component,
                 "minibatch": [ex.id for ex in batch],
                 "selector": self.selector.name,
+                "reflection": "combee" if self.combee is not None else "single",
             },
         )
         return job
 
     # -- stages ------------------------------------------------------------------------------
     async def _rollout(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
+        if isinstance(item.payload, Proposal):  # a merge: nothing to roll out, screen it
+            return [("gate", item.payload)]
         job: Job = item.payload
         spec = ctx.speculation
         if spec is not None:  # a rolled-back parent, or a rollout released on a prefix
@@ -227,8 +262,24 @@ class GepaWorkflow(ArtifactReview):
             item_id=item.item_id,
             concurrency=self.eval_concurrency,
         )
-        if self.skipped_as_perfect(ctx, item, job, rollouts):
+        return self.to_reflection(ctx, item, job, rollouts)
+
+    def to_reflection(
+        self, ctx: StageContext, item: WorkItem, job: Job, rollouts: list[Rollout], **data: Any
+    ) -> list[tuple[str, Any]]:
+        """After the parent's rollout: gepa's skip check, then the component the job rewrites.
+
+        The parent's round-robin pointer moves here, not when the job is made: an iteration
+        skipped for a perfect minibatch uses up no component (gepa).  Several jobs on one parent
+        in flight at once take successive components in the order their rollouts finish; each
+        child inherits the pointer right after its own job's step.
+        """
+        if self.skipped_as_perfect(ctx, item, job, rollouts, **data):
             return []
+        names = job.parent.names
+        pointer = self._pointer(ctx.pool.get(job.parent.id), ctx)
+        self._pointers[job.parent.id] = pointer + 1
+        job = replace(job, component=names[pointer % len(names)], child_pointer=pointer + 1)
         return [("propose", Reflectable(job, rollouts))]
 
     def skipped_as_perfect(
@@ -248,75 +299,12 @@ class GepaWorkflow(ArtifactReview):
         return True
 
     async def _propose(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
-        work: Reflectable = item.payload
-        job = work.job
-        records = reflective_records(job.minibatch, work.parent_rollouts)
-        prompt = build_reflection_prompt(
-            job.component, job.parent[job.component], records, ctx.task.describe()
-        )
-        request = ChatRequest(
-            messages=[{"role": "user", "content": prompt}],
-            max_tokens=self.reflection_max_tokens,
-            temperature=self.reflection_temperature,
-            seed=ctx.rng("propose").randrange(2**31),
-            stage="propose",
-            item_id=item.item_id,
-            metadata={"component": job.component},
-            extra_body=self.reflection_extra_body,
-        )
-        try:
-            answer = await ctx.reflection_llm.complete(request)
-        except LLMError as err:
-            return self._reject(ctx, item, job, f"reflection call failed: {err}")
-        parsed = parse_fenced(answer.text)
-        if parsed.text is None:
-            return self._reject(
-                ctx,
-                item,
-                job,
-                parsed.reason or "unusable reflection",
-                finish_reason=answer.finish_reason,
-            )
-        child = job.parent.with_component(
-            job.component,
-            parsed.text,
-            parents=(job.parent.id,),
-            version_stamp=item.version_stamp,
-            frontier_stamp=item.frontier_stamp,
-            origin="reflection",
-            meta={"component": job.component},
-        )
-        if child.id == job.parent.id:
-            return self._reject(ctx, item, job, "the reflection returned the text unchanged")
-        if child.id in ctx.pool:
-            return self._reject(ctx, item, job, f"duplicate of pool candidate {child.id}")
-        ctx.emit(
-            Kind.PROPOSAL_MADE,
-            stage="propose",
-            item_id=item.item_id,
-            artifact_id=child.id,
-            parent_id=job.parent.id,
-            version_stamp=item.version_stamp,
-            frontier_stamp=item.frontier_stamp,
-            data={"component": job.component, "iteration": job.iteration},
-        )
-        return [("gate", Proposal(job, child, work.parent_rollouts))]
-
-    def _reject(
-        self, ctx: StageContext, item: WorkItem, job: Job, reason: str, **data: Any
-    ) -> list[tuple[str, Any]]:
-        ctx.emit(
-            Kind.PROPOSAL_REJECTED,
-            stage="propose",
-            item_id=item.item_id,
-            parent_id=job.parent.id,
-            reason=reason,
-            data={"component": job.component, **data},
-        )
-        return []
+        return await propose(self, item, ctx)
 
     async def _gate(self, item: WorkItem, ctx: StageContext) -> list[tuple[str, Any]]:
         prop: Proposal = item.payload
+        if prop.merge is not None:
+            return await screen_merge(self, item, ctx)
         if prop.skip_gate:
             return [("validate", GatedChild(prop, []))]
         batch = prop.job.minibatch
@@ -407,7 +395,13 @@ class GepaWorkflow(ArtifactReview):
                 reason="an identical artifact was admitted meanwhile",
             )
             return None
-        self._pointers.setdefault(child.id, prop.job.child_pointer)
+        if prop.merge is not None:  # gepa: the larger of the parents' pointers at admission
+            parents = [ctx.pool.get(p) for p in prop.merge.parents]
+            self._pointers[child.id] = max(self._pointer(r, ctx) for r in parents)
+        else:
+            self._pointers.setdefault(child.id, prop.job.child_pointer)
+            if self.merges is not None:
+                self.merges.reflective_admitted()
         if not speculative:
             emit_admitted(ctx, item, prop, record, scores)
         return record
