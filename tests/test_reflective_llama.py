@@ -223,7 +223,7 @@ def test_reflective_review_call_against_llama_server(reviewer_server, constraine
             decisions = await asyncio.gather(*(policy.decide(it, ctx) for it in items))
         finally:
             await client.aclose()
-        return decisions, log
+        return decisions, ctx.log
 
     decisions, log = asyncio.run(go())
     for it, d in zip(items, decisions, strict=True):
@@ -243,4 +243,4 @@ def test_reflective_review_call_against_llama_server(reviewer_server, constraine
         assert p.data["patched_from"] and p.data["stale_artifacts"]
     for d in decisions:
         if d.data.get("malformed"):
-            assert d.action == "discard" and d.artifact is None
+            assert d.action == "discard" and d.repair is None
