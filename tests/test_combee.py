@@ -18,16 +18,17 @@ from gepa.strategies.batch_sampler import EpochShuffledBatchSampler
 from gepa.strategies.candidate_selector import ParetoCandidateSelector
 
 from flashevolve import Evolver
-from flashevolve.backends.sim import SimulatedLLM, SimulatedTask, WorkloadContent
+from flashevolve.backends.sim import SimulatedLLM, SimulatedTask
 from flashevolve.errors import ConfigError
 from flashevolve.events.schema import Kind
 from flashevolve.workflows.gepa import GepaWorkflow
 from flashevolve.workflows.gepa.combee import groups, reduce_plan
-from flashevolve.workflows.gepa.combee_sim import CombeeContent, combee_length
+from flashevolve.workflows.gepa.combee_sim import CombeeContent
+from flashevolve.workflows.gepa.sim import WorkloadContent
 
 
 def sim(content=None, seed: int = 0) -> SimulatedLLM:
-    return SimulatedLLM(seed=seed, content=content or CombeeContent(), length_fn=combee_length)
+    return SimulatedLLM(seed=seed, content=content or CombeeContent())
 
 
 def run(mode: str = "sync", *, content=None, budget=None, task=None, **options) -> Evolver:
@@ -133,7 +134,11 @@ def test_sync_combee_maps_concurrently_then_reduces_behind_a_barrier():
 
 def test_hierarchical_reduce_runs_level_by_level():
     ev = run("sync", combee=40, combee_reduce_fanin=2, budget={"proposals": 2})
-    for item_calls in reflection_calls(ev).values():
+    made = {
+        e.item_id: e.data["combee"] for e in ev.event_list() if e.kind == Kind.PROPOSAL_MADE
+    }
+    shapes = []
+    for item, item_calls in reflection_calls(ev).items():
         maps = [r for r in item_calls if r["stage"] == "propose"]
         reduces = [r for r in item_calls if r["stage"] == "reduce"]
         assert len(maps) == 6
@@ -141,11 +146,16 @@ def test_hierarchical_reduce_runs_level_by_level():
         for r in reduces:
             levels[r["start"]].append(r)
         ordered = [levels[t] for t in sorted(levels)]
-        assert [len(level) for level in ordered] == [3, 1, 1]  # 6 -> 3 -> 2 -> 1
+        recorded = [lv for lv in made[item]["levels"] if lv["kind"] == "reduce"]
+        # the calls seen at the server are the levels the proposal recorded, fan-in 2 each
+        assert [len(level) for level in ordered] == [lv["calls"] for lv in recorded]
+        assert all(max(lv["chunks"]) <= 2 for lv in recorded)
+        shapes.append([len(level) for level in ordered])
         finished = max(r["end"] for r in maps)
-        for level in ordered:
+        for level in ordered:  # every level waits for the one before (a barrier)
             assert min(r["start"] for r in level) >= finished
             finished = max(r["end"] for r in level)
+    assert [3, 1, 1] in shapes  # 6 usable partials -> 3 -> 2 -> 1
 
 
 def test_async_combee_overlaps_proposals():

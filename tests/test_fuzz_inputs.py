@@ -7,6 +7,7 @@ hypothesis once found are kept as explicit examples (``@example``) so they stay 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -39,10 +40,9 @@ def _load(text: str, suffix: str, kind: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"task{suffix}"
         path.write_text(text, encoding="utf-8")
-        try:
+        # a task, or one clear error naming the file (and line): the promise
+        with contextlib.suppress(UserError):
             load_task_file(path, kind=kind)
-        except UserError:
-            pass  # one clear error naming the file (and line): the promise
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -109,10 +109,8 @@ def test_command_lines_parse_or_fail_clearly(command, data) -> None:
     except SystemExit as exit_:
         assert exit_.code == 2  # argparse's usage error: one line on stderr
         return
-    try:
+    with contextlib.suppress(UserError):
         _validate(command, args)
-    except UserError:
-        pass
 
 
 def test_a_wrong_kind_names_the_choices(tmp_path) -> None:

@@ -513,7 +513,7 @@ def test_reflective_timers_and_reviews_do_not_outlive_the_run() -> None:
     policy = Reflective(k=4, max_wait_s=10_000)  # a part batch waits until the end
 
     async def main():
-        ev = sim_evolver(policy, n_train=20, evaluate=8)
+        ev = sim_evolver(policy, n_train=20, evaluate=8, budget=420)
         summary = await ev.run()
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         return summary, others, len(policy._waiting)

@@ -2,9 +2,9 @@
 paper's baseline settings), and Combee inside an asynchronous run.
 
 Every number is from the serving *simulator* on virtual time, labelled ``simulated``.  Combee's
-reduce calls (stage ``reduce``) need the simulator to answer them
-(:class:`~flashevolve.workflows.gepa.combee_sim.CombeeContent`); :func:`run_combee_bench` builds
-such a server itself, so ``python -m flashevolve.bench.combee`` works on its own::
+reduce calls (stage ``reduce``) are answered by GEPA's simulator workload
+(:func:`~flashevolve.workflows.gepa.combee_sim.reduce_answer`); ``python -m
+flashevolve.bench.combee`` runs the rows on their own::
 
     python -m flashevolve.bench.combee --profile vllm-h100-qwen3-8b --minutes 30 \\
         --json combee-vllm.json
@@ -61,10 +61,9 @@ for _k in (10, 40):
 
 def combee_llm(profile: str, seed: int) -> Any:
     """A simulated server that also answers Combee's reduce calls."""
-    from flashevolve.backends.sim import SimulatedLLM
-    from flashevolve.workflows.gepa.combee_sim import CombeeContent, combee_length
+    from flashevolve.backends.sim import simulated
 
-    return SimulatedLLM(profile, seed=seed, content=CombeeContent(), length_fn=combee_length)
+    return simulated(profile, seed=seed)  # GEPA's workload answers reduce calls too
 
 
 def run_row(name: str, *, profile: str, minutes: float, seed: int = 0) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def _load_optional_configs() -> None:
     """Configurations that need the mechanisms of flashevolve.policies register on import."""
     import importlib
 
-    for mod in ("flashevolve.bench.mechanisms",):
+    for mod in ("flashevolve.bench.mechanisms", "flashevolve.bench.combee"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as err:

@@ -250,7 +250,7 @@ class Reflective:
             messages=[{"role": "user", "content": prompt}],
             max_tokens=self.max_tokens,
             temperature=self.temperature,
-            seed=ctx.rng("patch").randrange(2**31),
+            seed=ctx.rng("seed:patch").randrange(2**31),
             stage="patch",
             item_id=items[0].item_id,
             metadata={"items": [it.item_id for it in items]},

@@ -275,7 +275,17 @@ class Runtime:
             if self._winding_down():
                 self._slots.release()
                 break  # the jobs in flight finish; the deadline ends the run
-            payload = await self.workflow.make_job(ctx)
+            try:
+                payload = await self.workflow.make_job(ctx)
+            except Exception as err:  # the job source must not die silently (a hung run)
+                self._slots.release()
+                ctx.emit(
+                    Kind.ERROR,
+                    reason=f"the workflow could not make a job: {type(err).__name__}: {err}",
+                    data={"traceback": traceback.format_exc(limit=8)},
+                )
+                self.request_stop(f"the workflow could not make a job ({err})", graceful=True)
+                break
             if payload is None:  # nothing to do right now; the workflow said so
                 self._slots.release()
                 await ctx.clock.sleep(0.1)

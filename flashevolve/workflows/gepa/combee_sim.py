@@ -14,8 +14,9 @@ this module gives is one fenced block whose
 - about ``malformed_rate`` of answers (and every truncated one) lack the closing fence, like
   the simulator's reflections.
 
-:class:`CombeeContent` wraps any content model and answers ``reduce`` itself;
-:func:`combee_length` gives reduce calls the reflection length distribution.
+GEPA's simulator workload (:mod:`.sim`) answers ``reduce`` with :func:`reduce_answer` and draws
+its lengths like a reflection's; :class:`CombeeContent` wraps any other content model (tests use
+it to break map or reduce answers on purpose).
 """
 
 from __future__ import annotations
@@ -25,14 +26,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from flashevolve.backends.sim.lengths import output_length
-from flashevolve.backends.sim.workload import (
-    QUALITY_RE,
-    ContentModel,
-    WorkloadContent,
-    joined_text,
-    quality_marker,
-)
+from flashevolve.backends.sim.workload import QUALITY_RE, ContentModel, joined_text, quality_marker
 from flashevolve.workflows.gepa.combee import REDUCE_STAGE
 from flashevolve.workflows.gepa.reflection import FENCE
 
@@ -44,7 +38,7 @@ _DEFAULT_HEAD = "Answer the request and follow every stated constraint."
 class CombeeContent:
     """A content model that answers Combee's ``reduce`` calls and defers everything else."""
 
-    base: ContentModel = field(default_factory=WorkloadContent)
+    base: ContentModel = field(default_factory=lambda: _gepa_content())
     gain: float = 0.02
     spread: float = 0.04
     malformed_rate: float = 0.02
@@ -63,29 +57,51 @@ class CombeeContent:
         return self.reduce(joined_text(messages), rng, truncated=truncated)
 
     def reduce(self, text: str, rng: random.Random, *, truncated: bool = False) -> str:
-        blocks = _BLOCK.findall(text)
-        partials = blocks[1:] if len(blocks) > 1 else blocks  # the first block is the current text
-        qualities = [float(m) for b in partials for m in QUALITY_RE.findall(b)[:1]] or [0.5]
-        mean = sum(qualities) / len(qualities)
-        headroom = 1.0 - mean
-        step = rng.gauss(headroom * self.gain, headroom * self.spread + 0.005)
-        body = self._merged_text(partials, min(0.99, max(0.01, mean + step)))
-        if truncated or rng.random() < self.malformed_rate:
-            return f"Combining the proposals.\n{FENCE}\n{body}\n"
-        return f"Here is the combined instruction.\n\n{FENCE}\n{body}\n{FENCE}\n"
-
-    def _merged_text(self, partials: Sequence[str], quality: float) -> str:
-        head, rules = None, []
-        for block in partials:
-            lines = QUALITY_RE.sub("", block).strip().splitlines()
-            if lines and head is None:
-                head = lines[0]
-            rules += [ln for ln in lines[1:] if ln.startswith("- ") and ln not in rules]
-        return "\n".join(
-            [head or _DEFAULT_HEAD, *rules[-self.max_rules :], quality_marker(quality)]
+        return reduce_answer(
+            text,
+            rng,
+            truncated=truncated,
+            gain=self.gain,
+            spread=self.spread,
+            malformed_rate=self.malformed_rate,
+            max_rules=self.max_rules,
         )
 
 
-def combee_length(stage: str, rng: random.Random) -> int:
-    """Output lengths: a reduce answer is drawn like a reflection's, everything else as usual."""
-    return output_length("propose" if stage == REDUCE_STAGE else stage, rng)
+def reduce_answer(
+    text: str,
+    rng: random.Random,
+    *,
+    truncated: bool = False,
+    gain: float = 0.02,
+    spread: float = 0.04,
+    malformed_rate: float = 0.02,
+    max_rules: int = 8,
+) -> str:
+    """The simulated answer to one reduce call (see the module's docstring)."""
+    blocks = _BLOCK.findall(text)
+    partials = blocks[1:] if len(blocks) > 1 else blocks  # the first block is the current text
+    qualities = [float(m) for b in partials for m in QUALITY_RE.findall(b)[:1]] or [0.5]
+    mean = sum(qualities) / len(qualities)
+    headroom = 1.0 - mean
+    step = rng.gauss(headroom * gain, headroom * spread + 0.005)
+    body = _merged_text(partials, min(0.99, max(0.01, mean + step)), max_rules)
+    if truncated or rng.random() < malformed_rate:
+        return f"Combining the proposals.\n{FENCE}\n{body}\n"
+    return f"Here is the combined instruction.\n\n{FENCE}\n{body}\n{FENCE}\n"
+
+
+def _merged_text(partials: Sequence[str], quality: float, max_rules: int) -> str:
+    head, rules = None, []
+    for block in partials:
+        lines = QUALITY_RE.sub("", block).strip().splitlines()
+        if lines and head is None:
+            head = lines[0]
+        rules += [ln for ln in lines[1:] if ln.startswith("- ") and ln not in rules]
+    return "\n".join([head or _DEFAULT_HEAD, *rules[-max_rules:], quality_marker(quality)])
+
+
+def _gepa_content() -> ContentModel:
+    from flashevolve.workflows.gepa.sim import WorkloadContent
+
+    return WorkloadContent()

@@ -58,6 +58,7 @@ STAGE_LENGTHS: dict[str, LengthDist] = {
     "propose": PROPOSE_LENGTHS,
     "reflect": PROPOSE_LENGTHS,
     "patch": PATCH_LENGTHS,
+    "reduce": PROPOSE_LENGTHS,  # Combee's reduce calls write an instruction, like a reflection
 }
 
 
@@ -100,6 +101,10 @@ class WorkloadContent:
             return self.reflect(text, rng, truncated=truncated)
         if stage == "patch":
             return (self.patch_fn or respond_patch)(text, rng)
+        if stage == "reduce":
+            from flashevolve.workflows.gepa.combee_sim import reduce_answer
+
+            return reduce_answer(text, rng, truncated=truncated)
         return self.evaluate(text, truncated=truncated)
 
     def evaluate(self, text: str, *, truncated: bool = False) -> str:
