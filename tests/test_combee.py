@@ -134,9 +134,7 @@ def test_sync_combee_maps_concurrently_then_reduces_behind_a_barrier():
 
 def test_hierarchical_reduce_runs_level_by_level():
     ev = run("sync", combee=40, combee_reduce_fanin=2, budget={"proposals": 2})
-    made = {
-        e.item_id: e.data["combee"] for e in ev.event_list() if e.kind == Kind.PROPOSAL_MADE
-    }
+    made = {e.item_id: e.data["combee"] for e in ev.event_list() if e.kind == Kind.PROPOSAL_MADE}
     shapes = []
     for item, item_calls in reflection_calls(ev).items():
         maps = [r for r in item_calls if r["stage"] == "propose"]
