@@ -179,7 +179,9 @@ class ParentChannel:
             return
         if self.llm_calls >= self.config.max_llm_calls:
             self.note("model call over the limit")
-            self.reply(ident, error=f"the limit of {self.config.max_llm_calls} model calls is reached")
+            self.reply(
+                ident, error=f"the limit of {self.config.max_llm_calls} model calls is reached"
+            )
             return
         self.llm_calls += 1
         call = LLMCall(
@@ -217,9 +219,16 @@ class ParentChannel:
         data = json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
         if len(data) > self.config.max_message_bytes and message.get("kind") == "reply":
             limit = self.config.max_message_bytes
-            data = json.dumps(
-                {"kind": "reply", "id": message.get("id"), "error": f"answer over {limit} bytes"}
-            ).encode() + b"\n"
+            data = (
+                json.dumps(
+                    {
+                        "kind": "reply",
+                        "id": message.get("id"),
+                        "error": f"answer over {limit} bytes",
+                    }
+                ).encode()
+                + b"\n"
+            )
         self._write(data)
 
     async def aclose(self) -> None:

@@ -89,7 +89,9 @@ class SandboxConfig(BaseModel):
         return value
 
     @classmethod
-    def of(cls, config: SandboxConfig | Mapping[str, Any] | None, **overrides: Any) -> SandboxConfig:
+    def of(
+        cls, config: SandboxConfig | Mapping[str, Any] | None, **overrides: Any
+    ) -> SandboxConfig:
         """A config from an instance, a dict or nothing, with overrides; errors name the field."""
         if isinstance(config, SandboxConfig):
             data = config.model_dump() | overrides

@@ -175,7 +175,9 @@ class SandboxSession:
             if kind in ("return", "ready") and reply.get("ok", True):
                 return CallResult("ok", value=reply.get("value"))
             if kind in ("raise", "ready"):
-                return CallResult("error", error=reply.get("error"), traceback=reply.get("traceback"))
+                return CallResult(
+                    "error", error=reply.get("error"), traceback=reply.get("traceback")
+                )
         if not done:
             proc.kill("timeout")
             await proc.wait(None)

@@ -73,8 +73,9 @@ def apply_landlock(spec: dict[str, Any]) -> dict[str, Any]:
 def report_usage(fe_llm: object) -> None:
     """At a normal exit, tell the parent what this process tree used (bubblewrap's outer
     process does not pass its children's usage on, so the parent cannot see it itself)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    try:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with contextlib.suppress(Exception):
         fe_llm._send(  # type: ignore[attr-defined]
             {
                 "kind": "usage",
@@ -83,8 +84,6 @@ def report_usage(fe_llm: object) -> None:
                 "max_rss_kb": max(me.ru_maxrss, kids.ru_maxrss),
             }
         )
-    except Exception:
-        pass
 
 
 def close_other_fds(keep: set[int]) -> None:
