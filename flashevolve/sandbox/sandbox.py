@@ -166,7 +166,9 @@ class SandboxSession:
         future = asyncio.get_running_loop().create_future()
         proc.channel.replies[ident] = future
         try:
-            done, _ = await asyncio.wait([future, proc.exited], timeout=timeout_s)
+            done, _ = await asyncio.wait(
+                [future, proc.exited], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             proc.channel.replies.pop(ident, None)
         if future in done:
