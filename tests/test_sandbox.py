@@ -292,3 +292,26 @@ def test_run_sync_from_worker_threads_and_concurrent_runs() -> None:
     for t in threads:
         t.join()
     assert {i: r.value for i, r in results.items()} == {0: 0, 1: 1, 2: 2}
+
+
+def test_security_table_marks_what_was_not_stopped() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "security_table.py"
+    spec = importlib.util.spec_from_file_location("security_table", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    prot = protections().as_dict()
+    report = {
+        "machine": {"default": prot, "weak": prot},
+        "records": [
+            {"attack": "a", "variant": "default", "stopped": True, "how": "wall"},
+            {"attack": "a", "variant": "weak", "stopped": False, "how": "NOT STOPPED"},
+            {"attack": "b", "variant": "default", "stopped": True, "how": "other wall"},
+        ],
+    }
+    table = module.render(report)
+    assert "| a | stopped: wall | **NOT STOPPED** |" in table
+    assert "| b | stopped: other wall | not run |" in table
