@@ -54,8 +54,7 @@ class Sandbox:
                 "refusing to run generated code: this machine offers no isolation (no "
                 "namespaces, no Landlock: " + "; ".join(prot.notes) + "). Install bubblewrap "
                 "(apt-get install bubblewrap) or, only if you accept that the code can read "
-                "your files and reach the network, pass allow_unsandboxed=True "
-                "(--i-accept-unsandboxed-code on the command line)"
+                "your files and reach the network, pass allow_unsandboxed=True"
             )
         return prot
 
