@@ -315,3 +315,13 @@ def test_security_table_marks_what_was_not_stopped() -> None:
     table = module.render(report)
     assert "| a | stopped: wall | **NOT STOPPED** |" in table
     assert "| b | stopped: other wall | not run |" in table
+
+
+@pytest.mark.parametrize("site_packages", [True, False])
+def test_site_packages_are_importable_only_when_allowed(site_packages: bool) -> None:
+    code = (
+        "import fe_llm\ntry:\n    import pydantic\n    fe_llm.set_result('imported')\n"
+        "except ImportError:\n    fe_llm.set_result('missing')\n"
+    )
+    result = Sandbox(site_packages=site_packages).run_sync(code)
+    assert result.value == ("imported" if site_packages else "missing")

@@ -157,6 +157,10 @@ class SandboxProcess:
                 group=command.user,
                 extra_groups=[] if command.user is not None else None,
             )
+        except BaseException:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            raise
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
@@ -207,15 +211,16 @@ class SandboxProcess:
         assert self.proc is not None and self._pidfd is not None
         try:
             pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status, rusage = self.proc.pid, 0, None
+        except ChildProcessError:  # reaped by someone else: its status is lost
+            pid, status, rusage = self.proc.pid, None, None
         if pid == 0:
             return  # spurious wake-up: not exited yet
         asyncio.get_running_loop().remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = None
         self.exit_status, self.rusage = status, rusage
-        self.proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not reap again
+        # Popen must not try to reap it again
+        self.proc.returncode = -1 if status is None else os.waitstatus_to_exitcode(status)
         self.ended_at = time.monotonic()
         if not self.exited.done():
             self.exited.set_result(None)
@@ -307,6 +312,8 @@ class SandboxProcess:
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and used >= config.cpu_s):
                 return "cpu_limit", f"used its {config.cpu_s} s of CPU and was killed by the kernel"
             return "killed", f"killed by signal {signal.Signals(sig).name}"
+        if code is None:
+            return "error", "its exit status was lost (another part of the process reaped it)"
         if code == 0:
             return "ok", "exited normally"
         detail = f" ({error})" if error else ""

@@ -138,7 +138,11 @@ class SandboxSession:
         prot = self.sandbox.check()
         config = self.sandbox.config
         self._proc = proc = SandboxProcess(config, prot)
-        await proc.start(self.files, mode="serve", entry=self.module, args=None, llm=self.llm)
+        try:
+            await proc.start(self.files, mode="serve", entry=self.module, args=None, llm=self.llm)
+        except BaseException:
+            await asyncio.shield(_close_quietly(proc))
+            raise
         loop = asyncio.get_running_loop()
         self._lifetime = loop.call_later(config.session_timeout_s, proc.kill, "timeout")
         self.ready = await self._await_reply(0, config.timeout_s)

@@ -94,14 +94,13 @@ def close_other_fds(keep: set[int]) -> None:
     os.closerange(start, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
-def program_sys_path(spec: dict[str, Any]) -> list[str]:
+def program_sys_path(spec: dict[str, Any], original: list[str]) -> list[str]:
     """The program imports its own files, ``fe_llm`` and the standard library (and the venv's
     packages when allowed); never the launcher's private copy of ``landlockpy``."""
     kept = [
         p
-        for p in sys.path
-        if p not in (spec["pkgs_dir"], spec["inside_dir"])
-        and (spec["keep_site_packages"] or "site-packages" not in p)
+        for p in original
+        if p != spec["inside_dir"] and (spec["keep_site_packages"] or "site-packages" not in p)
     ]
     return [spec["src_dir"], spec["inside_dir"], *kept]
 
@@ -162,6 +161,7 @@ def serve(spec: dict[str, Any], fe_llm: Any) -> None:
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as handle:
         spec = json.load(handle)
+    original_path = list(sys.path)
     sys.path[:0] = [spec["inside_dir"]] + ([spec["pkgs_dir"]] if spec["pkgs_dir"] else [])
     set_rlimits(spec["rlimits"])
     landlock = apply_landlock(spec["landlock"])
@@ -174,7 +174,7 @@ def main() -> None:
     fe_llm._connect(channel["read_fd"], channel["write_fd"], channel["max_bytes"])
     close_other_fds({channel["read_fd"], channel["write_fd"]})
     atexit.register(report_usage, fe_llm)
-    sys.path[:] = program_sys_path(spec)
+    sys.path[:] = program_sys_path(spec, original_path)
     os.chdir(spec["work_dir"])
     fe_llm._send({"kind": "hello", "pid": os.getpid(), "uid": os.getuid(), "landlock": landlock})
     if spec["mode"] == "serve":
