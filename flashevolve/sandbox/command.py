@@ -98,9 +98,11 @@ def launch_spec(
     args: Any,
     channel_fds: tuple[int, int],
     landlock_required: bool,
+    limit_processes: bool,
 ) -> dict[str, Any]:
     """What the launcher reads before it runs the program (written to ``launch.json``)."""
     mib = 1024 * 1024
+    nproc = {"RLIMIT_NPROC": [config.max_processes] * 2} if limit_processes else {}
     return {
         "mode": mode,
         "entry": entry,
@@ -115,7 +117,7 @@ def launch_spec(
             # and SIGKILL one second later if the program ignores it.
             "RLIMIT_CPU": [config.cpu_s, config.cpu_s + 1],
             "RLIMIT_AS": [config.memory_mb * mib] * 2,
-            "RLIMIT_NPROC": [config.max_processes] * 2,
+            **nproc,
             "RLIMIT_FSIZE": [config.max_file_mb * mib] * 2,
             "RLIMIT_NOFILE": [config.max_open_files] * 2,
             "RLIMIT_CORE": [0, 0],

@@ -140,6 +140,7 @@ class SandboxProcess:
             args=args,
             channel_fds=(to_child_r, from_child_w),
             landlock_required=self.protections.landlock,
+            limit_processes=self.protections.nproc_limit,
         )
         cmd.write_launch(self.host_dir, spec)
         self._share_with(command.user)

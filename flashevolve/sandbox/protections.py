@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from flashevolve.sandbox.command import bwrap_command, unshare_command
+from flashevolve.sandbox.command import bwrap_command, python_roots, unshare_command
 from flashevolve.sandbox.config import SandboxConfig
 
 Kind = Literal["bwrap", "unshare", "none"]
@@ -162,10 +162,11 @@ def _probe_unshare(python: str, drop_root: bool) -> tuple[bool, str]:
         return False, "util-linux unshare is not installed"
     uid = new_sandbox_uid() if drop_root else None
     with tempfile.TemporaryDirectory(prefix="flashevolve-probe-") as tmp:
+        config = SandboxConfig()
+        path = Path(tmp)
         cmd = unshare_command(
-            SandboxConfig(), Path(tmp), unshare=unshare, python=python, sandbox_uid=uid,
-            inner=["true"],
-        )  # fmt: skip
+            config, path, unshare=unshare, python=python, sandbox_uid=uid, inner=["true"]
+        )
         ok, err = _works(cmd.argv, user=uid)
     return ok, "" if ok else f"unshare --user --net does not work here: {err}"
 
@@ -175,8 +176,6 @@ def drop_uid_without_view(python: str) -> int | None:
     sandbox uid if that uid can reach the interpreter, else None (stay root)."""
     if not is_root():
         return None
-    from flashevolve.sandbox.command import python_roots
-
     paths = [python, *python_roots(python, True)]
     return new_sandbox_uid() if all(world_reachable(p) for p in paths) else None
 
@@ -211,10 +210,18 @@ def detect(config: SandboxConfig | None = None, python: str | None = None) -> Pr
         if root and not unprivileged:
             notes.append(
                 "running as root and the interpreter is not reachable by an unprivileged uid "
-                "without bubblewrap's filesystem view: the program runs as (namespaced) root"
+                "without bubblewrap's filesystem view: the program runs as host root (in its "
+                "own user namespace under unshare)"
             )
+    # RLIMIT_NPROC counts every process of the uid (per user namespace): it is a per-sandbox
+    # limit only with a namespace or a fresh uid; host root is exempt from it altogether.
+    nproc = unprivileged and (kind != "none" or root)
     if root and not unprivileged:
         notes.append("RLIMIT_NPROC does not apply to host root: no process limit")
+    elif not nproc:
+        notes.append(
+            "no user namespace: RLIMIT_NPROC would count all your processes, so it is not set"
+        )
     return Protections(
         isolation=kind,
         user_ns=(kind == "bwrap" and not root) or kind == "unshare",
@@ -223,7 +230,8 @@ def detect(config: SandboxConfig | None = None, python: str | None = None) -> Pr
         mount_ns=kind == "bwrap",
         ipc_ns=kind in ("bwrap", "unshare"),
         unprivileged_uid=unprivileged,
-        nproc_limit=unprivileged,
+        nproc_limit=nproc,
+        rlimits=RLIMITS if nproc else tuple(r for r in RLIMITS if r != "processes"),
         landlock_abi=abi,
         landlock=use_landlock,
         notes=tuple(notes),
