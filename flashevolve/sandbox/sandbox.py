@@ -96,7 +96,8 @@ class Sandbox:
             await asyncio.shield(_close_quietly(proc))
 
     def run_sync(self, source: str | None = None, **kwargs: Any) -> SandboxResult:
-        """``run`` for code without a running event loop (a worker thread, a Ray task)."""
+        """``run`` for code without a running event loop (a worker thread, a Ray task); it runs
+        its own loop, so it must not be called from a thread whose loop is running."""
         return asyncio.run(self.run(source, **kwargs))
 
     def session(
