@@ -11,7 +11,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 
-.PHONY: demo lab test llama-server lint clean distclean install-local install-dev browser
+.PHONY: demo lab test llama-server lint clean distclean install-local install-dev browser sandbox-tools
 
 # The venv is created once; its python is the target that says it exists.
 $(PYTHON):
@@ -41,7 +41,7 @@ LAB_ARGS ?=
 lab: install-local
 	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-test: install-dev browser
+test: install-dev browser sandbox-tools
 	$(PYTHON) -m flashevolve local-server build
 	$(PYTHON) -m pytest -q
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
@@ -59,6 +59,14 @@ browser:
 	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the browser tests (report, JupyterLab) will be skipped"; }
+
+# bubblewrap isolates generated code (docs/security.md). Installed where we are root with apt
+# (CI, containers); elsewhere the sandbox falls back to weaker layers and protections() says so.
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || \
+	  echo "bubblewrap not installed: the sandbox falls back to weaker isolation"; }
 
 lint: $(PYTHON)
 	$(BIN)/ruff check flashevolve tests

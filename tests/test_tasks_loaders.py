@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -212,9 +213,19 @@ def test_humaneval_hang_is_killed(add_example: Example) -> None:
 
 
 def test_humaneval_network_is_blocked(add_example: Example) -> None:
-    code = "    import socket\n    socket.create_connection(('127.0.0.1', 9))\n"
-    result = humaneval_metric(add_example, code, timeout_s=5)
-    assert result.score == 0.0 and "network access is disabled" in result.feedback
+    """A program that connects to a real listener on the host's 127.0.0.1 fails and scores 0;
+    the listener never sees a connection (the sandbox has its own network namespace and/or
+    Landlock; tests/test_sandbox_attacks.py covers the rest)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        code = f"    import socket\n    socket.create_connection(('127.0.0.1', {port}))\n"
+        result = humaneval_metric(add_example, code, timeout_s=5)
+        assert result.score == 0.0 and "Error" in result.feedback
+        with pytest.raises(BlockingIOError):
+            server.accept()
 
 
 def test_build_program_keeps_stub_imports() -> None:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flashevolve.errors import TaskFileError
 from flashevolve.tasks.base import Example, MetricResult, PromptTask
-from flashevolve.tasks.sandbox import CodeTask, humaneval_metric
+from flashevolve.tasks.sandbox import CodeTask, code_sandbox, humaneval_metric
 from flashevolve.tasks.scoring import aime_metric, exact_metric, hotpot_metric, hover_metric
 
 # ---------------------------------------------------------------------------- reading files
@@ -351,11 +351,14 @@ def load_task_file(
     max_tokens: int | None = None,
     temperature: float = 0.0,
     timeout_s: float = 10.0,
+    allow_unsandboxed: bool = False,
 ) -> PromptTask:
     """Read ``path`` as ``kind`` (detected from the first row's fields when None).
 
     Rows with a ``split`` field go to that split; otherwise a ``seed``-ed shuffle puts
     ``n_train`` (default 40%) in train, ``n_val`` (default 30%) in val and the rest in test.
+    ``humaneval`` runs model-written code: it loads only where the sandbox has some isolation,
+    unless ``allow_unsandboxed=True`` (raises :class:`~flashevolve.sandbox.SandboxRefused`).
     """
     where = str(path)
     records = read_records(path)
@@ -400,9 +403,12 @@ def load_task_file(
     task_cls = CodeTask if kind == "humaneval" else PromptTask
     metric = spec.metric
     if kind == "humaneval":
+        code_sandbox(timeout_s, allow_unsandboxed=allow_unsandboxed).check()
 
         def metric(example: Example, output: str) -> MetricResult:
-            return humaneval_metric(example, output, timeout_s=timeout_s)
+            return humaneval_metric(
+                example, output, timeout_s=timeout_s, allow_unsandboxed=allow_unsandboxed
+            )
 
     return task_cls(
         name or f"{kind}:{Path(where).stem}",

@@ -1,83 +1,45 @@
-"""Run model-written Python against unit tests in a subprocess (the HumanEval-style metric).
+"""Run model-written Python against unit tests (the HumanEval-style metric) in the sandbox.
 
-Isolation is best-effort, not a security boundary: the program runs with ``python -I`` in a
-fresh temporary directory with a minimal environment, a memory cap, socket creation disabled
-and a wall-clock timeout that kills the whole process group.  A crashing or hanging program
-scores 0 with a feedback line; it never takes the run down.  Only run code you would run
-yourself.
+Each program runs in :mod:`flashevolve.sandbox` (namespaces, a private read-only filesystem,
+Landlock, resource limits; see ``docs/security.md``) with a wall-clock timeout that kills it and
+everything it started.  A crashing or hanging program scores 0 with a feedback line; it never
+takes the run down.  On a machine with no isolation at all the task refuses to load unless the
+caller passes ``allow_unsandboxed=True``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import functools
+import math
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
+from flashevolve.sandbox import Sandbox, SandboxConfig, SandboxResult
 from flashevolve.tasks.base import Example, MetricResult, PromptTask
 
-# Prepended to every program.  Sockets are blocked by a subclass (not a plain function) so
-# modules that subclass socket.socket at import (ssl, asyncio) still import.
-_PROLOGUE = """\
-import resource as _r, socket as _s
-try:
-    _r.setrlimit(_r.RLIMIT_AS, ({mem}, {mem}))
-except (ValueError, OSError):
-    pass
-class _NoNetwork(_s.socket):
-    def __init__(self, *a, **k):
-        raise OSError("network access is disabled while the tests run")
-def _no_network(*a, **k):
-    raise OSError("network access is disabled while the tests run")
-_s.socket = _NoNetwork
-_s.create_connection = _no_network
-_s.getaddrinfo = _no_network
-del _r, _s
-"""
 
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    passed: bool
-    timed_out: bool
-    returncode: int | None
-    stdout: str
-    stderr: str
-
-
-def run_python(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> RunResult:
-    """Run ``source`` as a script; kill it (and its children) after ``timeout_s`` seconds."""
-    with tempfile.TemporaryDirectory(prefix="flashevolve-exec-") as tmp:
-        script = Path(tmp) / "program.py"
-        script.write_text(_PROLOGUE.format(mem=memory_mb * 1024 * 1024) + source, encoding="utf-8")
-        env = {"PATH": os.defpath, "HOME": tmp, "PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", str(script)],
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # its own process group, so the kill reaches grandchildren
+@functools.cache
+def code_sandbox(
+    timeout_s: float = 10.0, memory_mb: int = 1024, allow_unsandboxed: bool = False
+) -> Sandbox:
+    """The sandbox unit tests run in (one per setting; a Sandbox holds no per-run state).  The
+    CPU limit sits above the wall-clock one, so a busy loop is reported as a timeout."""
+    return Sandbox(
+        SandboxConfig(
+            timeout_s=timeout_s,
+            cpu_s=math.ceil(timeout_s) + 1,
+            memory_mb=memory_mb,
+            max_llm_calls=0,
+            allow_unsandboxed=allow_unsandboxed,
         )
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            out, err = proc.communicate()
-            return RunResult(False, True, None, out, err)
-        return RunResult(proc.returncode == 0, False, proc.returncode, out, err)
+    )
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.killpg(proc.pid, signal.SIGKILL)
+def run_python(
+    source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, allow_unsandboxed: bool = False
+) -> SandboxResult:
+    """Run ``source`` as a script in the sandbox (blocking: call it from a worker thread)."""
+    sandbox = code_sandbox(timeout_s, memory_mb, allow_unsandboxed)
+    return sandbox.run_sync(source, entry="program.py")
 
 
 def extract_code(output: str, entry_point: str) -> str:
@@ -121,22 +83,28 @@ def _tail(stderr: str, lines: int = 6, chars: int = 700) -> str:
     return text if len(text) <= chars else "..." + text[-chars:]
 
 
-def humaneval_metric(example: Example, output: str, *, timeout_s: float = 10.0) -> MetricResult:
+def humaneval_metric(
+    example: Example, output: str, *, timeout_s: float = 10.0, allow_unsandboxed: bool = False
+) -> MetricResult:
     ref = example.reference
     program = build_program(ref["prompt"], output, ref["test"], ref["entry_point"])
-    result = run_python(program, timeout_s=timeout_s)
-    if result.timed_out:
+    result = run_python(program, timeout_s=timeout_s, allow_unsandboxed=allow_unsandboxed)
+    if result.status in ("timeout", "cpu_limit"):
         return MetricResult(
             0.0,
             f"The program did not finish within {timeout_s:g} s (an "
             "infinite loop or far too slow) and was stopped.",
-            {"timed_out": True},
+            {"timed_out": True, "sandbox": result.status},
         )
-    if result.passed:
+    if result.ok:
         return MetricResult(1.0, "All tests passed.", {"returncode": 0})
-    tail = _tail(result.stderr) or f"exit code {result.returncode} with no error output"
+    if result.status in ("output_limit", "killed"):
+        return MetricResult(
+            0.0, f"The program was stopped: {result.reason}.", {"sandbox": result.status}
+        )
+    tail = _tail(result.stderr) or f"exit code {result.exit_code} with no error output"
     return MetricResult(
-        0.0, f"The tests failed: {tail}", {"returncode": result.returncode, "stderr_tail": tail}
+        0.0, f"The tests failed: {tail}", {"returncode": result.exit_code, "stderr_tail": tail}
     )
 
 
