@@ -25,6 +25,9 @@ class RunConfig(BaseModel):
     #: Ask the backends for their own load (requests running / waiting) this often, in seconds
     #: of the run clock; ``None`` never asks.  Backends that cannot tell are asked once.
     load_every_s: float | None = Field(default=5.0, gt=0)
+    #: The watchdog cancels a work item whose requests made no progress for this many seconds
+    #: of the run clock (flashevolve.runtime.watchdog); ``None`` turns it off.
+    stall_s: float | None = Field(default=600.0, gt=0)
 
     @field_validator("workers")
     @classmethod

@@ -60,6 +60,7 @@ class Evolver(BackgroundRun):
         staleness_counter: str = "pool",
         rng: str = "per-stage",
         load_every_s: float | None = 5.0,
+        stall_s: float | None = 600.0,
         resume: bool = False,
         **workflow_options: Any,
     ) -> None:
@@ -76,6 +77,7 @@ class Evolver(BackgroundRun):
                 "staleness_counter": staleness_counter,
                 "rng": rng,
                 "load_every_s": load_every_s,
+                "stall_s": stall_s,
             },
             "Evolver",
         )
@@ -164,6 +166,7 @@ class Evolver(BackgroundRun):
                 staleness_counter=self.config.staleness_counter,
                 seconds=seconds,
                 load_every_s=self.config.load_every_s,
+                stall_s=self.config.stall_s,
                 wind_down=b.wind_down,
             ),
             self.policy,

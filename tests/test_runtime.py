@@ -322,3 +322,43 @@ def test_resume_refuses_another_task_or_workflow(tmp_path):
     )
     with pytest.raises(ConfigError, match="task changed"):
         other.run_virtual()
+
+
+class HangingTask(SimulatedTask):
+    """Rollouts of one validation example never return (a stuck evaluator): no request of the
+    item ever finishes, so only the watchdog can free its worker."""
+
+    async def rollout(self, components, example, llm, *, stage, item_id, seed=None):
+        if stage == "validate" and example.id == "val-3" and item_id != "seed":
+            await asyncio.Event().wait()  # forever
+        return await super().rollout(
+            components, example, llm, stage=stage, item_id=item_id, seed=seed
+        )
+
+
+def test_the_watchdog_frees_a_worker_from_an_item_that_stopped_moving():
+    ev = Evolver(
+        HangingTask(n_train=30, n_val=20, seed=0),
+        simulated(seed=0),
+        mode="sync",
+        budget=3600,
+        stall_s=300,
+    )
+    summary = ev.run_virtual()
+    dog = kinds(ev, Kind.WATCHDOG)
+    assert dog.height >= 2  # in sync mode a stuck validation would otherwise end the run's work
+    assert (dog["stage"] == "validate").all() and (dog["latency_s"] >= 300).all()
+    dropped = kinds(ev, Kind.ITEM_DROPPED).filter(pl.col("reason") == "watchdog")
+    assert set(dropped["item_id"]) == set(dog["item_id"])
+    # the run went on after each cancellation: jobs kept starting until the budget
+    last_cancel = float(dog["ts"].max())
+    later = kinds(ev, Kind.PARENT_SELECTED).filter(pl.col("ts") > last_cancel)
+    assert later.height >= 1 and summary["proposals"] > dog.height
+
+
+def test_no_watchdog_when_turned_off_and_bad_values_are_named():
+    with pytest.raises(ConfigError, match="stall_s"):
+        make("sync", stall_s=0)
+    ev = make("sync", minutes=2, stall_s=None)
+    ev.run_virtual()
+    assert kinds(ev, Kind.WATCHDOG).height == 0

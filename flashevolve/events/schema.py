@@ -48,6 +48,8 @@ class Kind(StrEnum):
     JOB_BOUND_CHANGED = "job_bound_changed"  # max_in_flight moved; data: from, to
     BACKEND_LOAD = "backend_load"  # the server's own report; data: running, waiting, kv_usage
     BUDGET_STOP = "budget_stop"
+    #: an item in hand made no progress for too long and was cancelled; latency_s: how long
+    WATCHDOG = "watchdog"
     WIND_DOWN = "wind_down"  # no new jobs from here to the deadline; data: margin_s, remaining_s
     ERROR = "error"
 

@@ -31,6 +31,7 @@ from flashevolve.policies.wind_down import WindDown
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.items import StageSpec, WorkItem
 from flashevolve.runtime.load_sampler import sample_backend_load
+from flashevolve.runtime.watchdog import Watchdog
 
 
 @dataclass
@@ -41,6 +42,8 @@ class RuntimeConfig:
     staleness_counter: str = "pool"  # which lag makes an item stale: "pool" or "frontier"
     seconds: float | None = None  # hard run-clock deadline
     load_every_s: float | None = 5.0  # ask the backends for their load this often (None: never)
+    #: cancel an item whose requests made no progress for this long (None: no watchdog)
+    stall_s: float | None = 600.0
     wind_down: float | str | None = None  # Budget.wind_down: "auto", seconds, or off
 
     def __post_init__(self) -> None:
@@ -52,6 +55,8 @@ class RuntimeConfig:
             raise ConfigError("max_in_flight must be at least 1")
         if self.load_every_s is not None and self.load_every_s <= 0:
             raise ConfigError("load_every_s must be positive (or None to not ask)")
+        if self.stall_s is not None and self.stall_s <= 0:
+            raise ConfigError("stall_s must be positive (or None for no watchdog)")
 
 
 class JobSlots:
@@ -114,6 +119,11 @@ class Runtime:
         self._done_count: dict[str, int] = dict.fromkeys(self.specs, 0)
         self._job_items: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
+        self.watchdog = (
+            Watchdog(config.stall_s, min(30.0, config.stall_s / 4))
+            if config.stall_s is not None
+            else None
+        )
 
     # -- control (call from the loop's thread) ------------------------------------------------
     def request_stop(self, reason: str, *, graceful: bool = True) -> None:
@@ -217,6 +227,9 @@ class Runtime:
                 self._tasks.append(asyncio.create_task(self._control()))
             if self.config.load_every_s is not None:
                 self.spawn(sample_backend_load(ctx, self.config.load_every_s), name="fe-load")
+            if self.watchdog is not None:
+                ctx.log.subscribe(self.watchdog.observe)
+                self.spawn(self.watchdog.run(ctx), name="fe-watchdog")
             await self._finished.wait()
         finally:
             await self._shutdown()
@@ -410,7 +423,10 @@ class Runtime:
             return
         t0 = ctx.now()
         try:
-            outputs = await spec.handler(item, ctx)
+            outputs = await self._handle(spec, item)
+        except _Stalled:
+            ctx.emit(Kind.ITEM_DROPPED, stage=stage, item_id=item.item_id, reason="watchdog")
+            outputs = []
         except asyncio.CancelledError:
             raise
         except Exception as err:  # one bad item must not take the run down
@@ -445,6 +461,22 @@ class Runtime:
                     patched=item.patched,
                 )
             )
+
+    async def _handle(self, spec: StageSpec, item: WorkItem) -> Any:
+        """Run the stage's handler as its own task, watched for progress."""
+        if self.watchdog is None:
+            return await spec.handler(item, self.ctx)
+        task = asyncio.ensure_future(spec.handler(item, self.ctx))
+        self.watchdog.track(item.item_id, spec.name, task, self.ctx.now())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self.watchdog.release(item.item_id):
+                raise _Stalled from None  # the watchdog cancelled it: an item failure
+            task.cancel()  # the worker itself is being cancelled (shutdown): take it along
+            raise
+        finally:
+            self.watchdog.release(item.item_id)
 
     async def _apply_staleness(self, stage: str, item: WorkItem, lag: int, flag: int) -> bool:
         """Ask the policy about a stale item; returns False when the item is dropped."""
@@ -501,6 +533,10 @@ class Runtime:
             data={"policy": policy, "conflict": view.conflict, **decision.data},
         )
         return decision
+
+
+class _Stalled(Exception):
+    """The watchdog cancelled an item."""
 
 
 def resolve_workers(workers: Mapping[str, int] | None, workflow: Any) -> dict[str, int]:
