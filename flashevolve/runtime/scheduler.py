@@ -473,7 +473,10 @@ class Runtime:
         except asyncio.CancelledError:
             if self.watchdog.release(item.item_id):
                 raise _Stalled from None  # the watchdog cancelled it: an item failure
-            task.cancel()  # the worker itself is being cancelled (shutdown): take it along
+            # The worker itself is being cancelled (shutdown): take the handler along, and wait
+            # until it has unwound, so its requests are cancelled before the run says it ended.
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             raise
         finally:
             self.watchdog.release(item.item_id)
