@@ -228,6 +228,9 @@ class ResilientCaller:
                         result = task.result()
                         break
                     if not running:
+                        if hedged:  # both copies failed: the hedge is settled all the same
+                            data = {"attempt": attempt, "winner": None, "wasted_tokens": 0}
+                            request.notify(Notice("hedge_resolved", data))
                         raise err
                     self._absorbed(request, copy, err, attempt)
                 if winner is not None:
@@ -286,7 +289,12 @@ class ResilientCaller:
             request.partial.update(winner.request.partial)
         for fault in result.anomalies:
             self.stats.faults[fault] += 1
-            data = {"fault": fault, "attempt": attempt, "action": "accepted", "copy": winner.name}
+            data = {
+                "fault": str(fault),
+                "attempt": attempt,
+                "action": "accepted",
+                "copy": winner.name,
+            }
             request.notify(Notice("fault", data))
         if hedged:
             unknown = sum(1 for k in known if k is None)
