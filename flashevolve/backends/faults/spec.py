@@ -160,9 +160,10 @@ def _validated(items: dict[str, Any], original: object) -> FaultSpec:
         elif key in known:
             weights[key] = value
         else:
+            settings_list = ", ".join(f"{name}=" for name in _SETTINGS)
             raise ConfigError(
-                f"fault spec {original!r}: unknown item {key!r}; use rate=, seed=, "
-                f"{', '.join(_SETTINGS[2:])}= or fault kinds: {', '.join(sorted(known))}"
+                f"fault spec {original!r}: unknown item {key!r}; use {settings_list} or fault "
+                f"kinds (optionally =WEIGHT): {', '.join(sorted(known))}"
             )
     if weights:
         settings["weights"] = weights
@@ -172,5 +173,5 @@ def _validated(items: dict[str, Any], original: object) -> FaultSpec:
         problems = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"])
-            problems.append(f"{loc}: {e['msg']}")
+            problems.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
         raise ConfigError(f"fault spec {original!r}: " + "; ".join(problems)) from None

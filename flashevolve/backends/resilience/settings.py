@@ -80,6 +80,6 @@ def resilience_settings(
         problems = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"]) or "resilience"
-            problems.append(f"{loc}: {e['msg']}")
+            problems.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
         raise ConfigError("resilience settings: " + "; ".join(problems)) from None
     return settings
