@@ -88,7 +88,6 @@ async def plain(
         await resp.write_eof()
         return resp
     await resp.write(data[: len(data) // 2])
-    await resp.drain()
     plan.delivered(kind)
     if kind == FaultKind.RESET:
         reset_connection(http)

@@ -15,6 +15,9 @@ from flashevolve.backends.resilience.settings import ResilienceSettings
 #: per token, so only longer ones feed the per-token rate.
 MIN_TOKENS_FOR_RATE = 32
 
+#: How much longer each further attempt of a request that timed out may take.
+TIMEOUT_GROWTH = 1.5
+
 
 def quantile(values: deque[float] | list[float], q: float) -> float:
     """Nearest-rank quantile (``q`` in (0, 1]) of a non-empty collection."""
@@ -49,8 +52,9 @@ class LatencyTracker:
 
     def deadline(self, stage: str, max_tokens: int | None, timeouts: int = 0) -> float:
         """Seconds one attempt may take: see :class:`ResilienceSettings`.  Each timeout this
-        request already had doubles it (up to the cap): an endpoint that slowed down for
-        everyone must not time out every attempt against its old speed."""
+        request already had makes it 1.5 times longer (up to the cap): an endpoint that slowed
+        down for everyone must not time out every attempt against its old speed, while a
+        request that merely met a few hangs does not wait much longer for it."""
         s = self.settings
         if len(self._all) < s.min_observations:
             base = s.warmup_deadline_s
@@ -59,7 +63,7 @@ class LatencyTracker:
             if max_tokens and len(self._per_token) >= s.min_observations:
                 expected = max(expected, quantile(self._per_token, 0.9) * max_tokens)
             base = max(s.deadline_floor_s, s.deadline_multiplier * expected)
-        return min(s.deadline_cap_s, base * 2**timeouts)
+        return min(s.deadline_cap_s, base * TIMEOUT_GROWTH**timeouts)
 
     def hedge_after(self, stage: str) -> float | None:
         """Seconds after which a request of ``stage`` is a straggler worth a copy; ``None``
