@@ -188,6 +188,7 @@ class OpenAICompatLLM:
         t0 = self.clock.now()
         with self._llm_errors():
             if self.stream:
+                request.partial["completion_tokens"] = 0  # per attempt: a retry starts over
                 usage_asked = (extra.get("stream_options") or {}).get("include_usage", True)
                 stream = await client.chat.completions.create(
                     **kwargs,
@@ -221,7 +222,6 @@ class OpenAICompatLLM:
         t0: float,
     ) -> ChatResult:
         partial = request.partial
-        partial["completion_tokens"] = 0  # per attempt: a retry starts over
         parts: list[str] = []
         finish: str | None = None
         usage: Any = None

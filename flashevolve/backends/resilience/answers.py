@@ -51,7 +51,7 @@ def malformed(endpoint: str, what: str) -> LLMError:
 
 
 def result_from_body(
-    raw: bytes | str | Mapping[str, Any],
+    raw: bytes | str | Mapping[str, Any] | object,
     *,
     endpoint: str,
     model: str,
@@ -59,10 +59,10 @@ def result_from_body(
     max_tokens: int | None,
     messages: list[dict[str, str]],
 ) -> ChatResult:
-    """A checked :class:`ChatResult` from a plain (non-streamed) answer body."""
-    if isinstance(raw, Mapping):
-        body: Any = raw
-    else:
+    """A checked :class:`ChatResult` from a plain (non-streamed) answer body: the raw bytes, or
+    the JSON value already parsed."""
+    body: Any = raw
+    if isinstance(raw, bytes | bytearray | str):
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
