@@ -10,7 +10,7 @@ and then, and let everything through again once a probe is answered.
 Counted as failures: faults of the serving side (connection, timeout, truncated, malformed,
 5xx, empty choices, null content).  A 429 is not (the endpoint is alive and said when to come
 back), nor is a rejected request.  Any answered attempt closes the circuit.  A request that has
-waited ``breaker_give_up_s`` fails with ``circuit_open``.  Every change of state is reported
+waited ``breaker_give_up_s`` in all (over its attempts) fails with ``circuit_open``.  Every change of state is reported
 through the notice callback of the request that caused it (``endpoint_state`` events).
 
 Times are loop seconds (virtual under the simulator).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flashevolve.backends.base import Fault, LLMError
@@ -41,6 +42,13 @@ FAILURES = frozenset(
 )
 
 StateReport = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Patience:
+    """How long one request may still wait for an open circuit, over all its attempts."""
+
+    give_up_at: float | None = None  # loop time; set when it first finds the circuit not closed
 
 
 class CircuitBreaker:
@@ -64,14 +72,17 @@ class CircuitBreaker:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def admit(self, report: StateReport | None) -> bool:
-        """Wait until an attempt may go out; ``True`` if it goes as the half-open probe."""
+    async def admit(self, report: StateReport | None, patience: Patience) -> bool:
+        """Wait until an attempt may go out; ``True`` if it goes as the half-open probe.
+        ``patience`` is the request's: its waits add up over its attempts."""
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self.settings.breaker_give_up_s
         while True:
             if self.state == "closed":
                 return False
             now = loop.time()
+            if patience.give_up_at is None:
+                patience.give_up_at = now + self.settings.breaker_give_up_s
+            give_up_at = patience.give_up_at
             if now >= give_up_at:
                 raise LLMError(
                     f"{self.endpoint} kept failing: its circuit stayed open for "

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashevolve.backends.base import ChatRequest, ChatResult, Fault, LLMError, Notice
-from flashevolve.backends.resilience.breaker import CircuitBreaker
+from flashevolve.backends.resilience.breaker import CircuitBreaker, Patience
 from flashevolve.backends.resilience.latency import LatencyTracker
 from flashevolve.backends.resilience.settings import ResilienceSettings
 from flashevolve.backends.retry import backoff_delay
@@ -67,6 +67,17 @@ class CallerStats:
         out = dataclasses.asdict(self)
         out["faults"] = dict(sorted(self.faults.items()))
         return out
+
+
+@dataclass
+class _Retry:
+    """What an attempt needs to know about the request's attempts so far."""
+
+    timeouts: int  # attempts that timed out: each makes the deadline longer
+    null_seen: bool  # a null content was already retried once
+    priority: int
+    breaker: CircuitBreaker
+    patience: Patience
 
 
 @dataclass
@@ -140,10 +151,13 @@ class ResilientCaller:
         breaker = self.breaker()
         loop = asyncio.get_running_loop()
         attempt, timeouts, null_seen = 1, 0, False
+        patience = Patience()
         while True:
             t0 = loop.time()
             try:
-                return await self._race(request, attempt, timeouts, null_seen, priority, breaker)
+                return await self._race(
+                    request, attempt, _Retry(timeouts, null_seen, priority, breaker, patience)
+                )
             except LLMError as err:
                 err.attempts = attempt
                 self.stats.faults[str(err.fault)] += 1
@@ -173,23 +187,16 @@ class ResilientCaller:
         return min(s.backoff_cap_s, backoff_delay(attempt - 1, s.backoff_s, self._rng))
 
     # -- an attempt: the race of a primary and maybe a hedge --------------------------------
-    async def _race(
-        self,
-        request: ChatRequest,
-        attempt: int,
-        timeouts: int,
-        null_seen: bool,
-        priority: int,
-        breaker: CircuitBreaker,
-    ) -> ChatResult:
+    async def _race(self, request: ChatRequest, attempt: int, state: _Retry) -> ChatResult:
+        breaker = state.breaker
+
         def start(copy: _Copy) -> asyncio.Task[ChatResult]:
             self.stats.attempts += 1
-            run = self._run_copy(copy, timeouts, null_seen, breaker)
-            return asyncio.create_task(run)
+            return asyncio.create_task(self._run_copy(copy, state))
 
         # the primary runs on the request itself, so ``request.partial`` shows its progress
         # live; a hedge gets a copy with its own count
-        primary = _Copy("primary", request, priority)
+        primary = _Copy("primary", request, state.priority)
         running: dict[asyncio.Task[ChatResult], _Copy] = {start(primary): primary}
         hedge_after = self.latency.hedge_after(request.stage)
         hedger = (
@@ -311,21 +318,20 @@ class ResilientCaller:
         return result
 
     # -- one copy ------------------------------------------------------------------------------
-    async def _run_copy(
-        self, copy: _Copy, timeouts: int, null_seen: bool, breaker: CircuitBreaker
-    ) -> ChatResult:
-        request = copy.request
+    async def _run_copy(self, copy: _Copy, state: _Retry) -> ChatResult:
+        request, breaker = copy.request, state.breaker
 
         def report(data: dict[str, Any]) -> None:
             request.notify(Notice("endpoint_state", {"endpoint": self.endpoint, **data}))
 
-        probe = await breaker.admit(report)
+        probe = await breaker.admit(report, state.patience)
         loop = asyncio.get_running_loop()
         try:
             async with self._slot(copy.priority):
                 copy.started_at = loop.time()
                 copy.started.set()
-                deadline = self.latency.deadline(request.stage, request.max_tokens, timeouts)
+                deadline = self.latency.deadline(request.stage, request.max_tokens, state.timeouts)
+                self.latency.started()
                 try:
                     async with asyncio.timeout(deadline):
                         result = await self._send(request)
@@ -336,8 +342,10 @@ class ResilientCaller:
                         fault=Fault.TIMEOUT,
                         retryable=True,
                     ) from None
+                finally:
+                    self.latency.ended()
                 elapsed = loop.time() - copy.started_at
-            if Fault.NULL_CONTENT in result.anomalies and not null_seen:
+            if Fault.NULL_CONTENT in result.anomalies and not state.null_seen:
                 raise LLMError(
                     f"{self.endpoint} answered with null content",
                     fault=Fault.NULL_CONTENT,

@@ -35,6 +35,23 @@ class LatencyTracker:
         self._all: deque[float] = deque(maxlen=settings.window)
         self._per_token: deque[float] = deque(maxlen=settings.window)
         self.observations = 0
+        self.in_flight = 0  # attempts being served now
+        self.peak_in_flight = 0
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def ended(self) -> None:
+        self.in_flight -= 1
+
+    @property
+    def warming_up(self) -> bool:
+        """Too few answers to judge the endpoint's speed.  With many requests in flight the
+        first answers are the fastest of them (the slow ones are still running), so the
+        warm-up lasts until at least as many answers as were ever in flight at once."""
+        needed = max(self.settings.min_observations, self.peak_in_flight)
+        return self.observations < needed
 
     def observe(self, stage: str, latency_s: float, completion_tokens: int) -> None:
         self.observations += 1
@@ -56,7 +73,7 @@ class LatencyTracker:
         down for everyone must not time out every attempt against its old speed, while a
         request that merely met a few hangs does not wait much longer for it."""
         s = self.settings
-        if len(self._all) < s.min_observations:
+        if self.warming_up:
             base = s.warmup_deadline_s
         else:
             expected = quantile(self._stage_latencies(stage), 0.99)
