@@ -331,7 +331,7 @@ class ResilientCaller:
                 copy.started_at = loop.time()
                 copy.started.set()
                 deadline = self.latency.deadline(request.stage, request.max_tokens, state.timeouts)
-                self.latency.started()
+                self.latency.started(request.stage)
                 try:
                     async with asyncio.timeout(deadline):
                         result = await self._send(request)
@@ -343,7 +343,7 @@ class ResilientCaller:
                         retryable=True,
                     ) from None
                 finally:
-                    self.latency.ended()
+                    self.latency.ended(request.stage)
                 elapsed = loop.time() - copy.started_at
             if Fault.NULL_CONTENT in result.anomalies and not state.null_seen:
                 raise LLMError(

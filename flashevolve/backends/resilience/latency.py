@@ -2,12 +2,18 @@
 
 Only answered attempts are observed, timed from the moment the attempt got its client slot to
 its answer (time queued inside the client is not the server's), in loop seconds.
+
+A burst of requests answers its fastest first: while the slow ones still run, the answers seen
+so far say the endpoint is faster than it is.  So an estimate is trusted only once it rests on
+at least as many answers as were ever in flight at once -- for the endpoint (else the warm-up
+deadline) and for the stage (else the endpoint-wide window).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass, field
 
 from flashevolve.backends.resilience.settings import ResilienceSettings
 
@@ -26,44 +32,73 @@ def quantile(values: deque[float] | list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+@dataclass
+class _Window:
+    """Latencies and answer lengths of one stage (or of all), and how many ran at once."""
+
+    size: int
+    latencies: deque[float] = field(init=False)
+    tokens: deque[float] = field(init=False)
+    observations: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self.latencies = deque(maxlen=self.size)
+        self.tokens = deque(maxlen=self.size)
+
+    def trusted(self, min_observations: int) -> bool:
+        return self.observations >= max(min_observations, self.peak_in_flight)
+
+
 class LatencyTracker:
     """Latencies per stage and seconds per output token, over a sliding window."""
 
     def __init__(self, settings: ResilienceSettings) -> None:
         self.settings = settings
-        self._by_stage: dict[str, deque[float]] = {}
-        self._all: deque[float] = deque(maxlen=settings.window)
+        self._all = _Window(settings.window)
+        self._stages: dict[str, _Window] = {}
         self._per_token: deque[float] = deque(maxlen=settings.window)
-        self.observations = 0
-        self.in_flight = 0  # attempts being served now
-        self.peak_in_flight = 0
 
-    def started(self) -> None:
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+    def _stage(self, stage: str) -> _Window:
+        window = self._stages.get(stage)
+        if window is None:
+            window = self._stages[stage] = _Window(self.settings.window)
+        return window
 
-    def ended(self) -> None:
-        self.in_flight -= 1
+    @property
+    def observations(self) -> int:
+        return self._all.observations
+
+    @property
+    def peak_in_flight(self) -> int:
+        return self._all.peak_in_flight
 
     @property
     def warming_up(self) -> bool:
-        """Too few answers to judge the endpoint's speed.  With many requests in flight the
-        first answers are the fastest of them (the slow ones are still running), so the
-        warm-up lasts until at least as many answers as were ever in flight at once."""
-        needed = max(self.settings.min_observations, self.peak_in_flight)
-        return self.observations < needed
+        """Too few answers to judge the endpoint's speed (see the module docstring)."""
+        return not self._all.trusted(self.settings.min_observations)
+
+    def started(self, stage: str) -> None:
+        for window in (self._all, self._stage(stage)):
+            window.in_flight += 1
+            window.peak_in_flight = max(window.peak_in_flight, window.in_flight)
+
+    def ended(self, stage: str) -> None:
+        for window in (self._all, self._stage(stage)):
+            window.in_flight -= 1
 
     def observe(self, stage: str, latency_s: float, completion_tokens: int) -> None:
-        self.observations += 1
-        window = self._by_stage.setdefault(stage, deque(maxlen=self.settings.window))
-        window.append(latency_s)
-        self._all.append(latency_s)
+        for window in (self._all, self._stage(stage)):
+            window.observations += 1
+            window.latencies.append(latency_s)
+            window.tokens.append(float(completion_tokens))
         if completion_tokens >= MIN_TOKENS_FOR_RATE:
             self._per_token.append(latency_s / completion_tokens)
 
-    def _stage_latencies(self, stage: str) -> deque[float]:
-        window = self._by_stage.get(stage)
-        if window is not None and len(window) >= self.settings.min_observations:
+    def _window_for(self, stage: str) -> _Window:
+        window = self._stages.get(stage)
+        if window is not None and window.trusted(self.settings.min_observations):
             return window
         return self._all
 
@@ -76,9 +111,14 @@ class LatencyTracker:
         if self.warming_up:
             base = s.warmup_deadline_s
         else:
-            expected = quantile(self._stage_latencies(stage), 0.99)
-            if max_tokens and len(self._per_token) >= s.min_observations:
-                expected = max(expected, quantile(self._per_token, 0.9) * max_tokens)
+            window = self._window_for(stage)
+            expected = quantile(window.latencies, 0.99)
+            if len(self._per_token) >= s.min_observations:
+                # how long the longest answers of the stage would take at a slow rate
+                long_answer = quantile(window.tokens, 0.99)
+                if max_tokens:
+                    long_answer = min(long_answer, max_tokens)
+                expected = max(expected, quantile(self._per_token, 0.9) * long_answer)
             base = max(s.deadline_floor_s, s.deadline_multiplier * expected)
         return min(s.deadline_cap_s, base * TIMEOUT_GROWTH**timeouts)
 
@@ -88,7 +128,7 @@ class LatencyTracker:
         s = self.settings
         if not s.hedge or s.hedge_budget <= 0:
             return None
-        window = self._by_stage.get(stage)
-        if window is None or len(window) < s.hedge_min_samples:
+        window = self._stages.get(stage)
+        if window is None or not window.trusted(s.hedge_min_samples):
             return None
-        return quantile(window, s.hedge_quantile)
+        return quantile(window.latencies, s.hedge_quantile)

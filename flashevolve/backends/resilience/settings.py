@@ -28,8 +28,10 @@ class ResilienceSettings(BaseModel):
 
     # -- deadlines ----------------------------------------------------------------------------
     #: deadline = clamp(multiplier x max(q99 latency of the stage, q90 seconds-per-token x
-    #: max_tokens), floor, cap); ``warmup_deadline_s`` until ``min_observations`` answers.
-    deadline_multiplier: float = Field(3.0, ge=1)
+    #: q99 completion tokens of the stage, at most max_tokens), floor, cap);
+    #: ``warmup_deadline_s`` until ``min_observations`` answers (and as many as were ever in
+    #: flight at once).
+    deadline_multiplier: float = Field(4.0, ge=1)
     deadline_floor_s: float = Field(10.0, gt=0)
     deadline_cap_s: float = Field(300.0, gt=0)
     warmup_deadline_s: float = Field(120.0, gt=0)
@@ -42,7 +44,7 @@ class ResilienceSettings(BaseModel):
     #: A request still unanswered after this quantile of its stage's latencies gets a copy.
     hedge_quantile: float = Field(0.95, gt=0.5, lt=1)
     #: At most this fraction of requests get a copy (so hedging cannot double the load).
-    hedge_budget: float = Field(0.05, ge=0, le=1)
+    hedge_budget: float = Field(0.1, ge=0, le=1)
     hedge_min_samples: int = Field(20, ge=1)
 
     # -- circuit breaker ----------------------------------------------------------------------
