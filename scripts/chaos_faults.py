@@ -47,6 +47,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-mean", type=float, default=2.0, help="scripted server, seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sim", action="store_true", help="in-process simulator, virtual time")
+    p.add_argument(
+        "--hedge-budget",
+        type=float,
+        default=None,
+        help="the client's hedge budget (fraction of requests; 0 = no hedging; default: the "
+        "client's default)",
+    )
     p.add_argument("--no-reference", action="store_true", help="skip the fault-free run")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     return p.parse_args(argv)
@@ -55,15 +62,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 @contextlib.contextmanager
 def _backend(args: argparse.Namespace, faults: str | None) -> Iterator[tuple[Any, Any]]:
     """(llm, read_server_faults) for one run."""
+    resilience = {} if args.hedge_budget is None else {"hedge_budget": args.hedge_budget}
     if args.sim:
-        llm = simulated(seed=args.seed, faults=faults or None, resilience={})
+        llm = simulated(seed=args.seed, faults=faults or None, resilience=resilience)
         yield llm, lambda: llm.stats().get("faults")
         return
     responder = ScriptedResponder(
         None, latency=LognormalLatency(args.latency_mean, 1.0), seed=args.seed
     )
     with serve_in_thread(responder, faults=faults) as url:
-        llm = OpenAICompatLLM(url, responder.model, max_concurrency=args.in_flight)
+        llm = OpenAICompatLLM(
+            url, responder.model, max_concurrency=args.in_flight, resilience=resilience
+        )
 
         def server_faults() -> dict[str, Any] | None:
             stats = httpx.get(url.removesuffix("/v1") + "/stats", timeout=10, trust_env=False)
