@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
@@ -185,9 +187,6 @@ async def _send(resp: web.StreamResponse, event: Event) -> None:
 
 def reset_connection(http: web.Request) -> None:
     """Drop the client's connection with a TCP reset (no FIN, no more bytes)."""
-    import socket
-    import struct
-
     transport = http.transport
     if transport is None:
         return

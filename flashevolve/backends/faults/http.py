@@ -59,8 +59,9 @@ async def early(http: web.Request, plan: FaultPlan, kind: FaultKind) -> web.Stre
 
 def _retry_after(seconds: float, form: str) -> str:
     if form == "date":
-        # HTTP dates have one-second resolution: round up so the client never comes too soon.
-        # (The server's own Date header is the client's reference for "now".)
+        # An HTTP date is absolute, so this is wall time on purpose (not run time).  HTTP dates
+        # have one-second resolution: round up so the client never comes too soon.  (The
+        # server's own Date header is the client's reference for "now".)
         return email.utils.formatdate(time.time() + seconds + 1, usegmt=True)
     return f"{seconds:g}"
 

@@ -295,7 +295,7 @@ class ResilientCaller:
             request.partial.clear()
             request.partial.update(winner.request.partial)
         for fault in result.anomalies:
-            self.stats.faults[fault] += 1
+            self.stats.faults[str(fault)] += 1
             data = {
                 "fault": str(fault),
                 "attempt": attempt,
