@@ -6,7 +6,8 @@ its answer (time queued inside the client is not the server's), in loop seconds.
 A burst of requests answers its fastest first: while the slow ones still run, the answers seen
 so far say the endpoint is faster than it is.  So an estimate is trusted only once it rests on
 at least as many answers as were ever in flight at once -- for the endpoint (else the warm-up
-deadline) and for the stage (else the endpoint-wide window).
+deadline) and for the stage (which also needs 32 answers before its own window alone counts;
+until then its deadline is no shorter than the endpoint's).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from flashevolve.backends.resilience.settings import ResilienceSettings
 #: Answers shorter than this say more about the time to the first token than about the time
 #: per token, so only longer ones feed the per-token rate.
 MIN_TOKENS_FOR_RATE = 32
+
+#: Answers a stage needs before its own latencies alone set its deadline.
+STAGE_SAMPLES = 32
 
 #: How much longer each further attempt of a request that timed out may take.
 TIMEOUT_GROWTH = 1.5
@@ -96,11 +100,17 @@ class LatencyTracker:
         if completion_tokens >= MIN_TOKENS_FOR_RATE:
             self._per_token.append(latency_s / completion_tokens)
 
-    def _window_for(self, stage: str) -> _Window:
+    def _expected_latency(self, stage: str) -> float:
+        """The 99th percentile of the stage's latencies once its window is large and trusted;
+        before that, no less than the endpoint's (a handful of answers hides a long tail)."""
+        endpoint = quantile(self._all.latencies, 0.99)
         window = self._stages.get(stage)
-        if window is not None and window.trusted(self.settings.min_observations):
-            return window
-        return self._all
+        if window is None or not window.latencies:
+            return endpoint
+        own = quantile(window.latencies, 0.99)
+        if window.trusted(max(self.settings.min_observations, STAGE_SAMPLES)):
+            return own
+        return max(own, endpoint)
 
     def deadline(self, stage: str, max_tokens: int | None, timeouts: int = 0) -> float:
         """Seconds one attempt may take: see :class:`ResilienceSettings`.  Each timeout this
@@ -111,11 +121,12 @@ class LatencyTracker:
         if self.warming_up:
             base = s.warmup_deadline_s
         else:
-            window = self._window_for(stage)
-            expected = quantile(window.latencies, 0.99)
+            expected = self._expected_latency(stage)
             if len(self._per_token) >= s.min_observations:
                 # how long the longest answers of the stage would take at a slow rate
-                long_answer = quantile(window.tokens, 0.99)
+                window = self._stages.get(stage)
+                tokens = window.tokens if window is not None and window.tokens else self._all.tokens
+                long_answer = quantile(tokens, 0.99)
                 if max_tokens:
                     long_answer = min(long_answer, max_tokens)
                 expected = max(expected, quantile(self._per_token, 0.9) * long_answer)
