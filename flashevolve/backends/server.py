@@ -4,8 +4,10 @@ A server is a *responder* behind ``/v1/chat/completions``
 (:mod:`flashevolve.backends.responders`: the scripted test server's responder and the serving
 simulator in real time).
 
-Other endpoints: ``/v1/models``, ``/health`` and ``/metrics`` (vLLM's load gauges when the
-responder reports its load -- the simulator with an engine profile -- else 404).
+Other endpoints: ``/v1/models``, ``/health``, ``/metrics`` (vLLM's load gauges when the
+responder reports its load -- the simulator with an engine profile -- else 404) and ``/stats``
+(JSON: requests served, completed, cancelled, failed, in flight, and with ``faults`` the faults
+injected per kind, see :mod:`flashevolve.backends.faults`).
 ``stream=true`` answers OpenAI-format server-sent events (:mod:`flashevolve.backends.sse`): the
 scripted responder spreads its pieces over the latency it models; other responders (the
 simulator) send theirs when the answer is ready.  Other request fields (e.g. ``response_format``, a llama.cpp ``grammar``) are accepted and
@@ -13,6 +15,13 @@ handed to the responder as ``request.extra_body``; the built-in responders ignor
 read them).  A client that disconnects -- waiting or mid-stream -- cancels its handler (aiohttp
 ``handler_cancellation``), which cancels the responder's work (for the simulator: a real abort,
 KV freed) and counts as ``cancelled``.
+
+``faults`` (a SPEC string, see :mod:`flashevolve.backends.faults.spec`) makes the server
+misbehave on a seeded fraction of requests: resets, hangs, drips, 429s, 5xx, garbage.
+
+aiohttp stays as the server (the HTTP *client* everywhere else is httpx2, the library the
+openai SDK is built on): httpx2 has no server, and aiohttp's handler cancellation on client
+disconnect is what turns a client that gives up into an abort of the simulated request.
 """
 
 from __future__ import annotations
@@ -29,18 +38,20 @@ from typing import Any
 
 from aiohttp import web
 
-from flashevolve.backends import sse
+from flashevolve.backends import sse, wire
 from flashevolve.backends.base import ChatRequest, LLMError, LoadReporter
+from flashevolve.backends.faults import http as fault_http
+from flashevolve.backends.faults.plan import FaultPlan
+from flashevolve.backends.faults.spec import EARLY_KINDS, FaultKind, FaultSpec, parse_fault_spec
 from flashevolve.backends.prometheus import vllm_metrics_text
+from flashevolve.backends.reply import Reply, Responder
 from flashevolve.backends.responders import (  # re-exported: the server's public names
-    STAGE_HEADER,
     FixedLatency,
     LognormalLatency,
-    Reply,
-    Responder,
     ScriptedResponder,
     SimulatorResponder,
 )
+from flashevolve.backends.wire import STAGE_HEADER
 from flashevolve.errors import BackendError
 from flashevolve.runtime.clock import cancel_all_tasks
 
@@ -60,21 +71,12 @@ __all__ = [
 # -- the HTTP server -----------------------------------------------------------------------------
 
 
-def _error(
-    status: int, message: str, *, kind: str, code: str | None = None, param: str | None = None
-) -> web.Response:
-    """An error body in OpenAI's shape, so official clients raise their usual exceptions."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return web.json_response(body, status=status)
+def _error(status: int, message: str, *, code: str | None = None) -> web.Response:
+    return web.json_response(wire.error_body(status, message, code=code), status=status)
 
 
 def _llm_error(err: LLMError) -> web.Response:
-    status = err.status or 500
-    if status == 429:
-        return _error(429, str(err), kind="requests", code="rate_limit_exceeded")
-    return _error(
-        status, str(err), kind="server_error" if status >= 500 else "invalid_request_error"
-    )
+    return _error(err.status or 500, str(err))
 
 
 #: Request fields the server itself reads (or that every client sends); the rest is extra_body.
@@ -121,9 +123,13 @@ class OpenAICompatServer:
         port: int = 0,
         *,
         strict_model: bool = False,
+        faults: str | FaultSpec | None = None,
     ) -> None:
         #: Answer an unknown model name with 404 (as OpenAI and vLLM do) instead of serving it.
         self.strict_model = strict_model
+        spec = parse_fault_spec(faults)
+        #: The faults this server injects (None: none).
+        self.faults = FaultPlan(spec) if spec is not None else None
         self.responder = responder
         self.host = host
         self.port = port
@@ -131,15 +137,20 @@ class OpenAICompatServer:
         self._runner: web.AppRunner | None = None
         self._ids = itertools.count(1)
         self.requests = self.completed = self.cancelled = self.errors = self.in_flight = 0
+        self.faulted = 0  # requests that got an injected fault
 
-    def stats(self) -> dict[str, int]:
-        return {
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "requests": self.requests,
             "completed": self.completed,
             "cancelled": self.cancelled,
             "errors": self.errors,
+            "faulted": self.faulted,
             "in_flight": self.in_flight,
         }
+        if self.faults is not None:
+            out["faults"] = self.faults.stats()
+        return out
 
     async def start(self) -> str:
         app = web.Application()
@@ -147,6 +158,7 @@ class OpenAICompatServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)  # vLLM's load gauges, when simulated
+        app.router.add_get("/stats", self._stats)
         # handler_cancellation: a client disconnect cancels the handler, hence the request.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
@@ -173,6 +185,9 @@ class OpenAICompatServer:
             await self._runner.cleanup()
             self._runner = None
 
+    async def _stats(self, _: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
     async def _health(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "model": self.responder.model})
 
@@ -197,7 +212,7 @@ class OpenAICompatServer:
             body = await http.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             self.errors += 1
-            return _error(400, "the request body is not valid JSON", kind="invalid_request_error")
+            return _error(400, "the request body is not valid JSON")
         try:
             if not isinstance(body, dict):
                 raise ValueError("the request body must be a JSON object")
@@ -212,7 +227,6 @@ class OpenAICompatServer:
                     404,
                     f"the model {model!r} does not exist; this server serves "
                     f"{self.responder.model!r}",
-                    kind="invalid_request_error",
                     code="model_not_found",
                 )
             request = ChatRequest(
@@ -225,12 +239,20 @@ class OpenAICompatServer:
             )
         except ValueError as err:
             self.errors += 1
-            return _error(400, str(err), kind="invalid_request_error")
+            return _error(400, str(err))
+        fault = self._draw_fault()
         if body.get("stream"):
-            return await self._stream(http, request, bool(stream_options.get("include_usage")))
+            include_usage = bool(stream_options.get("include_usage"))
+            return await self._stream(http, request, include_usage, fault)
         self.in_flight += 1
         try:
+            if fault is not None and fault[1] in EARLY_KINDS:
+                self.faulted += 1
+                return await fault_http.early(http, *fault)
             reply = await self.responder.respond(request)
+            if fault is not None:
+                self.faulted += 1
+                return await fault_http.plain(http, *fault, self._body(reply))
         except asyncio.CancelledError:
             self.cancelled += 1  # the client went away; the responder's work was aborted
             raise
@@ -240,19 +262,27 @@ class OpenAICompatServer:
         finally:
             self.in_flight -= 1
         self.completed += 1
-        return web.json_response(self._body(request, reply))
+        return web.json_response(self._body(reply))
 
     async def _stream(
-        self, http: web.Request, request: ChatRequest, include_usage: bool
+        self,
+        http: web.Request,
+        request: ChatRequest,
+        include_usage: bool,
+        fault: tuple[FaultPlan, FaultKind] | None,
     ) -> web.StreamResponse:
         self.in_flight += 1
         try:
+            if fault is not None and fault[1] in EARLY_KINDS:
+                self.faulted += 1
+                return await fault_http.early(http, *fault)
             resp, outcome = await sse.stream_chat(
                 http,
                 sse.reply_stream(self.responder, request),
                 rid=self._new_id(),
                 model=self.responder.model,
                 include_usage=include_usage,
+                fault=fault_http.stream_filter(*fault) if fault is not None else None,
             )
         except asyncio.CancelledError:
             self.cancelled += 1  # the client went away; closing the stream stopped the work
@@ -262,7 +292,9 @@ class OpenAICompatServer:
             return _llm_error(err)
         finally:
             self.in_flight -= 1
-        if outcome == "completed":
+        if fault is not None and outcome != "disconnected":
+            self.faulted += 1
+        elif outcome == "completed":
             self.completed += 1
         elif outcome == "error":
             self.errors += 1
@@ -270,30 +302,25 @@ class OpenAICompatServer:
             self.cancelled += 1
         return resp
 
+    def _draw_fault(self) -> tuple[FaultPlan, FaultKind] | None:
+        if self.faults is None:
+            return None
+        kind = self.faults.draw()
+        return None if kind is None else (self.faults, kind)
+
     def _new_id(self) -> str:
         rid = hashlib.blake2b(f"{next(self._ids)}".encode(), digest_size=6).hexdigest()
         return f"chatcmpl-sim-{rid}"
 
-    def _body(self, request: ChatRequest, reply: Reply) -> dict[str, Any]:
-        return {
-            "id": self._new_id(),
-            "object": "chat.completion",
-            "created": 0,  # a test/simulator server: no wall timestamp on purpose
-            "model": self.responder.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.text},
-                    "finish_reason": reply.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": reply.completion_tokens,
-                "total_tokens": reply.prompt_tokens + reply.completion_tokens,
-            },
-        }
+    def _body(self, reply: Reply) -> dict[str, Any]:
+        return wire.completion_body(
+            self._new_id(),
+            self.responder.model,
+            reply.text,
+            reply.finish_reason,
+            reply.prompt_tokens,
+            reply.completion_tokens,
+        )
 
 
 @contextlib.contextmanager
@@ -304,13 +331,15 @@ def serve_in_thread(
     *,
     start_timeout_s: float = 10.0,
     strict_model: bool = False,
+    faults: str | FaultSpec | None = None,
 ) -> Iterator[str]:
     """Run a server on its own event loop in a daemon thread; yields the base URL (``.../v1``).
 
     For tests and notebooks (whose own loop is busy).  Leaving the block stops the server,
-    cancels whatever is in flight and joins the thread.
+    cancels whatever is in flight and joins the thread.  ``faults``: a fault SPEC; the server's
+    counts are at ``GET /stats``.
     """
-    server = OpenAICompatServer(responder, host, port, strict_model=strict_model)
+    server = OpenAICompatServer(responder, host, port, strict_model=strict_model, faults=faults)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []

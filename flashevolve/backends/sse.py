@@ -1,30 +1,50 @@
 """Streaming for :class:`~flashevolve.backends.server.OpenAICompatServer`: OpenAI-format SSE.
 
 A streamed answer is an async iterator of text pieces (``str``) ending with the final
-:class:`~flashevolve.backends.server.Reply`.  A responder that can pace its pieces implements
+:class:`~flashevolve.backends.reply.Reply`.  A responder that can pace its pieces implements
 ``respond_stream(request)``; any other responder is streamed by :func:`reply_stream` all at once
 when its ``respond`` returns.  :func:`stream_chat` turns such an iterator into
 ``chat.completion.chunk`` events (a role chunk, one chunk per piece, a chunk with the
 ``finish_reason``, a usage chunk if asked for, then ``data: [DONE]``), the way vLLM and
 llama-server do.  Headers go out with the first piece, so an error raised before it is still an
 ordinary HTTP error status (and a 429 is retried by clients).
+
+The events are produced by one generator and written by one loop; an injected fault
+(:mod:`flashevolve.backends.faults.http`) sits between the two and may change, slow down or cut
+the events, or reset the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal
 
 from aiohttp import web
 
+from flashevolve.backends import wire
 from flashevolve.backends.base import ChatRequest, LLMError
+from flashevolve.backends.reply import Reply, Responder
 
-if TYPE_CHECKING:
-    from flashevolve.backends.responders import Reply, Responder
+Outcome = Literal["completed", "error", "disconnected", "faulted"]
 
-Outcome = Literal["completed", "error", "disconnected"]
+#: What the event generator yields: a JSON payload, raw bytes for a ``data:`` line (garbage), or
+#: the final ``"[DONE]"``.
+Event = dict[str, Any] | bytes | str
+#: A filter over the events (an injected fault); it may raise :class:`CutStream` to end early.
+EventFilter = Callable[[AsyncIterator[Event]], AsyncIterator[Event]]
+
+
+class CutStream(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by an event filter to end the stream: ``reset`` the connection, or finish the
+    body (``eof``) without the events still due."""
+
+    def __init__(self, how: Literal["reset", "eof"]) -> None:
+        super().__init__(how)
+        self.how = how
 
 
 def split_pieces(text: str, tokens: int) -> list[str]:
@@ -72,12 +92,39 @@ async def _replay(responder: Responder, request: ChatRequest) -> AsyncIterator[s
     yield reply
 
 
-def error_body(err: LLMError) -> dict[str, Any]:
-    status = err.status or 500
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    if status == 429:
-        kind = "requests"
-    return {"error": {"message": str(err), "type": kind, "param": None, "code": status}}
+def llm_error_body(err: LLMError) -> dict[str, Any]:
+    return wire.error_body(err.status or 500, str(err))
+
+
+async def _events(
+    first: str | Reply,
+    items: AsyncIterator[str | Reply],
+    *,
+    rid: str,
+    model: str,
+    include_usage: bool,
+) -> AsyncIterator[Event]:
+    """The events of one answer, from its pieces; a failure after the first piece becomes an
+    ``error`` event, as vLLM sends it."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return wire.chunk_body(rid, model, delta, finish, include_usage=include_usage)
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        item = first
+        while isinstance(item, str):
+            yield chunk({"content": item})
+            item = await anext(items)
+    except LLMError as err:  # headers are out: report it in the stream
+        yield llm_error_body(err)
+        yield "[DONE]"
+        return
+    reply = item
+    yield chunk({}, reply.finish_reason)
+    if include_usage:
+        yield wire.usage_chunk(rid, model, reply.prompt_tokens, reply.completion_tokens)
+    yield "[DONE]"
 
 
 async def stream_chat(
@@ -87,13 +134,15 @@ async def stream_chat(
     rid: str,
     model: str,
     include_usage: bool,
+    fault: EventFilter | None = None,
 ) -> tuple[web.StreamResponse, Outcome]:
     """Stream ``items`` as SSE; always closes ``items`` (which stops the responder's work).
 
     Raises ``LLMError`` if the answer fails before its first piece (nothing sent yet: the caller
     answers an HTTP error); a later failure is sent as an ``error`` event (outcome "error").
     A client that disconnects cancels the handler (``CancelledError`` propagates) or makes a
-    write fail (outcome "disconnected").
+    write fail (outcome "disconnected").  ``fault`` filters the events (outcome "faulted" when
+    it cut the stream).
     """
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -101,45 +150,21 @@ async def stream_chat(
     try:
         first = await anext(items)
         await resp.prepare(http)
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            body: dict[str, Any] = {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": model,
-                "choices": [
-                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                ],
-            }
-            if include_usage:  # as OpenAI does: null on every chunk but the last
-                body["usage"] = None
-            return body
-
-        async def send(payload: dict[str, Any] | str) -> None:
-            data = payload if isinstance(payload, str) else json.dumps(payload)
-            await resp.write(f"data: {data}\n\n".encode())
-
+        events = _events(first, items, rid=rid, model=model, include_usage=include_usage)
+        if fault is not None:
+            events = fault(events)
+        outcome: Outcome = "completed"
         try:
-            await send(chunk({"role": "assistant", "content": ""}))
-            item = first
-            while isinstance(item, str):
-                await send(chunk({"content": item}))
-                item = await anext(items)
-            reply = item
-            await send(chunk({}, reply.finish_reason))
-            if include_usage:
-                usage = {
-                    "prompt_tokens": reply.prompt_tokens,
-                    "completion_tokens": reply.completion_tokens,
-                    "total_tokens": reply.prompt_tokens + reply.completion_tokens,
-                }
-                await send({**chunk({}), "choices": [], "usage": usage})
-            outcome: Outcome = "completed"
-        except LLMError as err:  # headers are out: report it in the stream, as vLLM does
-            await send(error_body(err))
-            outcome = "error"
-        await send("[DONE]")
+            async for event in events:
+                if isinstance(event, dict) and "error" in event:
+                    outcome = "error"
+                await _send(resp, event)
+        except CutStream as cut:
+            if cut.how == "reset":
+                reset_connection(http)
+            else:
+                await resp.write_eof()
+            return resp, "faulted"
         await resp.write_eof()
         return resp, outcome
     except ConnectionResetError:  # the write failed before the handler was cancelled
@@ -148,3 +173,25 @@ async def stream_chat(
         aclose = getattr(items, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def _send(resp: web.StreamResponse, event: Event) -> None:
+    if isinstance(event, bytes):
+        data = event
+    elif isinstance(event, str):
+        data = event.encode()
+    else:
+        data = json.dumps(event).encode()
+    await resp.write(b"data: " + data + b"\n\n")
+
+
+def reset_connection(http: web.Request) -> None:
+    """Drop the client's connection with a TCP reset (no FIN, no more bytes)."""
+    transport = http.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # linger on, timeout 0: close() sends RST instead of an orderly FIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from flashevolve.backends.faults.spec import parse_fault_spec
 from flashevolve.backends.server import (
     LognormalLatency,
     OpenAICompatServer,
@@ -40,6 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--latency-mean", type=float, default=2.0, help="--scripted: mean s")
     parser.add_argument("--latency-sigma", type=float, default=1.0, help="--scripted: spread")
+    parser.add_argument(
+        "--faults",
+        metavar="SPEC",
+        default=None,
+        help="inject faults into a seeded fraction of requests, e.g. 'rate=0.25' (every kind) "
+        "or 'rate=0.1,seed=3,hang,http503=2' (kinds and weights); counts at GET /stats. "
+        "Kinds: refuse, reset, hang, drip, http429, http429_retry_after, http500, http502, "
+        "http503, malformed, truncated, empty_choices, missing_usage, absurd_usage, "
+        "wrong_model, null_content (docs/reliability.md)",
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -53,11 +64,14 @@ async def _serve(args: argparse.Namespace) -> None:
     else:
         responder = SimulatorResponder(args.profile, seed=args.seed, speed=args.speed)
         what = f"profile {args.profile}, speed {args.speed:g}x"
-    server = OpenAICompatServer(responder, "127.0.0.1", args.port)
+    server = OpenAICompatServer(responder, "127.0.0.1", args.port, faults=args.faults)
     base_url = await server.start()
     print(f"flashevolve serve-sim: SIMULATED server ({what})", flush=True)
     print(f"  base URL: {base_url}", flush=True)
     print(f"  model:    {responder.model}", flush=True)
+    if server.faults is not None:
+        print(f"  faults:   {server.faults.spec.describe()}", flush=True)
+        print(f"  stats:    {base_url.removesuffix('/v1')}/stats", flush=True)
     print("  Ctrl-C to stop.", flush=True)
     try:
         await asyncio.Event().wait()
@@ -67,6 +81,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     get_profile(args.profile)  # unknown profile -> one clear line
+    parse_fault_spec(args.faults)  # a bad SPEC -> one clear line naming the item
     if args.scripted and not (args.latency_mean > 0 and args.latency_sigma >= 0):
         raise ConfigError("--latency-mean must be > 0 and --latency-sigma >= 0")
     if not args.speed > 0:

@@ -52,6 +52,16 @@ class Kind(StrEnum):
     WATCHDOG = "watchdog"
     WIND_DOWN = "wind_down"  # no new jobs from here to the deadline; data: margin_s, remaining_s
     ERROR = "error"
+    # -- reliability (appended; docs/reliability.md) ------------------------------------------
+    # data: fault, attempt, wait_s, status, retry_after_s; latency_s: the failed attempt's time
+    REQUEST_RETRIED = "request_retried"
+    # a fault absorbed without a retry; data: fault, attempt, status, copy, action
+    # ("accepted": the answer was kept; "twin_continues": its hedged twin still runs)
+    REQUEST_FAULT = "request_fault"
+    REQUEST_HEDGED = "request_hedged"  # a straggler got a second copy; data: attempt, after_s
+    HEDGE_RESOLVED = "hedge_resolved"  # data: attempt, winner (primary|hedge), wasted_tokens
+    # a circuit breaker changed state; data: state, previous, failures, open_s, fault
+    ENDPOINT_STATE = "endpoint_state"
 
 
 @dataclass(slots=True)

@@ -12,9 +12,19 @@ from flashevolve.backends.base import (
     ChatResult,
     LLMError,
     LoadReporter,
+    Notice,
 )
 from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Kind
+
+#: Event kind of each backend notice (see ``flashevolve.backends.base.Notice``).
+NOTICE_KINDS = {
+    "retried": Kind.REQUEST_RETRIED,
+    "fault": Kind.REQUEST_FAULT,
+    "hedged": Kind.REQUEST_HEDGED,
+    "hedge_resolved": Kind.HEDGE_RESOLVED,
+    "endpoint_state": Kind.ENDPOINT_STATE,
+}
 
 
 class InFlight:
@@ -32,7 +42,11 @@ class InstrumentedLLM:
     Backends stay ignorant of events; this wrapper stamps ``role`` (task or reflection) and the
     stage's ``priority`` (``stage_priority``: later pipeline stages go first), emits
     ``request_started`` / ``request_finished`` / ``request_failed`` / ``request_cancelled`` with
-    the backend-wide in-flight count, and feeds token usage to the budget tracker.
+    the backend-wide in-flight count, and feeds token usage to the budget tracker.  What the
+    backend reports while a request runs -- retries, absorbed faults, hedges, circuit-breaker
+    changes (``ChatRequest.observe``) -- becomes ``request_retried`` / ``request_fault`` /
+    ``request_hedged`` / ``hedge_resolved`` / ``endpoint_state`` events with the request's id;
+    a final failure's ``request_failed`` says its fault, status and number of attempts.
     """
 
     def __init__(
@@ -59,6 +73,7 @@ class InstrumentedLLM:
         request.priority = self.stage_priority.get(request.stage, request.priority)
         request.partial.clear()  # a reused request object must not carry an old count
         rid = f"r{next(self.in_flight.ids)}"
+        request.observe = lambda notice: self._on_notice(request, rid, notice)
         self.in_flight.count += 1
         self.in_flight.peak = max(self.in_flight.peak, self.in_flight.count)
         self._emit(Kind.REQUEST_STARTED, request, rid)
@@ -81,7 +96,17 @@ class InstrumentedLLM:
         except LLMError as err:
             self.in_flight.count -= 1
             self._emit(
-                Kind.REQUEST_FAILED, request, rid, reason=str(err), latency_s=self._since(t0)
+                Kind.REQUEST_FAILED,
+                request,
+                rid,
+                reason=str(err),
+                latency_s=self._since(t0),
+                data={
+                    "fault": None if err.fault is None else str(err.fault),
+                    "status": err.status,
+                    "attempts": err.attempts,
+                    "infrastructure": err.infrastructure,
+                },
             )
             raise
         self.in_flight.count -= 1
@@ -111,6 +136,15 @@ class InstrumentedLLM:
             in_flight=self.in_flight.count,
             **fields,
         )
+
+    def _on_notice(self, request: ChatRequest, rid: str, notice: Notice) -> None:
+        kind = NOTICE_KINDS.get(notice.kind)
+        if kind is None:  # a notice this runtime does not know: keep it, say what it was
+            kind = Kind.ERROR
+            data = {"notice": notice.kind, **notice.data}
+        else:
+            data = dict(notice.data)
+        self._emit(kind, request, rid, latency_s=notice.latency_s, reason=notice.reason, data=data)
 
     def _since(self, t0: float) -> float:
         return (self.log.clock.now() - t0) if self.log.clock else 0.0

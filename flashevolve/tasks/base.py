@@ -44,6 +44,20 @@ class Rollout:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None  # set when the LLM call or the evaluator failed (score is 0 then)
+    #: Whose failure ``error`` is, when set:
+    #: - ``"infrastructure"``: the model call failed for good (connection, timeouts, 5xx,
+    #:   garbage answers, rate limits, an open circuit -- after the client's retries).  The
+    #:   model never answered, so the 0 is no judgement of the artifact: re-run the example or
+    #:   leave it out of the comparison, never score it;
+    #: - ``"request"``: the server rejected the request itself as invalid (HTTP 400/413/422,
+    #:   e.g. a prompt longer than the context): asking again gives the same answer, so the 0
+    #:   stands;
+    #: - ``"evaluator"``: the model answered and the metric crashed on it.
+    error_kind: str | None = None
+
+    @property
+    def infrastructure_failure(self) -> bool:
+        return self.error_kind == "infrastructure"
 
 
 @runtime_checkable
@@ -175,13 +189,19 @@ class PromptTask:
         try:
             result = await llm.complete(request)
         except LLMError as err:
+            infrastructure = err.infrastructure
             return Rollout(
                 example.id,
                 "",
                 0.0,
                 f"The model call failed: {err}",
-                trace={"messages": messages},
+                trace={
+                    "messages": messages,
+                    "fault": None if err.fault is None else str(err.fault),
+                    "attempts": err.attempts,
+                },
                 error=str(err),
+                error_kind="infrastructure" if infrastructure else "request",
             )
         try:
             if self.metric_in_thread:
@@ -199,6 +219,7 @@ class PromptTask:
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
                 error=tb,
+                error_kind="evaluator",
             )
         return Rollout(
             example_id=example.id,

@@ -107,6 +107,15 @@ class Fanout:
                 n += 1
         return n
 
+    async def close(self) -> int:
+        """Cancel what is still running and wait until it has unwound (its requests report
+        their cancellation now, not after the caller has moved on); returns how many."""
+        running = [t for t in self.tasks if not t.done()]
+        n = self.cancel_rest()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        return n
+
     def scores(self, indices: Sequence[int] | None = None) -> dict[str, float]:
         idx = sorted(self.results) if indices is None else indices
         return {self.examples[i].id: self.results[i].score for i in idx}
@@ -128,4 +137,4 @@ async def run_examples(
     try:
         return await fan.all()
     finally:
-        fan.cancel_rest()
+        await fan.close()

@@ -13,6 +13,8 @@ See docs/simulator.md for what is modelled, what is not, and the calibration.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from flashevolve.backends.sim.api import SimulatedApi
 from flashevolve.backends.sim.engine import ServingEngine, Timing
 from flashevolve.backends.sim.lengths import LengthDist, count_prompt_tokens
@@ -32,6 +34,9 @@ from flashevolve.backends.sim.workload import (
     register_workload,
 )
 
+if TYPE_CHECKING:
+    from flashevolve.backends.faults.inprocess import ResilientSimulatedLLM
+
 
 def simulated(
     profile: str | Profile = "vllm-h100-qwen3-8b",
@@ -40,23 +45,34 @@ def simulated(
     workload: str | SimWorkload | None = None,
     content: ContentModel | None = None,
     speed: float = 1.0,
-    max_retries: int = 4,
-) -> SimulatedLLM:
+    max_retries: int | None = None,
+    faults: Any = None,
+    resilience: Any = None,
+) -> SimulatedLLM | ResilientSimulatedLLM:
     """A simulated LLM endpoint (``endpoint = "sim:<profile>"``).
 
     ``workload`` says what the requests look like (a :class:`SimWorkload` or its name; default
     GEPA's); ``content`` replaces just its content model.  Run it under
     :func:`flashevolve.runtime.clock.run_virtual` for simulated time, or on a normal loop for
     real time (``speed`` > 1 makes the simulated server that much faster).
+
+    ``faults`` (a fault SPEC, see :mod:`flashevolve.backends.faults.spec`) injects faults into a
+    seeded fraction of requests, and ``resilience`` (settings, see
+    :class:`~flashevolve.backends.resilience.ResilienceSettings`) sets how the client holds;
+    with either, the simulator runs behind the same client rules as the HTTP client
+    (:class:`~flashevolve.backends.faults.inprocess.ResilientSimulatedLLM`).
     """
-    return SimulatedLLM(
-        profile,
-        seed=seed,
-        workload=workload,
-        content=content,
-        speed=speed,
-        max_retries=max_retries,
+    retries = 4 if max_retries is None else max_retries  # the bare simulator retries 429s only
+    llm = SimulatedLLM(
+        profile, seed=seed, workload=workload, content=content, speed=speed, max_retries=retries
     )
+    if faults is None and resilience is None:
+        return llm
+    from flashevolve.backends.faults.inprocess import ResilientSimulatedLLM
+    from flashevolve.backends.resilience import resilience_settings
+
+    settings = resilience_settings(resilience, max_retries=max_retries)
+    return ResilientSimulatedLLM(llm, faults=faults, resilience=settings)
 
 
 __all__ = [

@@ -71,7 +71,7 @@ async def rollout(
             if fan.done() and len(fan.results) < need:
                 raise RuntimeError("rollout requests ended without results")
     except BaseException:
-        fan.cancel_rest()
+        await fan.close()
         raise
     on_time = sorted(fan.order)
     for i in on_time:
@@ -118,7 +118,7 @@ async def _record_late(
             if fan.done():
                 break
     finally:
-        fan.cancel_rest()
+        await fan.close()
 
 
 # -- validate ------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ async def validate(
             _early_reject(ctx, spec, fan, item.item_id, child.id, bar, speculative=False)
             return []
     except BaseException:
-        fan.cancel_rest()
+        await fan.close()
         raise
     mean, ordered = _sweep_finished(ctx, spec, fan, item.item_id, child.id, bar)
     if bar is not None and mean < bar:
@@ -337,7 +337,7 @@ async def _finish_tail(
             _early_reject(ctx, spec, fan, item.item_id, child.id, bar, speculative=True)
             return
     finally:
-        fan.cancel_rest()
+        await fan.close()
     mean, ordered = _sweep_finished(ctx, spec, fan, item.item_id, child.id, bar, speculative=True)
     if bar is not None and mean < bar:
         reason = f"full score {mean:.3f} is below the bar {bar:.3f}"
