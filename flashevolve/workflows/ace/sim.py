@@ -22,6 +22,8 @@ staleness policies and the views can be exercised at scale on virtual time.
   rejection path runs).
 - A review request (the Reflective staleness policy) discards covered ADDs and moot operations
   and rebases the rest onto the current playbook (:func:`respond_ace_review`).
+- A retry (reflect-and-retry rounds) carries the reflection as a note: its marker lifts that one
+  answer by ``note_boost * (u - 0.4)``.
 - About 2% of generator, reflector and curator answers are malformed (cut-off JSON).
 
 Output lengths per stage (:data:`ACE_LENGTHS`) put a synchronous step on the
@@ -66,6 +68,7 @@ _INSIGHT_RE = re.compile(r"^\s*key insight: (.*)$", re.MULTILINE)
 _ANSWER_LINE_RE = re.compile(r"final answer: ANSWER: (pass|partial|fail)", re.IGNORECASE)
 _USED_RE = re.compile(r"Bullets the attempt relied on:\n(.*?)\n\n", re.DOTALL)
 _MAX_OPS_RE = re.compile(r"Propose at most (\d+) operations")
+_NOTE_RE = re.compile(r"previous attempt at this question:\n(.*?)\n\nQuestion:", re.DOTALL)
 
 _TOPICS = ("units", "denominators", "rounding", "signs", "time periods", "averages", "ratios",
            "percentages", "definitions", "edge cases", "totals", "growth rates")  # fmt: skip
@@ -113,6 +116,7 @@ class AceContent:
     noise: float = 0.06
     malformed_rate: float = 0.02
     invalid_op_rate: float = 0.03
+    note_boost: float = 0.5  # how much a retry's reflection note lifts this one answer
     review_fn: Callable[[str, random.Random], str] | None = field(default=None)
 
     def respond(
@@ -157,7 +161,13 @@ class AceContent:
             difficulty = unit_hash("difficulty", example_id)
         shown = _PLAYBOOK_RE.search(text)
         markers = " ".join(sorted(QUALITY_RE.findall(shown.group(1)))) if shown else ""
-        margin = self.quality(book) + (2 * unit_hash(markers, example_id) - 1) * self.noise
+        margin = self.quality(book)
+        note = _NOTE_RE.search(text)
+        lesson = bullet_quality(note.group(1)) if note else None
+        if lesson is not None:  # a retry: the reflection's lesson on this very question helps
+            margin += self.note_boost * max(0.0, lesson - 0.4)
+            markers += f" note:{lesson:.3f}"
+        margin += (2 * unit_hash(markers, example_id) - 1) * self.noise
         margin -= difficulty
         scored = [(bullet_quality(b.text), b.id) for _, b in book.bullets()]
         useful = [bid for u, bid in sorted(scored, key=lambda x: -(x[0] or 0)) if (u or 0) >= 0.5]
