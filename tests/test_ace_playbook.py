@@ -131,7 +131,9 @@ def test_add_appends_a_fresh_bullet_and_moves_the_counter():
 
 
 def test_add_to_a_missing_section_goes_to_others():
-    res = apply_operations(book3(), ops({"type": "ADD", "section": "Tax tricks", "content": "New"}), 5)
+    res = apply_operations(
+        book3(), ops({"type": "ADD", "section": "Tax tricks", "content": "New"}), 5
+    )
     assert res.playbook.sections["OTHERS"] == [Bullet("misc-00005", "New")]
     assert "not in the playbook" in outcome_of(res, "o0").reason
 

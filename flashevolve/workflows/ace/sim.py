@@ -58,7 +58,7 @@ ACE_LENGTHS: dict[str, LengthDist] = {
     "generate": LengthDist(mean=560.0, sigma=0.45, cap=4000, floor=32),
     "evaluate": LengthDist(mean=500.0, sigma=0.45, cap=4000, floor=32),
     "reflect": LengthDist(mean=580.0, sigma=0.35, cap=3000, floor=64),
-    "curate": LengthDist(mean=900.0, sigma=0.35, cap=4000, floor=64),
+    "curate": LengthDist(mean=1000.0, sigma=0.35, cap=4000, floor=64),
     "patch": LengthDist(mean=800.0, sigma=0.5, cap=4000, floor=64),
 }
 ACE_DEFAULT_LENGTH = ACE_LENGTHS["generate"]
