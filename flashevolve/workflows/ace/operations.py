@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -46,8 +46,9 @@ from flashevolve.workflows.ace.playbook import (
     Bullet,
     Playbook,
     clean_text,
+    jaccard,
     section_slug,
-    similarity,
+    token_set,
 )
 
 #: Longest bullet text an operation may write (characters); longer ones are rejected.
@@ -139,6 +140,24 @@ def validate_operation(raw: Any) -> AddOp | UpdateOp | MergeOp | DeleteOp:
             msg = f"type must be one of {', '.join(OP_TYPES)}"
             where = "type"
         raise ValueError(f"{where or 'operation'}: {msg}") from None
+
+
+def operation_schema(max_text: int = MAX_BULLET_CHARS) -> dict[str, Any]:
+    """JSON Schema of one operation (for servers with constrained decoding)."""
+    text = {"type": "string", "minLength": 1, "maxLength": max_text}
+    ident = {"type": "string", "minLength": 1, "maxLength": 40}
+    return {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": list(OP_TYPES)},
+            "section": {"type": "string", "maxLength": 120},
+            "id": ident,
+            "ids": {"type": "array", "items": ident, "minItems": 2, "maxItems": 8},
+            "content": text,
+        },
+        "required": ["type"],
+        "additionalProperties": False,
+    }
 
 
 def op_dict(op: AddOp | UpdateOp | MergeOp | DeleteOp) -> dict[str, Any]:
@@ -346,34 +365,37 @@ def apply_tags(book: Playbook, tags: Sequence[tuple[str, str]]) -> dict[str, int
     return counts
 
 
-def refine(book: Playbook, threshold: float) -> list[tuple[str, str]]:
+def refine(
+    book: Playbook, threshold: float, only: Collection[str] | None = None
+) -> list[tuple[str, str]]:
     """Grow-and-refine: fold near-identical bullets into the earlier one (in place).
 
-    Pairs with similarity >= ``threshold`` are merged: the later bullet's counters are added to
-    the earlier one and the later one is removed.  Returns (kept id, removed id) pairs, in order.
+    Pairs with token-set similarity >= ``threshold`` are merged: the later bullet's counters are
+    added to the earlier one and the later one is removed.  ``only``: compare just the pairs with
+    at least one of these bullets (those a batch created or rewrote; the rest was refined
+    before).  Returns (kept id, removed id) pairs, in order.
     """
-    merged: list[tuple[str, str]] = []
     order = [b for _, b in book.bullets()]
-    removed: set[str] = set()
-    for i, keep in enumerate(order):
-        if keep.id in removed:
+    tokens = [token_set(b.text) for b in order]
+    fresh = [only is None or b.id in only for b in order]
+    removed: set[int] = set()
+    absorbed: dict[int, list[int]] = {}
+    for i in range(len(order)):
+        if i in removed:
             continue
-        for later in order[i + 1 :]:
-            if later.id in removed:
+        for j in range(i + 1, len(order)):
+            if j in removed or not (fresh[i] or fresh[j]):
                 continue
-            current = book.get(keep.id)
-            assert current is not None
-            if similarity(current.text, later.text) >= threshold:
-                book.replace(
-                    keep.id,
-                    Bullet(
-                        current.id,
-                        current.text,
-                        current.helpful + later.helpful,
-                        current.harmful + later.harmful,
-                    ),
-                )
-                book.remove(later.id)
-                removed.add(later.id)
-                merged.append((keep.id, later.id))
+            if jaccard(tokens[i], tokens[j]) >= threshold:
+                removed.add(j)
+                absorbed.setdefault(i, []).append(j)
+    merged: list[tuple[str, str]] = []
+    for i, js in absorbed.items():
+        keep = order[i]
+        helpful = keep.helpful + sum(order[j].helpful for j in js)
+        harmful = keep.harmful + sum(order[j].harmful for j in js)
+        book.replace(keep.id, Bullet(keep.id, keep.text, helpful, harmful))
+        for j in js:
+            book.remove(order[j].id)
+            merged.append((keep.id, order[j].id))
     return merged

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 #: The official ACE code starts from empty sections like these; ours are named in our own words.
 DEFAULT_SECTIONS: tuple[tuple[str, str], ...] = (
@@ -76,16 +77,20 @@ def section_slug(name: str) -> str:
     return "".join(w[0] for w in words[:4])
 
 
+@lru_cache(maxsize=8192)
 def token_set(text: str) -> frozenset[str]:
     return frozenset(w.lower() for w in _WORD_RE.findall(text))
 
 
-def similarity(a: str, b: str) -> float:
-    """Token-set Jaccard similarity in [0, 1] (the default grow-and-refine measure)."""
-    ta, tb = token_set(a), token_set(b)
+def jaccard(ta: frozenset[str], tb: frozenset[str]) -> float:
     if not ta and not tb:
         return 1.0
     return len(ta & tb) / len(ta | tb)
+
+
+def similarity(a: str, b: str) -> float:
+    """Token-set Jaccard similarity in [0, 1] (the default grow-and-refine measure)."""
+    return jaccard(token_set(a), token_set(b))
 
 
 @dataclass(frozen=True, slots=True)

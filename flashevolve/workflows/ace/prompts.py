@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashevolve.workflows.ace.items import Reflection
-from flashevolve.workflows.ace.operations import validate_operation
+from flashevolve.workflows.ace.operations import operation_schema, validate_operation
 from flashevolve.workflows.ace.playbook import Bullet, clean_text
 
 _FENCE = re.compile(r"^[ \t]*```[^\n`]*$", re.MULTILINE)
@@ -293,3 +293,61 @@ def parse_curator(text: str, finish_reason: str | None = "stop") -> CuratorAnswe
             invalid.append({"index": index, "op": entry, "reason": str(err)})
     reasoning = _text_field(raw, "reasoning") or ""
     return CuratorAnswer(reasoning, ops, invalid)
+
+
+# -- constrained decoding ------------------------------------------------------------------------
+
+
+def _obj(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def answer_schemas(max_ops: int, text_chars: int = 400) -> dict[str, dict[str, Any]]:
+    """JSON Schemas of the three answers, with every text capped (``json_mode="schema"``)."""
+    text = {"type": "string", "maxLength": text_chars}
+    ident = {"type": "string", "maxLength": 40}
+    tag = _obj({"id": ident, "tag": {"type": "string", "enum": ["helpful", "harmful", "neutral"]}})
+    return {
+        "generate": _obj(
+            {
+                "reasoning": text,
+                "bullet_ids": {"type": "array", "items": ident, "maxItems": 8},
+                "final_answer": {"type": "string", "maxLength": 80},
+            }
+        ),
+        "reflect": _obj(
+            {
+                "diagnosis": text,
+                "key_insight": text,
+                "bullet_tags": {"type": "array", "items": tag, "maxItems": 8},
+            }
+        ),
+        "curate": _obj(
+            {
+                "reasoning": text,
+                "operations": {
+                    "type": "array",
+                    "items": operation_schema(text_chars),
+                    "maxItems": max_ops,
+                },
+            }
+        ),
+    }
+
+
+def response_format(json_mode: str | None, role: str, max_ops: int) -> dict[str, Any] | None:
+    """The request's ``extra_body`` for ``json_mode``: None (plain), ``"object"`` (any JSON
+    object, as the official code's json_mode) or ``"schema"`` (the role's schema)."""
+    if json_mode is None:
+        return None
+    if json_mode == "object":
+        return {"response_format": {"type": "json_object"}}
+    schema = answer_schemas(max_ops)[role]
+    return {
+        "response_format": {"type": "json_schema", "json_schema": {"name": role, "schema": schema}}
+    }

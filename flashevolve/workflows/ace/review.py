@@ -31,11 +31,11 @@ from flashevolve.runtime.items import WorkItem
 from flashevolve.workflows.ace.items import CuratedBatch, Reflection
 from flashevolve.workflows.ace.operations import (
     MAX_BULLET_CHARS,
-    OP_TYPES,
     AddOp,
     StampedOp,
     apply_operations,
     op_dict,
+    operation_schema,
     ops_digest,
     validate_operation,
 )
@@ -81,23 +81,6 @@ class StaleOp:
     sop: StampedOp
     reflections: list[Reflection] = field(default_factory=list)
     then: Playbook | None = None  # the playbook at its stamp
-
-
-def _op_schema(max_text: int) -> dict[str, Any]:
-    text = {"type": "string", "minLength": 1, "maxLength": max_text}
-    ident = {"type": "string", "minLength": 1, "maxLength": 40}
-    return {
-        "type": "object",
-        "properties": {
-            "type": {"type": "string", "enum": list(OP_TYPES)},
-            "section": {"type": "string", "maxLength": 120},
-            "id": ident,
-            "ids": {"type": "array", "items": ident, "minItems": 2, "maxItems": 8},
-            "content": text,
-        },
-        "required": ["type"],
-        "additionalProperties": False,
-    }
 
 
 class AceReview:
@@ -150,7 +133,7 @@ class AceReview:
                         "type": "array",
                         "minItems": 1,
                         "maxItems": 8,
-                        "items": _op_schema(
+                        "items": operation_schema(
                             min(MAX_BULLET_CHARS, int(limits.get("patch_chars", 600)))
                         ),
                     }

@@ -15,7 +15,9 @@ staleness policies and the views can be exercised at scale on virtual time.
   playbook's markers and the example, so one playbook always gets one score on one example.  It
   names the useful bullets it relied on (and sometimes a misleading one).
 - A reflector request tags the named bullets (useful: helpful when the answer passed; misleading:
-  harmful) and states a key insight with a new marker -- better on average after a failure.
+  harmful) and states a key insight with a new marker -- better on average after a failure; a
+  quarter of the insights are one of twelve common lessons, so concurrent curators sometimes
+  ADD the same idea (a stale ADD then meets a bullet that covers it).
 - A curator request ADDs most insights (the better ones more often), DELETEs bullets whose
   harmful count has overtaken their helpful count, sometimes UPDATEs a middling bullet to a better
   one or MERGEs two useful ones, and now and then names an id that does not exist (so the
@@ -117,7 +119,11 @@ class AceContent:
     malformed_rate: float = 0.02
     invalid_op_rate: float = 0.03
     note_boost: float = 0.5  # how much a retry's reflection note lifts this one answer
+    common_rate: float = 0.25  # share of reflections that state one of 12 common lessons
     review_fn: Callable[[str, random.Random], str] | None = field(default=None)
+    _seen: dict[str, tuple[float, str, list[str], list[str]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def respond(
         self,
@@ -151,17 +157,30 @@ class AceContent:
         return min(0.99, max(0.01, q - self.harm * misleading))
 
     # -- generator ---------------------------------------------------------------------------------
+    def _read(self, prompt: str) -> tuple[float, str, list[str], list[str]]:
+        """(quality, markers, useful ids best first, misleading ids) of the playbook shown;
+        cached per playbook text (one validation sweep shows one playbook hundreds of times)."""
+        shown = _PLAYBOOK_RE.search(prompt)
+        key = shown.group(1) if shown else ""
+        if key not in self._seen:
+            book = _playbook(prompt)
+            scored = [(bullet_quality(b.text), b.id) for _, b in book.bullets()]
+            useful = [i for u, i in sorted(scored, key=lambda x: -(x[0] or 0)) if (u or 0) >= 0.5]
+            misleading = [i for u, i in scored if u is not None and u < 0.4]
+            markers = " ".join(sorted(QUALITY_RE.findall(key)))
+            if len(self._seen) >= 64:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[key] = (self.quality(book), markers, useful, misleading)
+        return self._seen[key]
+
     def generate(self, text: str, rng: random.Random, *, truncated: bool = False) -> str:
-        book = _playbook(text)
         found = EXAMPLE_RE.search(text)
         if found:
             example_id, difficulty = found.group(1), float(found.group(2))
         else:
             example_id = str(unit_hash("question", text.split("Question:")[-1]))
             difficulty = unit_hash("difficulty", example_id)
-        shown = _PLAYBOOK_RE.search(text)
-        markers = " ".join(sorted(QUALITY_RE.findall(shown.group(1)))) if shown else ""
-        margin = self.quality(book)
+        margin, markers, useful, misleading = self._read(text)
         note = _NOTE_RE.search(text)
         lesson = bullet_quality(note.group(1)) if note else None
         if lesson is not None:  # a retry: the reflection's lesson on this very question helps
@@ -169,10 +188,7 @@ class AceContent:
             markers += f" note:{lesson:.3f}"
         margin += (2 * unit_hash(markers, example_id) - 1) * self.noise
         margin -= difficulty
-        scored = [(bullet_quality(b.text), b.id) for _, b in book.bullets()]
-        useful = [bid for u, bid in sorted(scored, key=lambda x: -(x[0] or 0)) if (u or 0) >= 0.5]
         used = useful[:4]
-        misleading = [bid for u, bid in scored if u is not None and u < 0.4]
         if misleading and rng.random() < 0.3:
             used.append(misleading[int(rng.random() * len(misleading))])
         if margin >= 0:
@@ -213,13 +229,20 @@ class AceContent:
         body = json.dumps(
             {
                 "diagnosis": "The answer was right." if passed else "A step was skipped.",
-                "key_insight": _insight_text(u, f"{rng.random():.12f}"),
+                "key_insight": _insight_text(u, self._insight_key(rng)),
                 "bullet_tags": tags,
             }
         )
         if truncated or rng.random() < self.malformed_rate:
             return _cut(body, rng)
         return body
+
+    def _insight_key(self, rng: random.Random) -> str:
+        """Which lesson a reflection states: now and then one of a few common ones (so that
+        concurrent curators sometimes ADD the same idea), else a fresh one."""
+        if rng.random() < self.common_rate:
+            return f"common:{int(rng.random() * 12)}"
+        return f"{rng.random():.12f}"
 
     # -- curator -----------------------------------------------------------------------------------
     def curate(self, text: str, rng: random.Random, *, truncated: bool = False) -> str:
@@ -263,7 +286,7 @@ class AceContent:
 
 
 def _rephrase(bullet: Bullet, u: float) -> str:
-    core = QUALITY_RE.sub("", bullet.text).strip()
+    core = QUALITY_RE.sub("", bullet.text).replace(" Double-check it.", "").strip()
     return f"{core} Double-check it. {quality_marker(u)}"
 
 

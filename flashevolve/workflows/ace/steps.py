@@ -142,6 +142,7 @@ async def _reflect_once(
         stage="reflect",
         item_id=item.item_id,
         metadata={"example_id": rollout.example_id},
+        extra_body=wf.extra_body("reflect"),
     )
     try:
         result = await ctx.reflection_llm.complete(request)
@@ -175,6 +176,7 @@ async def curate(
         stage="curate",
         item_id=item.item_id,
         metadata={"reflections": len(batch)},
+        extra_body=wf.extra_body("curate"),
     )
     base = {"reflections": len(batch), "steps": [r.step for r in batch]}
     # the operations are written against the playbook shown, whatever moves while the call runs
@@ -254,7 +256,8 @@ def apply_batch(
     book = result.playbook
     tags, wf._pending_tags = wf._pending_tags, []
     counters = apply_tags(book, tags)
-    refined = refine(book, wf.dedup_threshold) if wf.dedup_threshold is not None else []
+    touched = {o.bullet_id for o in result.applied if o.bullet_id}
+    refined = [] if wf.dedup_threshold is None else refine(book, wf.dedup_threshold, touched)
     text = book.render()
     art = Artifact(
         {COMPONENT: text},

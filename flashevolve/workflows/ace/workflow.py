@@ -50,6 +50,7 @@ from flashevolve.workflows.ace.items import (
 )
 from flashevolve.workflows.ace.operations import StampedOp
 from flashevolve.workflows.ace.playbook import Playbook
+from flashevolve.workflows.ace.prompts import response_format
 from flashevolve.workflows.ace.review import CLEAN, CONFLICT, AceReview, StaleOp, classify
 from flashevolve.workflows.base import Accounting
 from flashevolve.workflows.evaluation import run_examples
@@ -95,6 +96,7 @@ class AceWorkflow(AceReview):
         generator_max_tokens: int | None = 2048,
         reflection_max_tokens: int | None = 2048,
         temperature: float | None = None,
+        json_mode: str | None = None,
     ) -> None:
         for name, value in (
             ("curator_frequency", curator_frequency),
@@ -109,6 +111,8 @@ class AceWorkflow(AceReview):
                 raise ValueError(f"{name} must be at least 1 (got {value})")
         if epochs is not None and epochs < 1:
             raise ValueError(f"epochs must be at least 1 or None (got {epochs})")
+        if json_mode not in (None, "object", "schema"):
+            raise ValueError(f"json_mode must be None, 'object' or 'schema' (got {json_mode!r})")
         if not 0 < dedup_threshold <= 1:
             raise ValueError(f"dedup_threshold must be in (0, 1] (got {dedup_threshold})")
         seed_book = (
@@ -131,6 +135,9 @@ class AceWorkflow(AceReview):
         self.generator_max_tokens = generator_max_tokens
         self.reflection_max_tokens = reflection_max_tokens
         self.temperature = temperature
+        #: ask the server for JSON answers (``response_format`` in the request body): "object"
+        #: for any JSON object, "schema" for each role's schema (small local models need it)
+        self.json_mode = json_mode
         self.seed_text = seed_book.render()
         # -- state (snapshot/restore) --
         self._next_id = seed_book.max_id_number() + 1
@@ -209,8 +216,12 @@ class AceWorkflow(AceReview):
             max_tokens=self.generator_max_tokens,
             temperature=self.temperature,
             reflection=reflection,
+            extra_body=self.extra_body("generate"),
         )
         return with_task(ctx, view)
+
+    def extra_body(self, role: str) -> dict[str, Any] | None:
+        return response_format(self.json_mode, role, self.max_ops)
 
     async def _run(
         self, ctx: StageContext, art: Artifact, examples: list[Any], *, stage: str, item_id: str,
