@@ -235,3 +235,29 @@ def test_ace_runs_over_real_http():
     requests = ev.requests
     assert set(requests["stage"].to_list()) >= {"generate", "reflect", "curate", "evaluate"}
     assert requests.filter(pl.col("outcome") != "finished").height == 0
+
+
+def test_epochs_end_the_run_by_themselves():
+    ev = make("sync", budget=3600, task=SimulatedTask(n_train=3, n_val=2), epochs=2)
+    summary = ev.run_virtual()
+    steps = [e.data["step"] for e in kinds(ev, Kind.ROLLOUT_FINISHED)]
+    assert steps == [0, 1, 2, 3, 4, 5] and summary["duration_s"] < 3600
+    assert "2 epoch(s)" in kinds(ev, Kind.BUDGET_STOP)[0].reason
+
+
+def test_json_mode_asks_the_server_for_each_roles_schema():
+    from flashevolve.workflows.ace import AceWorkflow
+
+    wf = AceWorkflow(json_mode="schema", max_ops=3)
+    curate = wf.extra_body("curate")["response_format"]["json_schema"]["schema"]
+    assert curate["properties"]["operations"]["maxItems"] == 3
+    generate = wf.extra_body("generate")["response_format"]["json_schema"]["schema"]
+    assert generate["required"] == ["reasoning", "bullet_ids", "final_answer"]
+    assert AceWorkflow(json_mode="object").extra_body("reflect") == {
+        "response_format": {"type": "json_object"}
+    }
+    assert AceWorkflow().extra_body("generate") is None
+    with pytest.raises(ConfigError, match="json_mode"):
+        make(json_mode="yaml")
+    with pytest.raises(ConfigError, match="playbook line 2"):
+        make(initial_playbook="## A\nnot a bullet")

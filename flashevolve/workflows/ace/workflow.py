@@ -358,18 +358,22 @@ class AceWorkflow(AceReview):
         decisions = await asyncio.gather(
             *(ctx.runtime.judge_stale(v, stage="apply") for v in views)
         )
-        judged: dict[str, dict[str, Any]] = {}
+        conflicts = {v.item_id: v.conflict for v in views}
         by_op = {v.item_id: d for v, d in zip(views, decisions, strict=True)}
+        judged: dict[str, dict[str, Any]] = {}
         ops: list[StampedOp] = []
         for s in batch.ops:
             d = by_op.get(s.op_id)
             if d is None or d.action == ACCEPT:
                 ops.append(s)
             elif d.action == PATCH and d.repair is not None:
-                ops.extend(d.repair.value)
+                ops.extend(d.repair.value)  # the rebased operations take its place
             if d is not None:
-                judged[s.op_id] = {"decision": d.action, "reason": d.reason,
-                                   "conflict": next(v.conflict for v in views if v.item_id == s.op_id)}  # fmt: skip
+                judged[s.op_id] = {
+                    "decision": d.action,
+                    "reason": d.reason,
+                    "conflict": conflicts[s.op_id],
+                }
         return ops, judged
 
     def _op_view(
