@@ -295,10 +295,12 @@ def test_curator_answers_keep_valid_operations_and_list_the_rest():
             {"type": "ADD", "section": "OTHERS", "content": "ok"},
             {"type": "UPDATE", "content": "no id"},
             {"type": "DELETE", "id": "calc-00002"},
+            {"type": "ADD", "section": "OTHERS", "content": "<bullet text>"},
         ],
     }
     parsed = parse_curator(json.dumps(raw))
     assert [op.type for op in parsed.ops] == ["ADD", "DELETE"]
     assert parsed.invalid[0]["index"] == 1 and "id" in parsed.invalid[0]["reason"]
+    assert parsed.invalid[1]["reason"] == "content is a placeholder"
     assert "operations" in parse_curator('{"reasoning": "nothing"}')
     assert "truncated" in parse_curator(json.dumps(raw), "length")

@@ -142,22 +142,39 @@ def validate_operation(raw: Any) -> AddOp | UpdateOp | MergeOp | DeleteOp:
         raise ValueError(f"{where or 'operation'}: {msg}") from None
 
 
-def operation_schema(max_text: int = MAX_BULLET_CHARS) -> dict[str, Any]:
-    """JSON Schema of one operation (for servers with constrained decoding)."""
+def operation_schema(
+    max_text: int = MAX_BULLET_CHARS,
+    *,
+    ids: Sequence[str] | None = None,
+    sections: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """JSON Schema of one operation (for servers with constrained decoding): one variant per
+    type with its required fields.  Given the playbook's ``ids`` and ``sections``, names are
+    limited to them (an empty playbook then allows only ADD)."""
     text = {"type": "string", "minLength": 1, "maxLength": max_text}
-    ident = {"type": "string", "minLength": 1, "maxLength": 40}
-    return {
-        "type": "object",
-        "properties": {
-            "type": {"type": "string", "enum": list(OP_TYPES)},
-            "section": {"type": "string", "maxLength": 120},
-            "id": ident,
-            "ids": {"type": "array", "items": ident, "minItems": 2, "maxItems": 8},
-            "content": text,
-        },
-        "required": ["type"],
-        "additionalProperties": False,
-    }
+    ident: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 40}
+    if ids is not None and ids:
+        ident = {"type": "string", "enum": list(ids)}
+    section: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 120}
+    if sections:
+        section = {"type": "string", "enum": list(sections)}
+
+    def variant(kind: str, **fields: Any) -> dict[str, Any]:
+        props = {"type": {"type": "string", "enum": [kind]}, **fields}
+        return {
+            "type": "object",
+            "properties": props,
+            "required": list(props),
+            "additionalProperties": False,
+        }
+
+    variants = [variant("ADD", section=section, content=text)]
+    if ids is None or len(ids) >= 1:
+        variants += [variant("UPDATE", id=ident, content=text), variant("DELETE", id=ident)]
+    if ids is None or len(ids) >= 2:
+        merge_ids = {"type": "array", "items": ident, "minItems": 2, "maxItems": 8}
+        variants.append(variant("MERGE", ids=merge_ids, content=text))
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
 def op_dict(op: AddOp | UpdateOp | MergeOp | DeleteOp) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from flashevolve.workflows.ace.operations import operation_schema, validate_oper
 from flashevolve.workflows.ace.playbook import Bullet, clean_text
 
 _FENCE = re.compile(r"^[ \t]*```[^\n`]*$", re.MULTILINE)
+#: a text that is only a ``<...>`` placeholder of an answer format
+_PLACEHOLDER = re.compile(r"^\[?<[^<>]*>\]?$")
 
 
 def clip(text: object, limit: int) -> str:
@@ -288,9 +290,14 @@ def parse_curator(text: str, finish_reason: str | None = "stop") -> CuratorAnswe
     invalid: list[dict[str, Any]] = []
     for index, entry in enumerate(ops_raw):
         try:
-            ops.append(validate_operation(entry))
+            op = validate_operation(entry)
         except ValueError as err:
             invalid.append({"index": index, "op": entry, "reason": str(err)})
+            continue
+        if _PLACEHOLDER.match(getattr(op, "content", "")):  # small models copy the format
+            invalid.append({"index": index, "op": entry, "reason": "content is a placeholder"})
+            continue
+        ops.append(op)
     reasoning = _text_field(raw, "reasoning") or ""
     return CuratorAnswer(reasoning, ops, invalid)
 
@@ -307,16 +314,27 @@ def _obj(properties: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def answer_schemas(max_ops: int, text_chars: int = 400) -> dict[str, dict[str, Any]]:
-    """JSON Schemas of the three answers, with every text capped (``json_mode="schema"``)."""
+def answer_schemas(
+    max_ops: int,
+    text_chars: int = 400,
+    *,
+    ids: Sequence[str] | None = None,
+    sections: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """JSON Schemas of the three answers (``json_mode="schema"``): every text capped, and with
+    the playbook's bullet ``ids`` and ``sections`` given, names limited to them."""
     text = {"type": "string", "maxLength": text_chars}
-    ident = {"type": "string", "maxLength": 40}
+    ident: dict[str, Any] = {"type": "string", "maxLength": 40}
+    if ids is not None:
+        ident = {"type": "string", "enum": list(ids)} if ids else ident
+    used = {"type": "array", "items": ident, "maxItems": 8 if ids is None or ids else 0}
     tag = _obj({"id": ident, "tag": {"type": "string", "enum": ["helpful", "harmful", "neutral"]}})
+    operation = operation_schema(text_chars, ids=ids, sections=sections)
     return {
         "generate": _obj(
             {
                 "reasoning": text,
-                "bullet_ids": {"type": "array", "items": ident, "maxItems": 8},
+                "bullet_ids": used,
                 "final_answer": {"type": "string", "maxLength": 80},
             }
         ),
@@ -324,30 +342,34 @@ def answer_schemas(max_ops: int, text_chars: int = 400) -> dict[str, dict[str, A
             {
                 "diagnosis": text,
                 "key_insight": text,
-                "bullet_tags": {"type": "array", "items": tag, "maxItems": 8},
+                "bullet_tags": {"type": "array", "items": tag, "maxItems": used["maxItems"]},
             }
         ),
         "curate": _obj(
             {
                 "reasoning": text,
-                "operations": {
-                    "type": "array",
-                    "items": operation_schema(text_chars),
-                    "maxItems": max_ops,
-                },
+                "operations": {"type": "array", "items": operation, "maxItems": max_ops},
             }
         ),
     }
 
 
-def response_format(json_mode: str | None, role: str, max_ops: int) -> dict[str, Any] | None:
+def response_format(
+    json_mode: str | None,
+    role: str,
+    max_ops: int,
+    *,
+    ids: Sequence[str] | None = None,
+    sections: Sequence[str] | None = None,
+) -> dict[str, Any] | None:
     """The request's ``extra_body`` for ``json_mode``: None (plain), ``"object"`` (any JSON
-    object, as the official code's json_mode) or ``"schema"`` (the role's schema)."""
+    object, as the official code's json_mode) or ``"schema"`` (the role's schema, names limited
+    to the playbook's ``ids`` and ``sections`` when given)."""
     if json_mode is None:
         return None
     if json_mode == "object":
         return {"response_format": {"type": "json_object"}}
-    schema = answer_schemas(max_ops)[role]
+    schema = answer_schemas(max_ops, ids=ids, sections=sections)[role]
     return {
         "response_format": {"type": "json_schema", "json_schema": {"name": role, "schema": schema}}
     }

@@ -33,6 +33,7 @@ from flashevolve.workflows.ace.prompts import (
     parse_curator,
     parse_reflector,
     question_of,
+    response_format,
 )
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ async def _reflect_once(
         stage="reflect",
         item_id=item.item_id,
         metadata={"example_id": rollout.example_id},
-        extra_body=wf.extra_body("reflect"),
+        extra_body=response_format(wf.json_mode, "reflect", wf.max_ops, ids=[b.id for b in used]),
     )
     try:
         result = await ctx.reflection_llm.complete(request)
@@ -176,7 +177,7 @@ async def curate(
         stage="curate",
         item_id=item.item_id,
         metadata={"reflections": len(batch)},
-        extra_body=wf.extra_body("curate"),
+        extra_body=wf.extra_body("curate", book),
     )
     base = {"reflections": len(batch), "steps": [r.step for r in batch]}
     # the operations are written against the playbook shown, whatever moves while the call runs

@@ -210,25 +210,33 @@ class AceWorkflow(AceReview):
             rec = next((r for r in records if r.pool_version == version), None)
         return self._book(rec.artifact) if rec is not None else None
 
-    def _generator(self, ctx: StageContext, reflection: str | None = None) -> StageContext:
+    def _generator(
+        self, ctx: StageContext, art: Artifact, reflection: str | None = None
+    ) -> StageContext:
         view = GeneratorView(
             ctx.task,
             max_tokens=self.generator_max_tokens,
             temperature=self.temperature,
             reflection=reflection,
-            extra_body=self.extra_body("generate"),
+            extra_body=self.extra_body("generate", self._book(art)),
         )
         return with_task(ctx, view)
 
-    def extra_body(self, role: str) -> dict[str, Any] | None:
-        return response_format(self.json_mode, role, self.max_ops)
+    def extra_body(self, role: str, book: Playbook | None = None) -> dict[str, Any] | None:
+        """The ``response_format`` of a role's requests under ``json_mode`` (names limited to
+        ``book``'s bullets and sections when given)."""
+        if book is None:
+            return response_format(self.json_mode, role, self.max_ops)
+        return response_format(
+            self.json_mode, role, self.max_ops, ids=book.ids(), sections=list(book.sections)
+        )
 
     async def _run(
         self, ctx: StageContext, art: Artifact, examples: list[Any], *, stage: str, item_id: str,
         reflection: str | None = None,
     ) -> list[Rollout]:  # fmt: skip
         return await run_examples(
-            self._generator(ctx, reflection),
+            self._generator(ctx, art, reflection),
             art.components,
             examples,
             stage=stage,
