@@ -27,6 +27,12 @@ def _ifbench(**options: Any) -> Task:
     return _call("ifbench", ifbench, options)
 
 
+def _formula_lite(**options: Any) -> Task:
+    from flashevolve.tasks.formula_lite import formula_lite
+
+    return _call("formula-lite", formula_lite, options)
+
+
 def _sim(**options: Any) -> Task:
     # The serving simulator's workload (a simulated task, not a real benchmark); written
     # alongside the simulated backend.
@@ -38,6 +44,7 @@ def _sim(**options: Any) -> Task:
 _BUILTINS: dict[str, Callable[..., Task]] = {
     "ifeval-lite": _ifeval_lite,
     "ifbench": _ifbench,
+    "formula-lite": _formula_lite,
     "sim": _sim,
 }
 
