@@ -499,8 +499,8 @@ class Evolver(BackgroundRun):
         kind = event.kind
         if kind == Kind.PROPOSAL_MADE:
             self._counts["proposals"] += 1
-        elif kind == Kind.ADMITTED:
-            if (event.data or {}).get("origin") != "seed":
+        elif kind in (Kind.ADMITTED, Kind.SCORED):
+            if kind == Kind.ADMITTED and (event.data or {}).get("origin") != "seed":
                 self._counts["accepted"] += 1
             if event.score is not None and (self._best is None or event.score > self._best):
                 self._best = event.score

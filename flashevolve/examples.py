@@ -24,17 +24,19 @@ def example_events(
 ) -> pl.DataFrame:
     """The event frame of a short simulated run (sync: the classic loop; async: overlapping
     steps whose stale proposals a reflective reviewer accepts, patches, merges or discards)."""
-    from flashevolve.backends.sim import SimulatedTask, simulated
+    from flashevolve.backends.sim import SimulatedTask
     from flashevolve.evolver import Evolver
 
     async_run = mode == "async"
     evolver = Evolver(
         SimulatedTask(n_train=24, n_val=12, seed=seed),
-        simulated("vllm-h100-qwen3-8b", seed=seed),
+        "sim:vllm-h100-qwen3-8b",  # the simulator answers with the workflow's own workload
         workflow=workflow,
         mode=mode,
         staleness=staleness if async_run else None,
-        workers={"rollout": 4, "propose": 4, "evaluate": 2} if async_run else None,
+        workers=({"rollout": 4, "propose": 4, "evaluate": 2} if workflow == "gepa" else None)
+        if async_run
+        else None,
         max_in_flight=12,
         budget=minutes * 60.0,
         seed=seed,

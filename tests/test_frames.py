@@ -286,3 +286,19 @@ def test_the_event_log_packs_old_events_into_chunks_and_loses_none():
     assert isinstance(events[0], Event) and events[3].latency_s == 0.5
     assert [e.ts for e in log.tail(3)] == [27.0, 28.0, 29.0]
     assert [e.ts for e in log.tail(9)] == [float(i) for i in range(21, 30)]
+
+
+def test_edit_frames_and_charts_show_what_admissions_changed():
+    from flashevolve.events import edits
+    from flashevolve.examples import example_events
+    from flashevolve.views.charts import dashboard_charts
+
+    ace = example_events("async", seed=0, workflow="ace", staleness="guarded")
+    sizes, ops = edits.artifact_sizes(ace), edits.operations(ace)
+    admitted = ace.filter(pl.col("kind") == "admitted").height
+    assert sizes.height == admitted and set(sizes["size_unit"]) == {"bullets"}
+    assert {"ADD"} <= set(ops["type"]) and set(ops["status"]) <= {"applied", "rejected"}
+    assert {"artifact_size", "operations"} <= set(dashboard_charts(ace))
+    gepa = example_events("async", seed=0)
+    assert set(edits.artifact_sizes(gepa)["size_unit"]) == {"characters"}
+    assert edits.operations(gepa).is_empty() and "operations" not in dashboard_charts(gepa)

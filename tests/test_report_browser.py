@@ -48,8 +48,9 @@ def test_report_charts_draw_marks_in_headless_chromium(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
     charts = result["charts"]
-    # the comparison, six charts per run whose server reported its load, five for the empty one
-    assert len(charts) == 1 + 6 + 6 + 5
+    # the comparison; per run whose server reported its load and whose admissions reported the
+    # artifact's size, seven charts; five for the empty one
+    assert len(charts) == 1 + 7 + 7 + 5
     for chart in charts:
         assert chart["status"] == "ok", chart
         assert chart["marks"] > 0, chart

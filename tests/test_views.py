@@ -165,9 +165,11 @@ def test_report_is_self_contained(tmp_path, async_run, sync_run):
     assert "<script src" not in text and "https://cdn" not in text
     assert "vegaEmbed" in text and len(text) > 500_000  # the JS bundle is inlined
     assert "<title>T&lt;1&gt;</title>" in text
-    # one comparison chart + six charts per run (the synthetic server reports its load)
-    assert text.count('<script type="application/json" id="spec-') == 13
-    assert text.count('class="chart"') == 13
+    # one comparison chart + seven per run (the simulated server reports its load, GEPA's
+    # admissions the prompt's size)
+    assert text.count('<script type="application/json" id="spec-') == 15
+    assert text.count('class="chart"') == 15
+    assert text.count("<h3>Artifact size</h3>") == 2
     assert text.count("<h3>Server load</h3>") == 2
 
 

@@ -30,6 +30,9 @@ class Kind(StrEnum):
     ROLLOUT_FINISHED = "rollout_finished"  # one example scored; data: score, late
     PROPOSAL_MADE = "proposal_made"
     PROPOSAL_REJECTED = "proposal_rejected"  # malformed reflection, duplicate, ...; reason says
+    #: one edit of a proposal could not be applied (ACE: an invalid delta operation); the rest
+    #: of the proposal went on.  data: the operation and its type; reason says why
+    OPERATION_REJECTED = "operation_rejected"
     REFLECTION_SKIPPED = "reflection_skipped"  # all-perfect minibatch
     GATE_PASSED = "gate_passed"
     GATE_FAILED = "gate_failed"

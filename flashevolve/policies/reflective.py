@@ -149,17 +149,19 @@ class Reflective:
             return StaleDecision(ACCEPT, reason="no proposal to review at this stage")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(item, future))
-        if len(self._waiting) >= self._batch_size(item.stage, ctx):
+        if len(self._waiting) >= self._batch_size(item, ctx):
             self._flush(ctx)
         elif self._timer is None or self._timer.done():
             self._timer = ctx.spawn(self._flush_later(ctx), name="reflective-wait")
         return await future
 
-    def _batch_size(self, stage: str, ctx: StageContext) -> int:
+    def _batch_size(self, item: StaleItem, ctx: StageContext) -> int:
         """``k``, but never more than the workers of the checking stage: each waiting item holds
         one of them, so with fewer workers than ``k`` a batch could only ever leave by
         ``max_wait_s`` -- and the stage would stand still until then."""
-        workers = ctx.workers(stage)
+        if item.shares_worker:  # judged together from one worker: no worker waits per item
+            return self.k
+        workers = ctx.workers(item.stage)
         return max(1, min(self.k, workers)) if workers else self.k
 
     async def _flush_later(self, ctx: StageContext) -> None:

@@ -54,6 +54,9 @@ class StaleItem:
     clean: bool = False
     #: A short id of what the item proposes, for events (an artifact id, an operation id).
     subject_id: str | None = None
+    #: Judged together with others from one worker (ACE: the operations of one batch), rather
+    #: than each holding a worker of ``stage`` while it waits.
+    shares_worker: bool = False
 
 
 @dataclass(slots=True)

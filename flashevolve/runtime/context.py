@@ -29,6 +29,8 @@ class RuntimeHandle(Protocol):
 
     async def judge_stale(self, view: StaleItem, *, stage: str) -> StaleDecision: ...
 
+    def request_stop(self, reason: str, *, graceful: bool = True) -> None: ...
+
 
 @dataclass
 class StageContext:

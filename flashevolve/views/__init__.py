@@ -17,6 +17,8 @@ _LAZY = {
     "score_vs_time_chart": "flashevolve.views.charts",
     "staleness_chart": "flashevolve.views.charts",
     "lineage_chart": "flashevolve.views.charts",
+    "artifact_size_chart": "flashevolve.views.edit_charts",
+    "operations_chart": "flashevolve.views.edit_charts",
     "Dashboard": "flashevolve.views.widgets",
     "dashboard": "flashevolve.views.widgets",
     "write_report": "flashevolve.views.report",

@@ -434,6 +434,13 @@ def dashboard_charts(df: pl.DataFrame, window_s: float | None = None) -> dict[st
     }
     if df.height and (df["kind"] == str(Kind.BACKEND_LOAD)).any():  # (not the frame twice)
         charts["server_load"] = server_load_chart(df)
+    from flashevolve.events import edits
+    from flashevolve.views.edit_charts import artifact_size_chart, operations_chart
+
+    if not edits.artifact_sizes(df).is_empty():
+        charts["artifact_size"] = artifact_size_chart(df)
+    if not edits.operations(df).is_empty():
+        charts["operations"] = operations_chart(df)
     return charts
 
 

@@ -34,6 +34,8 @@ SECTIONS = {
     "stage_breakdown": "Where the time went",
     "staleness": "Stale work",
     "lineage": "Candidate lineage",
+    "artifact_size": "Artifact size",
+    "operations": "Edit operations",
 }
 
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 from flashevolve.runtime.context import StageContext
-from flashevolve.tasks.base import Example, Rollout
+from flashevolve.tasks.base import Example, Rollout, Task
 
 
 class Fanout:
@@ -32,8 +32,10 @@ class Fanout:
         stage: str,
         item_id: str,
         concurrency: int,
+        task: Task | None = None,
     ) -> None:
         self.ctx = ctx
+        runner = task if task is not None else ctx.task  # a workflow's view of the task (ACE)
         self.examples = list(examples)
         self.results: dict[int, Rollout] = {}
         self.order: list[int] = []  # indices in landing order
@@ -45,7 +47,7 @@ class Fanout:
 
         async def one(i: int, example: Example, seed: int) -> None:
             async with sem:
-                rollout = await ctx.task.rollout(
+                rollout = await runner.rollout(
                     components, example, ctx.task_llm, stage=stage, item_id=item_id, seed=seed
                 )
             ctx.tracker.metric_calls += 1
@@ -129,11 +131,15 @@ async def run_examples(
     stage: str,
     item_id: str,
     concurrency: int,
+    task: Task | None = None,
 ) -> list[Rollout]:
     """Roll the artifact out on every example (at most ``concurrency`` at once); results come
     back in the examples' order.  If the caller is cancelled or a rollout raises, the rest are
-    cancelled too: nothing keeps running for a caller that has gone."""
-    fan = Fanout(ctx, components, examples, stage=stage, item_id=item_id, concurrency=concurrency)
+    cancelled too: nothing keeps running for a caller that has gone.  ``task`` rolls out
+    through another object than ``ctx.task`` (a workflow's own view of the task)."""
+    fan = Fanout(
+        ctx, components, examples, stage=stage, item_id=item_id, concurrency=concurrency, task=task
+    )
     try:
         return await fan.all()
     finally:

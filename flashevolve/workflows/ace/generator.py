@@ -6,20 +6,18 @@ ACE does not use a task's own prompt (GEPA's ``rollout``): it builds the generat
 the task's ``metric(example, answer)`` (every :class:`~flashevolve.tasks.PromptTask` has one).
 :class:`GeneratorView` wraps the task so that the shared evaluation machinery
 (:func:`~flashevolve.workflows.evaluation.run_examples`: bounded concurrency, metric calls
-counted) runs ACE's generator; :func:`with_task` gives a handler a context that rolls out through
+counted) runs ACE's generator; :class:`GeneratorView` is what it rolls out through (``run_examples(..., task=view)``)
 it.  A malformed generator answer is a rollout with score 0, ``error`` set and feedback saying
 why -- recorded, never raised.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from flashevolve.backends.base import LLM, ChatRequest, LLMError
 from flashevolve.errors import ConfigError
-from flashevolve.runtime.context import StageContext
 from flashevolve.tasks.base import Example, MetricResult, Rollout, coerce_metric
 from flashevolve.workflows.ace.prompts import (
     build_generator_prompt,
@@ -135,12 +133,3 @@ class GeneratorView:
                 **tokens,
             )
         return Rollout(example.id, result.text, metric.score, metric.feedback, trace, **tokens)
-
-
-def with_task(ctx: StageContext, view: GeneratorView) -> StageContext:
-    """The same context (log, pool, RNG streams, counters, runtime) whose task is ``view``.
-
-    Workaround (marked for the lead): :class:`~flashevolve.workflows.evaluation.Fanout` rolls out
-    through ``ctx.task``; a ``task=`` argument there would make this copy unnecessary.
-    """
-    return dataclasses.replace(ctx, task=view)

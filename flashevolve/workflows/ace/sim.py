@@ -49,6 +49,7 @@ from flashevolve.backends.sim.workload import (
     EXAMPLE_RE,
     QUALITY_RE,
     SimulatedTask,
+    SimWorkload,
     joined_text,
     quality_marker,
     unit_hash,
@@ -365,20 +366,13 @@ def ace_length(stage: str, rng: random.Random) -> int:
     return ACE_LENGTHS.get(stage, ACE_DEFAULT_LENGTH).sample(rng)
 
 
-@dataclass(frozen=True)
-class AceSimWorkload:
-    """Same fields as ``flashevolve.backends.sim.SimWorkload`` (which the lead is adding): the
-    lead turns it into one with ``SimWorkload(**vars(workload))``."""
-
-    name: str
-    content: Any
-    lengths: dict[str, LengthDist]
-    default_length: LengthDist
-
-
-def ace_workload(**content_options: Any) -> AceSimWorkload:
-    return AceSimWorkload(
-        "ace", ace_content(**content_options), dict(ACE_LENGTHS), ACE_DEFAULT_LENGTH
+def ace_workload(**content_options: Any) -> SimWorkload:
+    """ACE's workload for the serving simulator (``AceWorkflow.sim_workload()``)."""
+    return SimWorkload(
+        name="ace",
+        content=ace_content(**content_options),
+        lengths=dict(ACE_LENGTHS),
+        default_length=ACE_DEFAULT_LENGTH,
     )
 
 
@@ -389,14 +383,9 @@ def ace_simulated(
     speed: float = 1.0,
     **content_options: Any,
 ) -> SimulatedLLM:
-    """A simulated endpoint that answers ACE's requests (usable until SimWorkload lands)."""
-    return SimulatedLLM(
-        profile,
-        seed=seed,
-        speed=speed,
-        content=ace_content(**content_options),
-        length_fn=ace_length,
-    )
+    """A simulated endpoint that answers ACE's requests (``backend="sim"`` in an ACE run is the
+    same with the default content options)."""
+    return SimulatedLLM(profile, seed=seed, speed=speed, workload=ace_workload(**content_options))
 
 
 def ace_sim_task(n_train: int = 200, n_val: int = 300, seed: int = 0) -> SimulatedTask:

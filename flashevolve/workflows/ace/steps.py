@@ -246,7 +246,7 @@ def apply_batch(
         op_id: j for op_id, j in judged.items() if j["decision"] not in (ACCEPT, PATCH)
     }  # dropped by the staleness policy
     for o in result.rejected:
-        ctx.emit(Kind.PROPOSAL_REJECTED, stage="apply", item_id=item.item_id,
+        ctx.emit(Kind.OPERATION_REJECTED, stage="apply", item_id=item.item_id,
                  parent_id=head.id, reason=o.reason,
                  data={"scope": "operation", "op_id": o.op_id, "type": o.type, "op": o.op})  # fmt: skip
     data: dict[str, Any] = {"operations": outcomes, "stale": judged, "invalid": batch.rejected}
@@ -306,6 +306,8 @@ def apply_batch(
             "counters": counters,
             "refined": [list(p) for p in refined],
             "bullets": len(book),
+            "size": len(book),
+            "size_unit": "bullets",
             "chars": len(text),
             "sections": {name: len(bs) for name, bs in book.sections.items()},
         },

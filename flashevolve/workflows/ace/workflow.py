@@ -39,7 +39,7 @@ from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.items import StageSpec, WorkItem
 from flashevolve.tasks.base import Rollout
 from flashevolve.workflows.ace import steps
-from flashevolve.workflows.ace.generator import COMPONENT, GeneratorView, check_task, with_task
+from flashevolve.workflows.ace.generator import COMPONENT, GeneratorView, check_task
 from flashevolve.workflows.ace.items import (
     CuratedBatch,
     CurateTicket,
@@ -62,12 +62,6 @@ ACCOUNTING = Accounting(
     sweep="a playbook version scored on the whole validation set",
     gate=None,
 )
-
-#: The stage name stale operations carry in their views.  Workaround (for the lead): the
-#: Reflective policy caps a review batch at the worker count of ``StaleItem.stage``; the apply
-#: stage has one worker but judges a whole batch of operations at once, so the views name no
-#: stage of the runtime and get the policy's full ``k``.
-STALE_OPS_STAGE = "apply:operations"
 
 
 class AceWorkflow(AceReview):
@@ -212,15 +206,14 @@ class AceWorkflow(AceReview):
 
     def _generator(
         self, ctx: StageContext, art: Artifact, reflection: str | None = None
-    ) -> StageContext:
-        view = GeneratorView(
+    ) -> GeneratorView:
+        return GeneratorView(
             ctx.task,
             max_tokens=self.generator_max_tokens,
             temperature=self.temperature,
             reflection=reflection,
             extra_body=self.extra_body("generate", self._book(art)),
         )
-        return with_task(ctx, view)
 
     def extra_body(self, role: str, book: Playbook | None = None) -> dict[str, Any] | None:
         """The ``response_format`` of a role's requests under ``json_mode`` (names limited to
@@ -236,12 +229,13 @@ class AceWorkflow(AceReview):
         reflection: str | None = None,
     ) -> list[Rollout]:  # fmt: skip
         return await run_examples(
-            self._generator(ctx, art, reflection),
+            ctx,
             art.components,
             examples,
             stage=stage,
             item_id=item_id,
             concurrency=self.eval_concurrency,
+            task=self._generator(ctx, art, reflection),
         )
 
     # -- before the loop --------------------------------------------------------------------------
@@ -263,16 +257,18 @@ class AceWorkflow(AceReview):
             artifact_id=seed.id,
             score=record.mean_score,
             data={"origin": "seed", "parents": [], "val_scores": scores,
-                  "bullets": len(self._book(seed)), "chars": len(self.seed_text)},
+                  "bullets": len(self._book(seed)), "size": len(self._book(seed)),
+                  "size_unit": "bullets", "chars": len(self.seed_text)},
         )  # fmt: skip
 
     async def make_job(self, ctx: StageContext) -> Step | None:
         train = ctx.task.train
         epoch, index = divmod(self._cursor, len(train))
         if self.epochs is not None and epoch >= self.epochs:
-            stop = getattr(ctx.runtime, "request_stop", None)
-            if stop is not None:
-                stop(f"ACE: {self.epochs} epoch(s) over the training set done", graceful=True)
+            if ctx.runtime is not None:
+                ctx.runtime.request_stop(
+                    f"ACE: {self.epochs} epoch(s) over the training set done", graceful=True
+                )
             return None
         if self.shuffle:  # one seeded permutation per epoch: no state beyond the cursor
             order = list(range(len(train)))
@@ -391,7 +387,8 @@ class AceWorkflow(AceReview):
         lag = ctx.pool.pool_version - s.stamp
         return StaleItem(
             item_id=s.op_id,
-            stage=STALE_OPS_STAGE,
+            stage="apply",
+            shares_worker=True,  # every operation of the batch is judged from one apply worker
             lag=lag,
             frontier_lag=max(0, ctx.pool.frontier_version - s.frontier_stamp),
             age_s=ctx.now() - s.written_at,

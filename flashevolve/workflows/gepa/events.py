@@ -36,6 +36,8 @@ def emit_admitted(
             "parents": list(child.parents),
             "patched_from": list(prop.patched_from),
             "val_scores": scores,
+            "size": sum(len(text) for text in child.components.values()),
+            "size_unit": "characters",
             **extra,
         },
     )

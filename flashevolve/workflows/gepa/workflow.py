@@ -209,7 +209,13 @@ class GepaWorkflow(ArtifactReview):
             stage="validate",
             artifact_id=seed.id,
             score=mean,
-            data={"origin": "seed", "parents": [], "val_scores": scores},
+            data={
+                "origin": "seed",
+                "parents": [],
+                "val_scores": scores,
+                "size": sum(len(text) for text in seed.components.values()),
+                "size_unit": "characters",
+            },
         )
 
     async def make_job(self, ctx: StageContext) -> Job | Proposal:
