@@ -218,7 +218,7 @@ def test_component_pointer_matches_gepa_round_robin():
             parent = rng.randrange(len(t.pool))
             record = t.pool.records[parent]
             item = WorkItem(f"i{case}-{step}", "rollout", None, 0, 0, 0.0, "j")
-            job = Job(record.artifact, [], "", step, 0)
+            job = Job(record.artifact, [Example("t0", {})], "", step, 0)
             perfect = rng.random() < 0.25
             rollouts = [Rollout("t0", "", 1.0 if perfect else 0.0, "")]
             out = wf.to_reflection(ctx, item, job, rollouts)

@@ -362,3 +362,37 @@ def test_no_watchdog_when_turned_off_and_bad_values_are_named():
     ev = make("sync", minutes=2, stall_s=None)
     ev.run_virtual()
     assert kinds(ev, Kind.WATCHDOG).height == 0
+
+
+class FlakyInfraTask(SimulatedTask):
+    """Every request for one validation example fails for good at the infrastructure (what the
+    client reports after its own retries): the run must leave the example out, not score it 0."""
+
+    calls = 0
+
+    async def rollout(self, components, example, llm, *, stage, item_id, seed=None):
+        if example.id == "val-3":
+            type(self).calls += 1
+            from flashevolve.tasks.base import Rollout
+
+            return Rollout(example.id, "", 0.0, "connection refused", error="refused",
+                           error_kind="infrastructure")  # fmt: skip
+        return await super().rollout(
+            components, example, llm, stage=stage, item_id=item_id, seed=seed
+        )
+
+
+def test_an_infrastructure_failure_is_left_out_not_scored_zero():
+    FlakyInfraTask.calls = 0
+    ev = Evolver(FlakyInfraTask(n_train=30, n_val=20, seed=0), simulated(seed=0), mode="sync",
+                 budget={"proposals": 20})  # fmt: skip
+    ev.run_virtual()
+    sweeps = kinds(ev, Kind.VALIDATION_FINISHED)
+    assert sweeps.height >= 2
+    for raw in sweeps["data"]:
+        data = json.loads(raw)
+        assert data["left_out"] == ["val-3"] and data["n"] == 19
+    # every candidate is scored on the 19 examples that answered; none got a 0 for val-3
+    assert all("val-3" not in r.val_scores and len(r.val_scores) == 19 for r in ev.pool.records)
+    # each validation asked twice (the rollout is run once more before it is left out)
+    assert FlakyInfraTask.calls == 2 * sweeps.height

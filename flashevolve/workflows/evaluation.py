@@ -4,6 +4,11 @@ One piece of machinery for every workflow: :class:`Fanout` starts one rollout pe
 most ``concurrency`` at once, in the examples' order), hands results out as they land, and can
 cancel what is still running (speculative completion releases a stage on a prefix and cancels or
 keeps the tail).  :func:`run_examples` is the common case: wait for all of them.
+
+An infrastructure failure is not a task failure: a rollout whose request failed for good (the
+client already retried it; ``Rollout.infrastructure_failure``) is run once more, and if it fails
+again it stays marked -- callers leave such examples out of their comparisons
+(:func:`scored`) instead of scoring them 0, which would change which candidate wins.
 """
 
 from __future__ import annotations
@@ -13,6 +18,28 @@ from collections.abc import Mapping, Sequence
 
 from flashevolve.runtime.context import StageContext
 from flashevolve.tasks.base import Example, Rollout, Task
+
+#: How often a rollout the infrastructure failed is run again (the client already retried).
+INFRASTRUCTURE_RETRIES = 1
+
+
+def scored(rollouts: Sequence[Rollout]) -> list[Rollout]:
+    """The rollouts that count: those the infrastructure did not fail."""
+    return [r for r in rollouts if not r.infrastructure_failure]
+
+
+def scores_by_id(
+    examples: Sequence[Example], rollouts: Sequence[Rollout]
+) -> tuple[dict[str, float], list[str]]:
+    """(score per example id, ids left out because the infrastructure failed them)."""
+    scores: dict[str, float] = {}
+    left_out: list[str] = []
+    for ex, ro in zip(examples, rollouts, strict=True):
+        if ro.infrastructure_failure:
+            left_out.append(ex.id)
+        else:
+            scores[ex.id] = ro.score
+    return scores, left_out
 
 
 class Fanout:
@@ -47,9 +74,12 @@ class Fanout:
 
         async def one(i: int, example: Example, seed: int) -> None:
             async with sem:
-                rollout = await runner.rollout(
-                    components, example, ctx.task_llm, stage=stage, item_id=item_id, seed=seed
-                )
+                for _ in range(1 + INFRASTRUCTURE_RETRIES):
+                    rollout = await runner.rollout(
+                        components, example, ctx.task_llm, stage=stage, item_id=item_id, seed=seed
+                    )
+                    if not rollout.infrastructure_failure:
+                        break
             ctx.tracker.metric_calls += 1
             self.results[i] = rollout
             self.order.append(i)
@@ -119,8 +149,19 @@ class Fanout:
         return n
 
     def scores(self, indices: Sequence[int] | None = None) -> dict[str, float]:
+        """Scores by example id, leaving out rollouts the infrastructure failed."""
         idx = sorted(self.results) if indices is None else indices
-        return {self.examples[i].id: self.results[i].score for i in idx}
+        return {
+            self.examples[i].id: self.results[i].score
+            for i in idx
+            if not self.results[i].infrastructure_failure
+        }
+
+    def left_out(self) -> list[str]:
+        """Ids of examples whose rollout the infrastructure failed (twice)."""
+        return [
+            self.examples[i].id for i, r in sorted(self.results.items()) if r.infrastructure_failure
+        ]
 
 
 async def run_examples(

@@ -1,4 +1,5 @@
-"""The one ``admitted`` event of a GEPA child (plain or confirmed after speculation)."""
+"""GEPA's events written in more than one place: the one ``admitted`` event of a child (plain or
+confirmed after speculation), and an item's end with its reason."""
 
 from __future__ import annotations
 
@@ -41,3 +42,17 @@ def emit_admitted(
             **extra,
         },
     )
+
+
+#: Why a job ends when the infrastructure failed every rollout it needed.
+INFRA_ALL = "every rollout it needed failed at the infrastructure (not scored as 0)"
+
+
+def drop(
+    ctx: StageContext, stage: str, item_id: str, artifact_id: str | None, reason: str
+) -> list[tuple[str, Any]]:
+    """End an item's line with an ``item_dropped`` event saying why."""
+    ctx.emit(
+        Kind.ITEM_DROPPED, stage=stage, item_id=item_id, artifact_id=artifact_id, reason=reason
+    )
+    return []

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from flashevolve.events.schema import Kind
 from flashevolve.policies.speculation import Speculation, parent_rolled_back, prefix_size
 from flashevolve.workflows.evaluation import Fanout, run_examples
-from flashevolve.workflows.gepa.events import emit_admitted
+from flashevolve.workflows.gepa.events import drop, emit_admitted
 
 if TYPE_CHECKING:
     from flashevolve.runtime.context import StageContext
@@ -26,15 +26,6 @@ if TYPE_CHECKING:
     from flashevolve.workflows.gepa.workflow import GepaWorkflow
 
 ROLLED_BACK_PARENT = "its parent's speculative admission was rolled back"
-
-
-def _drop(
-    ctx: StageContext, stage: str, item_id: str, artifact_id: str | None, reason: str
-) -> list[tuple[str, Any]]:
-    ctx.emit(
-        Kind.ITEM_DROPPED, stage=stage, item_id=item_id, artifact_id=artifact_id, reason=reason
-    )
-    return []
 
 
 # -- rollout -------------------------------------------------------------------------------------
@@ -45,7 +36,7 @@ async def rollout(
 ) -> list[tuple[str, Any]]:
     job = item.payload
     if parent_rolled_back(ctx, job.parent.id):
-        return _drop(ctx, "rollout", item.item_id, job.parent.id, ROLLED_BACK_PARENT)
+        return drop(ctx, "rollout", item.item_id, job.parent.id, ROLLED_BACK_PARENT)
     if spec.rollout_alpha >= 1.0:
         rollouts = await run_examples(
             ctx,
@@ -205,9 +196,9 @@ async def validate(
     prop = item.payload.proposal
     child, parent_id = prop.child, prop.job.parent.id
     if parent_rolled_back(ctx, parent_id):
-        return _drop(ctx, "validate", item.item_id, child.id, ROLLED_BACK_PARENT)
+        return drop(ctx, "validate", item.item_id, child.id, ROLLED_BACK_PARENT)
     if child.id in ctx.pool:
-        return _drop(
+        return drop(
             ctx, "validate", item.item_id, child.id, "an identical artifact was admitted meanwhile"
         )
     val = spec.order(ctx.task.val, ctx.pool)
@@ -239,7 +230,7 @@ async def validate(
         raise
     mean, ordered = _sweep_finished(ctx, spec, fan, item.item_id, child.id, bar)
     if bar is not None and mean < bar:
-        return _drop(
+        return drop(
             ctx,
             "validate",
             item.item_id,
@@ -253,6 +244,8 @@ async def validate(
 def _may_admit_early(spec: Speculation, pbar: float | None, prefix: dict[str, float]) -> bool:
     """May the child enter the pool on its prefix's scores?"""
     if not spec.admit_speculatively or spec.tails_full():
+        return False
+    if not prefix:  # the infrastructure failed the whole prefix: no evidence to admit on
         return False
     return pbar is None or sum(prefix.values()) / len(prefix) >= pbar
 
@@ -306,9 +299,9 @@ def _sweep_finished(
     **extra: Any,
 ) -> tuple[float, dict[str, float]]:
     """A full validation sweep landed: feed the reordering, emit it, return (mean, scores)."""
-    scores = fan.scores()
+    scores = fan.scores()  # the infrastructure's failures left out, not scored 0
     spec.record_results(scores)
-    n = len(fan)
+    n = max(1, len(scores))
     mean = sum(scores.values()) / n
     ctx.emit(
         Kind.VALIDATION_FINISHED,
@@ -316,9 +309,14 @@ def _sweep_finished(
         item_id=item_id,
         artifact_id=artifact_id,
         score=mean,
-        data={"n": n, "bar": bar, **extra},
+        data={
+            "n": n,
+            "bar": bar,
+            **extra,
+            **({"left_out": fan.left_out()} if fan.left_out() else {}),
+        },
     )
-    return mean, {ex.id: scores[ex.id] for ex in ctx.task.val}
+    return mean, {ex.id: scores[ex.id] for ex in ctx.task.val if ex.id in scores}
 
 
 async def _finish_tail(

@@ -28,10 +28,10 @@ from flashevolve.runtime.items import StageSpec, WorkItem
 from flashevolve.tasks.base import Rollout
 from flashevolve.workflows.artifact_review import ArtifactReview
 from flashevolve.workflows.base import Accounting
-from flashevolve.workflows.evaluation import run_examples
+from flashevolve.workflows.evaluation import run_examples, scores_by_id
 from flashevolve.workflows.gepa import speculative
 from flashevolve.workflows.gepa.combee import Combee
-from flashevolve.workflows.gepa.events import emit_admitted
+from flashevolve.workflows.gepa.events import INFRA_ALL, drop, emit_admitted
 from flashevolve.workflows.gepa.items import GatedChild, Job, Proposal, Reflectable
 from flashevolve.workflows.gepa.merge import MergeSchedule
 from flashevolve.workflows.gepa.merge_jobs import make_merge_job, screen_merge
@@ -193,7 +193,12 @@ class GepaWorkflow(ArtifactReview):
             item_id="seed",
             concurrency=self.eval_concurrency,
         )
-        scores = {ex.id: ro.score for ex, ro in zip(ctx.task.val, rollouts, strict=True)}
+        scores, left_out = scores_by_id(ctx.task.val, rollouts)
+        if not scores:
+            raise RuntimeError(
+                "the seed could not be scored: every validation request failed at the "
+                "infrastructure (is the server reachable?)"
+            )
         record = ctx.pool.admit(seed, scores, ts=ctx.now())
         assert record is not None  # the pool was empty
         mean = record.mean_score
@@ -202,7 +207,7 @@ class GepaWorkflow(ArtifactReview):
             stage="validate",
             artifact_id=seed.id,
             score=mean,
-            data={"n": len(scores), "seed": True},
+            data={"n": len(scores), "seed": True, **({"left_out": left_out} if left_out else {})},
         )
         ctx.emit(
             Kind.ADMITTED,
@@ -279,7 +284,23 @@ class GepaWorkflow(ArtifactReview):
         skipped for a perfect minibatch uses up no component (gepa).  Several jobs on one parent
         in flight at once take successive components in the order their rollouts finish; each
         child inherits the pointer right after its own job's step.
+        Examples whose rollout the infrastructure failed leave the minibatch (they say nothing
+        about the parent); a minibatch with none left ends the job.
         """
+        failed = [
+            ex.id for ex, r in zip(job.minibatch, rollouts, strict=True) if r.infrastructure_failure
+        ]
+        if failed:
+            kept = [
+                (ex, r)
+                for ex, r in zip(job.minibatch, rollouts, strict=True)
+                if not r.infrastructure_failure
+            ]
+            data["left_out"] = failed
+            if not kept:
+                return drop(ctx, "rollout", item.item_id, job.parent.id, INFRA_ALL)
+            job = replace(job, minibatch=[ex for ex, _ in kept])
+            rollouts = [r for _, r in kept]
         if self.skipped_as_perfect(ctx, item, job, rollouts, **data):
             return []
         names = job.parent.names
@@ -332,8 +353,18 @@ class GepaWorkflow(ArtifactReview):
                 item_id=item.item_id,
                 concurrency=self.eval_concurrency,
             )
-        child_sum = sum(r.score for r in child_rollouts)
-        parent_sum = sum(r.score for r in parent_rollouts)
+        # compare only where both answered: an example the infrastructure failed is left out
+        pairs = [
+            (c.score, p.score)
+            for c, p in zip(child_rollouts, parent_rollouts, strict=True)
+            if not (c.infrastructure_failure or p.infrastructure_failure)
+        ]
+        left_out = [ex.id for ex, c, p in zip(batch, child_rollouts, parent_rollouts, strict=True)
+                    if c.infrastructure_failure or p.infrastructure_failure]  # fmt: skip
+        if not pairs:
+            return drop(ctx, "gate", item.item_id, prop.child.id, INFRA_ALL)
+        child_sum = sum(c for c, _ in pairs)
+        parent_sum = sum(p for _, p in pairs)
         passed = child_sum > parent_sum
         ctx.emit(
             Kind.GATE_PASSED if passed else Kind.GATE_FAILED,
@@ -343,7 +374,11 @@ class GepaWorkflow(ArtifactReview):
             parent_id=prop.job.parent.id,
             score=child_sum,
             version_stamp=item.version_stamp,
-            data={"parent_sum": parent_sum, "patched": bool(prop.patched_from)},
+            data={
+                "parent_sum": parent_sum,
+                "patched": bool(prop.patched_from),
+                **({"left_out": left_out} if left_out else {}),
+            },
         )
         return [("validate", GatedChild(prop, child_rollouts))] if passed else []
 
@@ -361,7 +396,9 @@ class GepaWorkflow(ArtifactReview):
             item_id=item.item_id,
             concurrency=self.eval_concurrency,
         )
-        scores = {ex.id: ro.score for ex, ro in zip(val, rollouts, strict=True)}
+        scores, left_out = scores_by_id(val, rollouts)  # not scored, rather than scored 0
+        if not scores:
+            return drop(ctx, "validate", item.item_id, child.id, INFRA_ALL)
         mean = sum(scores.values()) / len(scores)
         ctx.emit(
             Kind.VALIDATION_FINISHED,
@@ -369,7 +406,7 @@ class GepaWorkflow(ArtifactReview):
             item_id=item.item_id,
             artifact_id=child.id,
             score=mean,
-            data={"n": len(scores)},
+            data={"n": len(scores), **({"left_out": left_out} if left_out else {})},
         )
         self.admit(ctx, item, gated.proposal, scores)
         return []
