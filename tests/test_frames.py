@@ -302,3 +302,23 @@ def test_edit_frames_and_charts_show_what_admissions_changed():
     gepa = example_events("async", seed=0)
     assert set(edits.artifact_sizes(gepa)["size_unit"]) == {"characters"}
     assert edits.operations(gepa).is_empty() and "operations" not in dashboard_charts(gepa)
+
+
+def test_summary_counts_what_the_infrastructure_did():
+    from flashevolve import Evolver
+    from flashevolve.backends.sim import SimulatedTask, simulated
+
+    llm = simulated(seed=0, faults="rate=0.25,seed=3")
+    ev = Evolver(SimulatedTask(n_train=30, n_val=12, seed=0), llm, mode="async",
+                 workers={"rollout": 4, "propose": 4, "evaluate": 4}, max_in_flight=16,
+                 budget=300, seed=0)  # fmt: skip
+    s = ev.run_virtual()
+    df = ev.events
+    retried = df.filter(pl.col("kind") == "request_retried").height
+    assert s["retries"] == retried > 0
+    assert s["faults"] == sum(s["faults_by_kind"].values()) >= retried
+    assert s["hedges"] == df.filter(pl.col("kind") == "request_hedged").height
+    assert s["hedges_won"] <= s["hedges"] and s["watchdog_cancelled"] == 0
+    # the server's own count of what it injected and the client's view agree on the kinds
+    expected = llm.stats()["faults"]["expected_client_faults"]
+    assert expected and set(s["faults_by_kind"]) <= set(expected) | {"timeout"}

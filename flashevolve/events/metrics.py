@@ -140,6 +140,49 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
         "stale_discarded": decisions["discard"],
         "stale_merged": decisions["merged"],
         "errors": _count(df, Kind.ERROR),
+        **reliability(df),
+    }
+
+
+def reliability(df: pl.DataFrame) -> dict[str, Any]:
+    """How the run weathered its infrastructure (docs/reliability.md): faults the client met
+    (``data.fault`` on retried, accepted and failed requests), retries, hedged stragglers and
+    the tokens their losing copies wasted, circuit-breaker openings, requests that failed for
+    good at the infrastructure, and items the watchdog cancelled."""
+    touched = df.filter(
+        pl.col("kind").is_in(
+            [str(Kind.REQUEST_RETRIED), str(Kind.REQUEST_FAULT), str(Kind.REQUEST_FAILED)]
+        )
+    )
+    fault = pl.col("data").fill_null("{}").str.json_path_match("$.fault")
+    faults = touched.select(fault.alias("fault")).drop_nulls()
+    by_kind = (
+        dict(faults.group_by("fault").len().sort("fault").iter_rows()) if faults.height else {}
+    )
+    resolved = df.filter(pl.col("kind") == str(Kind.HEDGE_RESOLVED))
+    data = pl.col("data").fill_null("{}")
+    won = resolved.filter(data.str.json_path_match("$.winner") == "hedge").height
+    wasted = (
+        resolved.select(
+            data.str.json_path_match("$.wasted_tokens").cast(pl.Int64, strict=False).sum()
+        ).item()
+        if resolved.height
+        else 0
+    )
+    states = df.filter(pl.col("kind") == str(Kind.ENDPOINT_STATE))
+    failed = df.filter(pl.col("kind") == str(Kind.REQUEST_FAILED))
+    return {
+        "faults": int(sum(by_kind.values())),
+        "faults_by_kind": by_kind,
+        "retries": _count(df, Kind.REQUEST_RETRIED),
+        "hedges": _count(df, Kind.REQUEST_HEDGED),
+        "hedges_won": won,
+        "hedge_wasted_tokens": int(wasted or 0),
+        "circuit_opened": states.filter(data.str.json_path_match("$.state") == "open").height,
+        "infrastructure_failures": failed.filter(
+            data.str.json_path_match("$.infrastructure") == "true"
+        ).height,
+        "watchdog_cancelled": _count(df, Kind.WATCHDOG),
     }
 
 
