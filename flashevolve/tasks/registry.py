@@ -27,6 +27,12 @@ def _ifbench(**options: Any) -> Task:
     return _call("ifbench", ifbench, options)
 
 
+def _intent_lite(**options: Any) -> Task:
+    from flashevolve.tasks.intent_lite import intent_lite
+
+    return _call("intent-lite", intent_lite, options)
+
+
 def _sim(**options: Any) -> Task:
     # The serving simulator's workload (a simulated task, not a real benchmark); written
     # alongside the simulated backend.
@@ -38,6 +44,7 @@ def _sim(**options: Any) -> Task:
 _BUILTINS: dict[str, Callable[..., Task]] = {
     "ifeval-lite": _ifeval_lite,
     "ifbench": _ifbench,
+    "intent-lite": _intent_lite,
     "sim": _sim,
 }
 

@@ -143,6 +143,7 @@ class Simulated(Protocol):
 #: name -> "module:Class".  Adding a workflow is one line here plus its own module(s).
 WORKFLOWS: dict[str, str] = {
     "gepa": "flashevolve.workflows.gepa:GepaWorkflow",
+    "meta-harness": "flashevolve.workflows.meta_harness:MetaHarnessWorkflow",
 }
 
 
