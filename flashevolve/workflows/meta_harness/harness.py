@@ -152,7 +152,7 @@ class EvaluationReport:
 #: a fenced block: opening fence with an optional language tag, body, closing fence on its own line
 _BLOCK = re.compile(r"^[ \t]*```[ \t]*([\w+.-]*)[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
 _OPENING = re.compile(r"^[ \t]*```", re.M)
-_HYPOTHESIS = re.compile(r"^[ \t*#_-]*hypothesis[ \t*_]*[:\-][ \t]*(.+)$", re.I | re.M)
+_HYPOTHESIS = re.compile(r"^[ \t*#_-]*hypothesis[ \t*_]*[:\-][ \t*_]*(.+)$", re.I | re.M)
 PYTHON_TAGS = frozenset({"", "python", "py", "python3"})
 MAX_HYPOTHESIS_CHARS = 300
 

@@ -6,7 +6,7 @@ One :class:`~flashevolve.backends.sim.workload.SimWorkload` named ``"meta-harnes
   Lengths are calibrated so that one proposal takes about the paper's 47 s on the fitted vLLM
   profile (docs/meta-harness.md, "Calibration").  The answer is real code: the parent harness
   (the first fenced block of the prompt) with its latent markers rewritten --
-  ``# [[sim-quality=q]] [[sim-calls=k]]`` plus a one-line note of the change -- so it still
+  ``SIM_MARKERS = "[[sim-quality=q]] [[sim-calls=k]]"`` plus a one-line note of the change -- so it still
   implements the task's interface and would run in the real sandbox.  The new quality follows
   GEPA's reflection step (``q + delta``, ``delta ~ N((1-q)(base + gain_fail f), spread (1-q) +
   0.01)``, f the fraction of failed examples shown); ``k`` is the model calls per example of the
@@ -44,7 +44,9 @@ from flashevolve.backends.sim.workload import (
 #: simulated proposer agree on it.
 SEED_QUALITY = 0.30
 CALLS_RE = re.compile(r"\[\[sim-calls=(\d+)\]\]")
-MARKER_LINE = re.compile(r"^#.*\[\[sim-.*$\n?", re.M)
+#: the line that carries the markers: an assignment, not a comment -- a line starting with "#"
+#: would read as a markdown header to the reviewer's simulated answer (respond_patch)
+MARKER_LINE = re.compile(r"^SIM_MARKERS = .*$\n?", re.M)
 
 #: The proposer's output: calibrated to ~47 s per proposal on vllm-h100-qwen3-8b (one request,
 #: a ~10k-token history prompt); Qwen3-8B thinks at length before it writes the program.
@@ -174,7 +176,7 @@ def harness_calls(code: str) -> int:
 def rewrite_markers(code: str, quality: float, calls: int, note: str) -> str:
     """``code`` with its simulator markers replaced (the rest of the program unchanged)."""
     body = MARKER_LINE.sub("", code or "").lstrip("\n")
-    header = f"# {quality_marker(quality)} [[sim-calls={calls}]] change: {note}\n"
+    header = f'SIM_MARKERS = "{quality_marker(quality)} [[sim-calls={calls}]]"  # change: {note}\n'
     return header + body + ("" if body.endswith("\n") else "\n")
 
 
