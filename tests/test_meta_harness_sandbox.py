@@ -309,3 +309,23 @@ def test_the_opt_out_flag_reaches_the_workflow() -> None:
     assert "grammar" in options["proposer_extra_body"]
     plain = cli.evolver_options(parser.parse_args([]), mode="sync", backend_kind="http")
     assert "allow_unsandboxed" not in plain and "workers" not in plain
+
+
+def test_the_task_is_also_a_plain_task_whose_rollout_runs_the_harness() -> None:
+    task = small_task()
+
+    async def main() -> Any:
+        server, llm, _ = await serve(lambda request: "call_contact")
+        try:
+            return [
+                await task.rollout({"harness.py": code}, task.val[0], llm, stage="s", item_id="x")
+                for code in (KNN, CRASH)
+            ]
+        finally:
+            await llm.aclose()
+            await server.stop()
+
+    good, bad = asyncio.run(main())
+    assert good.error is None and good.score in (0.0, 1.0) and good.feedback
+    assert good.trace["calls"] and good.trace["stdout"].startswith("nearest:")
+    assert bad.score == 0 and "RuntimeError: harness bug" in (bad.error or "")

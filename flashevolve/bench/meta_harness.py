@@ -88,8 +88,8 @@ def stage_medians(events: pl.DataFrame) -> dict[str, float | None]:
     return out
 
 
-def run_row(name: str, *, profile: str, minutes: float, seed: int = 0) -> dict[str, Any]:
-    """One configuration on a fresh simulated server (virtual time)."""
+def build_evolver(name: str, *, profile: str, minutes: float, seed: int = 0) -> tuple[Any, Any]:
+    """(evolver, simulated server) of one configuration, ready for ``run_virtual()``."""
     from flashevolve import Evolver
     from flashevolve.backends.sim import simulated
     from flashevolve.tasks.intent_lite import intent_lite
@@ -111,13 +111,17 @@ def run_row(name: str, *, profile: str, minutes: float, seed: int = 0) -> dict[s
         load_every_s=None,
         **kwargs,
     )
-    t0 = time.perf_counter()
-    summary = evolver.run_virtual()
+    return evolver, llm
+
+
+def row_of(evolver: Any, llm: Any, *, profile: str, seed: int) -> dict[str, Any]:
+    """The bench row of a finished run."""
+    summary = evolver.summary()
     server = llm.stats()
     generated = server.get("generated_tokens", summary["completion_tokens"])
     events = evolver.events
     return {
-        "config": name,
+        "config": evolver.name,
         "profile": profile,
         "seed": seed,
         "simulated": True,
@@ -126,8 +130,15 @@ def run_row(name: str, *, profile: str, minutes: float, seed: int = 0) -> dict[s
         "gate_failed": int(events.filter(pl.col("kind") == Kind.GATE_FAILED).height),
         "utilization": (generated / max(summary["duration_s"], 1e-9))
         / llm.profile.attainable_tokens_per_s,
-        "wall_s": time.perf_counter() - t0,
     }
+
+
+def run_row(name: str, *, profile: str, minutes: float, seed: int = 0) -> dict[str, Any]:
+    """One configuration on a fresh simulated server (virtual time)."""
+    evolver, llm = build_evolver(name, profile=profile, minutes=minutes, seed=seed)
+    t0 = time.perf_counter()
+    evolver.run_virtual()
+    return {**row_of(evolver, llm, profile=profile, seed=seed), "wall_s": time.perf_counter() - t0}
 
 
 def run_meta_harness_bench(
