@@ -168,7 +168,10 @@ def test_harness_model_calls_carry_the_stage_and_the_example_item() -> None:
     req = ev.requests
     evaluate = req.filter(pl.col("stage") == "evaluate")
     examples = {ex.id for ex in ev.task.val}
-    assert evaluate.height >= 3 * len(examples)
+    sweeps = kinds(ev, Kind.VALIDATION_FINISHED)["data"].to_list()
+    assert len(sweeps) >= 2  # the seed and at least one proposal
+    assert evaluate.height == sum(json.loads(d)["llm_calls"] for d in sweeps)
+    assert evaluate.height >= len(sweeps) * len(examples)
     for item in evaluate["item_id"].to_list():
         job_item, example = item.split("/")
         assert example in examples and job_item
@@ -267,3 +270,19 @@ def test_bad_options_and_tasks_are_clear_errors() -> None:
     )
     with pytest.raises(ConfigError, match="not a harness task"):
         ev.run_virtual()
+
+
+def test_the_bench_rows_are_labelled_simulated_and_compare_with_sync(tmp_path) -> None:  # noqa: ANN001
+    from flashevolve.bench import meta_harness as bench
+
+    out = tmp_path / "rows.json"
+    bench.main(["--minutes", "6", "--configs", "sync,async", "--json", str(out)])
+    payload = json.loads(out.read_text())
+    assert payload["simulated"] is True and payload["workflow"] == "meta-harness"
+    sync, fast = payload["rows"]
+    assert sync["config"] == "sync" and sync["speedup"] == 1.0
+    assert fast["accepted_speedup"] == fast["accepted_per_min"] / sync["accepted_per_min"]
+    assert fast["proposals_per_min"] > sync["proposals_per_min"]
+    assert sync["propose_s"] > sync["evaluate_s"] > sync["validate_s"]  # propose-dominated
+    with pytest.raises(ConfigError, match="unknown meta-harness bench config"):
+        bench.get_config("fastest")

@@ -18,6 +18,9 @@ class Job:
     iteration: int
     attempts_listed: int = 0
     code_shown: int = 1
+    #: the proposer request's seed (drawn when the job is made): two jobs with the same prompt
+    #: still get different answers from a sampling server
+    request_seed: int | None = None
 
 
 @dataclass(slots=True)

@@ -239,6 +239,7 @@ class MetaHarnessWorkflow(ArtifactReview):
             iteration,
             parts.attempts_listed,
             parts.code_shown,
+            ctx.rng("seed:propose").randrange(2**31),
         )
 
     # -- stages ------------------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class MetaHarnessWorkflow(ArtifactReview):
             messages=[{"role": "user", "content": job.prompt}],
             max_tokens=self.proposer_max_tokens,
             temperature=self.proposer_temperature,
+            seed=job.request_seed,
             stage=STAGE_PROPOSE,
             item_id=item.item_id,
             metadata={"parent": job.parent.id, "iteration": job.iteration},
