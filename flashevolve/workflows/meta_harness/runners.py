@@ -190,7 +190,7 @@ class SandboxRunner:
         ordered = [outcomes[i] for i in range(len(examples))]
         return EvaluationReport(
             ordered,
-            aborted="; ".join(aborted) or None,
+            aborted="; ".join(dict.fromkeys(aborted)) or None,  # each reason once
             llm_calls=calls[0],
             details={"processes": len(shares)},
         )
