@@ -5,6 +5,7 @@
 - :mod:`.runners` -- :class:`HarnessRunner` and the :class:`SandboxRunner` (real code, real
   sandbox); :mod:`.sim_runner` -- the :class:`SimulatedRunner` (virtual time, no code);
 - :mod:`.history`, :mod:`.prompt` -- what the proposer reads, within a context budget;
+- :mod:`.sweep` -- one validation sweep and its events;
 - :mod:`.sim` -- the serving simulator's Meta-Harness workload;
 - :mod:`.cli` -- the command-line options (the unsandboxed opt-out) for the commands to wire.
 

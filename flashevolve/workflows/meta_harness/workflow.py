@@ -43,6 +43,7 @@ from flashevolve.workflows.meta_harness.items import Checked, Job, Proposal
 from flashevolve.workflows.meta_harness.prompt import build_proposer_prompt
 from flashevolve.workflows.meta_harness.runners import HarnessRunner, SandboxRunner
 from flashevolve.workflows.meta_harness.sim_runner import SimulatedRunner
+from flashevolve.workflows.meta_harness.sweep import STAGE_EVALUATE, validation_sweep
 
 ACCOUNTING = Accounting(
     proposal="a harness written by the proposer (its code taken from a fenced block)",
@@ -58,7 +59,7 @@ ACCOUNTING = Accounting(
 #: schema has a name for it.
 PROTECTIONS_EVENT = "sandbox_protections"
 
-STAGE_PROPOSE, STAGE_VALIDATE, STAGE_EVALUATE = "propose", "validate", "evaluate"
+STAGE_PROPOSE, STAGE_VALIDATE = "propose", "validate"
 
 
 class MetaHarnessWorkflow(ArtifactReview):
@@ -191,7 +192,7 @@ class MetaHarnessWorkflow(ArtifactReview):
             raise ConfigError(
                 f"the seed harness of task {task.name!r} fails the check: {verdict.reason}"
             )
-        report = await self._run_validation(ctx, task, seed, "seed")
+        report = await validation_sweep(self.runner, ctx, task, seed, "seed")
         scores = report.scores()
         record = ctx.pool.admit(seed, scores, ts=ctx.now())
         assert record is not None  # the pool was empty
@@ -337,7 +338,7 @@ class MetaHarnessWorkflow(ArtifactReview):
         prop = item.payload.proposal
         task: HarnessTask = ctx.task  # type: ignore[assignment]
         child = prop.child
-        report = await self._run_validation(ctx, task, child, item.item_id, item=item)
+        report = await validation_sweep(self.runner, ctx, task, child, item.item_id, item=item)
         scores = report.scores()
         admitted = False
         if any(score > 0 for score in scores.values()):
@@ -378,51 +379,6 @@ class MetaHarnessWorkflow(ArtifactReview):
             ctx, task, child, prop.job.parent.id, prop.hypothesis, report, admitted=admitted
         )
         return []
-
-    async def _run_validation(
-        self,
-        ctx: StageContext,
-        task: HarnessTask,
-        harness: Artifact,
-        item_id: str,
-        *,
-        item: WorkItem | None = None,
-    ) -> EvaluationReport:
-        """The harness on the whole validation set: one ``rollout_finished`` per example (a
-        failure carries its reason), then ``validation_finished``."""
-        assert self.runner is not None
-        report = await self.runner.evaluate(
-            harness.components, task, task.val, ctx.task_llm, stage=STAGE_EVALUATE, item_id=item_id
-        )
-        ctx.tracker.metric_calls += len(report.outcomes)
-        for outcome in report.outcomes:
-            ctx.emit(
-                Kind.ROLLOUT_FINISHED,
-                stage=STAGE_EVALUATE,
-                item_id=item_id,
-                artifact_id=harness.id,
-                score=outcome.score,
-                reason=outcome.error,
-                data={"example_id": outcome.example_id},
-            )
-        errors = {o.example_id: o.error for o in report.outcomes if o.error}
-        ctx.emit(
-            Kind.VALIDATION_FINISHED,
-            stage=STAGE_EVALUATE,
-            item_id=None if item is None else item.item_id,
-            artifact_id=harness.id,
-            score=report.mean,
-            reason=report.aborted,
-            data={
-                "n": len(report.outcomes),
-                "correct": sum(1 for o in report.outcomes if o.score >= 1.0),
-                "llm_calls": report.llm_calls,
-                "errors": len(errors),
-                "first_errors": dict(list(errors.items())[:5]),
-                **({"seed": True} if item is None else {}),
-            },
-        )
-        return report
 
     def _record(
         self,
