@@ -29,11 +29,11 @@ def test_exports_include_base_names() -> None:
 
 
 def test_available_and_unknown() -> None:
-    assert available_tasks() == ["formula-lite", "ifbench", "ifeval-lite", "sim"]
+    assert available_tasks() == ["formula-lite", "ifbench", "ifeval-lite", "intent-lite", "sim"]
     with pytest.raises(
         UserError,
         match=r"unknown task 'nope'; choose one of: formula-lite, ifbench, "
-        r"ifeval-lite, sim",
+        r"ifeval-lite, intent-lite, sim",
     ):
         get_task("nope")
     with pytest.raises(UserError, match="has no option 'n_trian'"):

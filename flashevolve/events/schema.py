@@ -53,6 +53,8 @@ class Kind(StrEnum):
     BUDGET_STOP = "budget_stop"
     #: an item in hand made no progress for too long and was cancelled; latency_s: how long
     WATCHDOG = "watchdog"
+    #: which sandbox protections are active for generated code (Meta-Harness); data: summary
+    SANDBOX_PROTECTIONS = "sandbox_protections"
     WIND_DOWN = "wind_down"  # no new jobs from here to the deadline; data: margin_s, remaining_s
     ERROR = "error"
     # -- reliability (appended; docs/reliability.md) ------------------------------------------

@@ -33,6 +33,12 @@ def _formula_lite(**options: Any) -> Task:
     return _call("formula-lite", formula_lite, options)
 
 
+def _intent_lite(**options: Any) -> Task:
+    from flashevolve.tasks.intent_lite import intent_lite
+
+    return _call("intent-lite", intent_lite, options)
+
+
 def _sim(**options: Any) -> Task:
     # The serving simulator's workload (a simulated task, not a real benchmark); written
     # alongside the simulated backend.
@@ -45,6 +51,7 @@ _BUILTINS: dict[str, Callable[..., Task]] = {
     "ifeval-lite": _ifeval_lite,
     "ifbench": _ifbench,
     "formula-lite": _formula_lite,
+    "intent-lite": _intent_lite,
     "sim": _sim,
 }
 

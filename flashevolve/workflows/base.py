@@ -144,6 +144,7 @@ class Simulated(Protocol):
 WORKFLOWS: dict[str, str] = {
     "gepa": "flashevolve.workflows.gepa:GepaWorkflow",
     "ace": "flashevolve.workflows.ace:AceWorkflow",
+    "meta-harness": "flashevolve.workflows.meta_harness:MetaHarnessWorkflow",
 }
 
 
