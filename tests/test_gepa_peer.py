@@ -52,3 +52,15 @@ def test_the_peer_needs_a_budget_and_a_prompt_task():
     with pytest.raises(ConfigError, match="prompt tasks"):
         run_gepa_peer(object(), "http://127.0.0.1:9/v1", "m", seconds=1)  # type: ignore[arg-type]
     assert STAGE_HEADER == "X-Flashevolve-Stage"
+
+
+def test_the_peer_bench_runs_both_sides_on_fresh_simulated_servers():
+    from flashevolve.bench.peer import run_peer_bench
+
+    result = run_peer_bench(minutes=0.05, speed=50, n_train=12, n_val=12)
+    gepa, ours = result["rows"]
+    assert gepa["config"].startswith("gepa") and ours["config"].startswith("flashevolve")
+    assert result["simulated"] is True and "serve-sim" in result["server"]
+    for row in (gepa, ours):
+        assert row["requests"] > 0 and row["duration_s"] > 0
+        assert row["utilization"] is None or 0 <= row["utilization"] <= 1
