@@ -196,6 +196,10 @@ class Evolver(BackgroundRun):
             log.close()
             for llm in owned:
                 await llm.aclose()
+            for llm in {id(b): b for b in (task_llm, reflection_llm) if b not in owned}.values():
+                release = getattr(llm, "release_loop", None)  # a caller's client: this loop's part
+                if release is not None:
+                    await release()
         if self._dir is not None and self._disk_error is not None:
             self.state = "failed"
             raise self._dir.failure(self._disk_error)

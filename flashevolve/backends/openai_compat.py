@@ -381,6 +381,11 @@ class OpenAICompatLLM:
             self._metrics_missing = True
         return load
 
+    async def release_loop(self) -> None:
+        """Close the HTTP client of the running loop only (the backend stays usable from other
+        loops): a run calls this at its end, so no connection outlives the loop it belongs to."""
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close this loop's HTTP client (clients of finished loops went with their loop)."""
         try:
