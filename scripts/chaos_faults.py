@@ -140,6 +140,14 @@ def one_run(args: argparse.Namespace, faults: str | None) -> dict[str, Any]:
         "observed_by_fault": dict(sorted(seen.items())),
         # faults that end an attempt at once: each must be in the log, one for one
         "immediate_all_logged": all(seen.get(f, 0) == n for f, n in immediate.items()),
+        "immediate_injected": sum(immediate.values()),
+        "immediate_logged": sum(min(seen.get(f, 0), n) for f, n in immediate.items()),
+        "unlogged_by_fault": {
+            f: n - seen.get(f, 0) for f, n in sorted(immediate.items()) if seen.get(f, 0) < n
+        },
+        # items a fault killed (an error event of a stage) and items the watchdog had to free
+        "items_lost_to_faults": sum(1 for e in events if e.kind == Kind.ERROR and e.stage),
+        "hung_items_cancelled": kinds.get(Kind.WATCHDOG, 0),
         # hangs and drips: a timeout in the log, or the loser of a hedged race
         "stuck_injected": stuck,
         "timeouts_observed": seen.get("timeout", 0),
@@ -168,6 +176,8 @@ COLUMNS = (
     ("hedges_won", "won", "d"),
     ("requests_failed", "failed", "d"),
     ("requests_lost", "lost", "d"),
+    ("items_lost_to_faults", "items lost", "d"),
+    ("hung_items_cancelled", "hung", "d"),
 )
 
 
