@@ -27,7 +27,7 @@ retries and circuit breaker (:mod:`flashevolve.backends.resilience`); the router
   the server that has the request aborts it.
 - **What happened** reaches the event log through ``ChatRequest.observe``: a ``routed`` notice
   each time a request is sent to an endpoint (``request_routed`` events; data: endpoint, reason
-  ``least_loaded`` / ``affinity`` / ``moved``, and for a move the endpoint it left and the
+  ``least_loaded`` / ``affinity`` / ``affinity_overflow`` / ``moved``, and for a move the endpoint it left and the
   fault); the instrumented backend logs the request's later events -- its retries, faults and
   its ``request_finished`` -- under the endpoint that has it, so ``frames.requests`` and
   ``summary()["endpoints"]`` count per endpoint.  Endpoint state changes are
@@ -407,6 +407,7 @@ class Router:
             endpoint, why = self._chooser.pick(candidates, head.key, now, len(self.endpoints))
             heapq.heappop(waiters)
             endpoint.outstanding += 1
+            endpoint.peak = max(endpoint.peak, endpoint.outstanding)
             head.future.set_result((endpoint, why))
 
     # -- load ------------------------------------------------------------------------------------

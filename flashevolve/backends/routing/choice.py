@@ -18,8 +18,11 @@ Affinity (``RouterSettings.affinity``) keys a request by the prefix the server c
 Endpoints are ranked per key by rendezvous (highest-random-weight) hashing: each key has its own
 order of endpoints, and an endpoint that goes down or comes back moves only the keys it ranks
 first for.  The first endpoint in that order whose load is at most ``(1 + affinity_slack)`` x
-the mean load plus one takes the request; the least loaded always qualifies, so affinity never
-queues work behind a busy server while another is idle.
+the least load plus ``affinity_extra`` takes the request.  The bound is relative to the *least*
+loaded endpoint, not to the mean (as in consistent hashing with bounded loads): with a mean
+bound one hot prefix -- a validation sweep of one candidate -- would fill only the first
+``n / (1 + slack)`` servers of its order and leave the rest idle; with this one every endpoint
+takes work once the preferred ones are ahead by more than the slack.
 """
 
 from __future__ import annotations
@@ -82,15 +85,16 @@ class Chooser:
         now: float,
         n_endpoints: int,
     ) -> tuple[Endpoint, str]:
-        """(endpoint, why): ``why`` is ``"affinity"`` or ``"least_loaded"``."""
+        """(endpoint, why): ``why`` is ``"affinity"`` (the key's first choice),
+        ``"affinity_overflow"`` (a later one: the first was too busy) or ``"least_loaded"``."""
         max_age = self.settings.check_every_s * self.settings.load_max_age_checks
         loads = {id(e): e.outstanding + e.others_load(now, max_age) for e in candidates}
         if key is not None:
-            mean = sum(loads.values()) / len(loads)
-            bound = (1 + self.settings.affinity_slack) * mean + 1
-            for endpoint in rendezvous(key, candidates):
+            least = min(loads.values())
+            bound = (1 + self.settings.affinity_slack) * least + self.settings.affinity_extra
+            for rank, endpoint in enumerate(rendezvous(key, candidates)):
                 if loads[id(endpoint)] <= bound:
-                    return endpoint, "affinity"
+                    return endpoint, "affinity" if rank == 0 else "affinity_overflow"
         self._turn += 1
         turn = self._turn
         best = min(candidates, key=lambda e: (loads[id(e)], (e.index - turn) % max(1, n_endpoints)))

@@ -10,8 +10,8 @@ A health check of an HTTP endpoint is ``GET /health`` next to ``/v1`` (vLLM, lla
 flashevolve's servers have it): 200 -- up; 404/405/401/403 -- the server answers but has no such
 page (a hosted API), up; 5xx (503: still loading the model) or no connection -- down.  A backend
 with a ``health()`` coroutine is asked that; one with neither (the in-process simulator) cannot
-be checked, so a ``down`` one gets a trial request after ``check_every_s``, and the first
-failure of that trial takes it down again.
+be checked, so a ``down`` one is put on trial after ``check_every_s``: it takes one request
+at a time until one is answered, and the first failure takes it down again.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Endpoint:
     cap: int | None  # the client's own concurrency cap (None: it has none)
     state: str = "up"
     outstanding: int = 0  # this router's requests there now
+    peak: int = 0  # the most it ever had at once
     failures: int = 0  # consecutive failed attempts
     trial: bool = False  # up on trial (could not be checked): one failure takes it down
     # what it did (since the router was made)
@@ -85,6 +86,8 @@ class Endpoint:
         return self.state == "up"
 
     def has_room(self) -> bool:
+        if self.trial:  # one request at a time until it has answered one
+            return self.outstanding < 1
         return self.cap is None or self.outstanding < self.cap
 
     def others_load(self, now: float, max_age_s: float) -> float:
@@ -101,6 +104,7 @@ class Endpoint:
         return {
             "state": self.state,
             "outstanding": self.outstanding,
+            "peak": self.peak,
             "routed": self.routed,
             "finished": self.finished,
             "failed": self.failed,

@@ -40,9 +40,11 @@ class RouterSettings(BaseModel):
     #: can be given to ``router()`` instead.
     affinity: Literal["none", "system", "prefix"] = "none"
     affinity_chars: int = Field(2048, ge=16)
-    #: Affinity yields to balance: the preferred endpoint is used only while its load is at
-    #: most ``(1 + affinity_slack) x`` the mean load of the usable endpoints, plus one request.
-    affinity_slack: float = Field(0.5, ge=0)
+    #: Affinity yields to balance: the preferred endpoint takes the request only while its load
+    #: is at most ``(1 + affinity_slack) x`` the least load of the endpoints with room, plus
+    #: ``affinity_extra`` requests (so under load every endpoint stays busy).
+    affinity_slack: float = Field(0.25, ge=0)
+    affinity_extra: int = Field(2, ge=0)
     #: Seconds (run clock) between health checks of each endpoint -- and between two looks at
     #: its ``/metrics`` load -- while requests are being routed.
     check_every_s: float = Field(2.0, gt=0)
