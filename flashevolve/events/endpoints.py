@@ -82,9 +82,9 @@ def endpoint_table(df: pl.DataFrame) -> pl.DataFrame:
             [table, pl.DataFrame({"endpoint": list(dict.fromkeys(extra))})], how="diagonal_relaxed"
         )
     table = table.with_columns(
-        pl.col("endpoint").replace_strict(moved, default=0, return_dtype=pl.Int64).alias(
-            "moved_away"
-        ),
+        pl.col("endpoint")
+        .replace_strict(moved, default=0, return_dtype=pl.Int64)
+        .alias("moved_away"),
         pl.col("endpoint").replace_strict(downs, default=0, return_dtype=pl.Int64).alias("downs"),
     )
     filled = [pl.col(c).fill_null(0) for c in ("requests", "failed", "cancelled")]
@@ -110,9 +110,7 @@ def served_over_time(df: pl.DataFrame, window_s: float = 60.0) -> pl.DataFrame:
     """Requests answered per endpoint per ``window_s`` bucket (zeros filled), by end time."""
     if window_s <= 0:
         raise ValueError(f"window_s must be > 0, got {window_s}")
-    reqs = requests(df).filter(
-        (pl.col("outcome") == "finished") & pl.col("endpoint").is_not_null()
-    )
+    reqs = requests(df).filter((pl.col("outcome") == "finished") & pl.col("endpoint").is_not_null())
     if reqs.is_empty():
         return pl.DataFrame(schema=SERVED_SCHEMA)
     last = max(0, math.ceil(run_end(df) / window_s) - 1)

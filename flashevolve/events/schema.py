@@ -67,7 +67,7 @@ class Kind(StrEnum):
     ENDPOINT_STATE = "endpoint_state"
     # -- several endpoints (appended; docs/scale-out.md) -------------------------------------
     # a router sent the request to ``endpoint``; data: endpoint, reason (least_loaded |
-    # affinity | moved), and for a move: moved_from, fault.  The request's later events carry
+    # affinity | affinity_overflow | moved), and for a move: moved_from, fault.  The request's later events carry
     # that endpoint.
     REQUEST_ROUTED = "request_routed"
 
