@@ -20,6 +20,7 @@ from flashevolve.errors import ConfigError
 from flashevolve.events import frames, metrics
 from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Event, Kind
+from flashevolve.executors import resolve_executor, run_scope
 from flashevolve.policies.staleness import make_policy
 from flashevolve.pool import ArtifactPool
 from flashevolve.rundir import RunDirectory, task_fingerprint
@@ -38,6 +39,10 @@ class Evolver(BackgroundRun):
     ``backend`` is an :class:`~flashevolve.backends.LLM`, a dict ``{"task": llm, "reflection":
     llm}``, or a string: ``"local"`` (embedded llama-server) or ``"sim"``/``"sim:<profile>"`` (the
     serving simulator).  Backends made from strings are owned and closed by the evolver.
+
+    ``executor`` runs the CPU-heavy work of the run -- task metrics that run code -- off the
+    event loop: ``None``/``"local"`` (threads), ``"process"``, ``"ray"`` / ``"ray:ADDRESS"``
+    or an :class:`~flashevolve.executors.Executor` (docs/scale-out.md).
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class Evolver(BackgroundRun):
         load_every_s: float | None = 5.0,
         stall_s: float | None = 600.0,
         resume: bool = False,
+        executor: Any = None,
         **workflow_options: Any,
     ) -> None:
         self.task = resolve_task(task)
@@ -92,6 +98,7 @@ class Evolver(BackgroundRun):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume = resume
         self._dir = RunDirectory(self.run_dir, resume=resume) if self.run_dir else None
+        self.executor, self._owns_executor = resolve_executor(executor)
         self._backend_spec = backend
         self._reflection_spec = reflection_backend
         self.pool = ArtifactPool([ex.id for ex in self.task.val])
@@ -130,7 +137,8 @@ class Evolver(BackgroundRun):
         if asyncio.current_task() is not self._main:  # awaited directly, not via start()
             self._stop_requested, self._pause_pending = None, False
         try:
-            return await self._run()
+            async with run_scope(self.executor, owned=self._owns_executor):
+                return await self._run()
         finally:
             self._active = False
 
@@ -271,6 +279,7 @@ class Evolver(BackgroundRun):
             "max_in_flight": self.runtime.max_in_flight,
             "staleness": self.policy.name,
             "budget": self.config.budget.model_dump(exclude_none=True),
+            "executor": self.executor.name,
         }
 
     def _restore(self, saved: dict[str, Any], ctx: StageContext, tracker: BudgetTracker) -> None:
