@@ -256,16 +256,23 @@ class Router:
         endpoint.finished += 1
         endpoint.failures = 0
         endpoint.trial = False
-        if not endpoint.up:
+        if not endpoint.up and not endpoint.down_by_check:  # only a check overrules a check
             self._mark_up(endpoint, "answered a request", request)
 
     def _usable_elsewhere(self, endpoint: Endpoint) -> bool:
         return any(e.up for e in self.endpoints if e is not endpoint)
 
-    def _mark_down(self, endpoint: Endpoint, reason: str, request: ChatRequest | None) -> None:
+    def _mark_down(
+        self,
+        endpoint: Endpoint,
+        reason: str,
+        request: ChatRequest | None,
+        *,
+        by_check: bool = False,
+    ) -> None:
         if not endpoint.up:
             return
-        endpoint.state, endpoint.trial = "down", False
+        endpoint.state, endpoint.trial, endpoint.down_by_check = "down", False, by_check
         endpoint.downs += 1
         endpoint.next_check_at = asyncio.get_running_loop().time() + self.settings.check_every_s
         self._changed(endpoint, "down", "up", reason, request)
@@ -293,6 +300,7 @@ class Router:
             "source": "router",
         }
         if request is not None:
+            self._log_changes(request)  # earlier changes first: the log keeps their order
             request.notify(_Notice("endpoint_state", data, reason=reason))
         else:  # found by a health check: logged with the next request routed
             self._changes.append(data)
@@ -328,7 +336,7 @@ class Router:
             elif healthy and not endpoint.up:
                 self._mark_up(endpoint, "its health check answered", None)
             elif healthy is False and endpoint.up:
-                self._mark_down(endpoint, "its health check failed", None)
+                self._mark_down(endpoint, "its health check failed", None, by_check=True)
             if endpoint.up:
                 await self._read_load(endpoint)
         except Exception:  # noqa: BLE001 - a check that breaks says nothing; the next one may

@@ -2,8 +2,9 @@
 has served.
 
 Health has two states.  ``up``: requests are routed to it.  ``down``: none are; it is checked
-every ``check_every_s`` and comes back ``up`` when a check says it answers (or when one of the
-requests still running there is answered).  What takes it ``down``: a refused connection or an
+every ``check_every_s`` and comes back ``up`` when a check says it answers (or, when requests
+took it out, when one of the requests still running there is answered; one a check took out --
+a server still loading its model -- waits for a check).  What takes it ``down``: a refused connection or an
 open circuit (at once), ``down_after`` failed attempts in a row, or a failed health check.
 
 A health check of an HTTP endpoint is ``GET /health`` next to ``/v1`` (vLLM, llama-server and
@@ -68,6 +69,7 @@ class Endpoint:
     peak: int = 0  # the most it ever had at once
     failures: int = 0  # consecutive failed attempts
     trial: bool = False  # up on trial (could not be checked): one failure takes it down
+    down_by_check: bool = False  # taken out by a failed check: only a check brings it back
     # what it did (since the router was made)
     routed: int = 0
     finished: int = 0
