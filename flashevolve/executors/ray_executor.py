@@ -106,6 +106,10 @@ class RayExecutor:
         keys = ("submitted", "finished", "failed", "lost", "cancelled")
         return {k: self.counts[k] for k in keys}
 
+    def in_flight(self) -> list[Any]:
+        """The ObjectRefs of the calls still running (for ``ray.get`` / ``ray.cancel``)."""
+        return list(self._running)
+
     # -- Ray's lifetime ----------------------------------------------------------------------
     def start(self) -> None:
         """Start or join Ray (blocking, seconds; idempotent).  :meth:`run` calls it in a thread
