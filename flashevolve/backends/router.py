@@ -205,6 +205,11 @@ class Router:
         move: asyncio.Future[str] = loop.create_future()
 
         def observe(notice: _Notice) -> None:
+            named = notice.data.get("endpoint")
+            if named is not None and named != endpoint.label:  # the client's own name for it
+                notice = dataclasses.replace(
+                    notice, data={**notice.data, "endpoint": endpoint.label}
+                )
             request.notify(notice)  # logged under this endpoint (see the module docstring)
             if notice.kind == "retried":
                 fault = str(notice.data.get("fault"))
