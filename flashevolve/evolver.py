@@ -32,6 +32,9 @@ from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, resolve_worker
 from flashevolve.tasks.registry import resolve_task
 from flashevolve.workflows.base import Simulated, check_supports, make_workflow
 
+#: Events counted per endpoint in ``status()["endpoints"]``.
+_ENDPOINT_KINDS = frozenset({Kind.REQUEST_FINISHED, Kind.REQUEST_FAILED, Kind.ENDPOINT_STATE})
+
 
 class Evolver(BackgroundRun):
     """Evolve a task's artifact with a workflow (GEPA by default) against an LLM backend.
@@ -109,6 +112,7 @@ class Evolver(BackgroundRun):
         self._stale = dict.fromkeys(("accept", "discard", "patch", "merged"), 0)
         self._best: float | None = None
         self._server_load: dict[str, dict[str, Any]] = {}  # endpoint -> its latest load report
+        self._endpoints: dict[str, dict[str, Any]] = {}  # endpoint -> answered, failed, state
         self._clock: LoopClock | None = None
         self._in_flight = InFlight()
         self._thread: threading.Thread | None = None
@@ -445,6 +449,7 @@ class Evolver(BackgroundRun):
             "pool_version": self.pool.pool_version,
             "frontier_version": self.pool.frontier_version,
             "server_load": {k: dict(v) for k, v in self._server_load.items()},
+            "endpoints": {k: dict(v) for k, v in self._endpoints.items()},
         }
 
     # -- internals -------------------------------------------------------------------------------
@@ -517,6 +522,14 @@ class Evolver(BackgroundRun):
             self._stale[event.decision] = self._stale.get(event.decision, 0) + 1
         elif kind == Kind.BACKEND_LOAD and event.endpoint:
             self._server_load[event.endpoint] = dict(event.data or {})
+        elif kind in _ENDPOINT_KINDS and event.endpoint:  # per endpoint, for the dashboard
+            counts = self._endpoints.setdefault(
+                event.endpoint, {"requests": 0, "failed": 0, "state": "up"}
+            )
+            if kind == Kind.ENDPOINT_STATE:
+                counts["state"] = (event.data or {}).get("state", counts["state"])
+            else:
+                counts["requests" if kind == Kind.REQUEST_FINISHED else "failed"] += 1
 
     def _open_backends(self) -> tuple[LLM, LLM, list[LLM]]:
         spec, owned = self._backend_spec, []
