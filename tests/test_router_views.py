@@ -43,6 +43,10 @@ def test_summary_status_dashboard_and_report_show_each_endpoint() -> None:
     assert per_endpoint[dead]["downs"] >= 1
     assert per_endpoint[fast]["requests"] > per_endpoint[good]["requests"]  # twice as fast
 
+    # each server's own load is its own backend_load event (the dead one never answers)
+    assert {good, fast} <= set(evolver.backend_load["endpoint"].to_list())
+    assert set(evolver.status()["server_load"]) >= {good, fast}
+
     live = evolver.status()["endpoints"]
     assert live[good]["requests"] == per_endpoint[good]["requests"]
     assert live[dead]["requests"] == 0 and live[dead]["failed"] == 0  # its requests moved
