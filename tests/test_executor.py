@@ -184,3 +184,16 @@ def test_evolver_runs_heavy_metrics_on_its_executor_and_closes_one_it_made() -> 
     assert owned.pool.best().mean_score == 1.0  # the metric ran there (a failure scores 0)
     started = evolver.event_list()[0]
     assert started.kind == "run_started" and started.data["executor"] == "local"
+
+
+def test_command_line_options_become_an_executor_spec() -> None:
+    from flashevolve.executors import executor_from_options
+
+    assert executor_from_options(None, None) is None
+    assert executor_from_options("process", None) == "process"
+    assert executor_from_options("ray", "auto") == "ray:auto"
+    assert executor_from_options("ray", None) == "ray"
+    with pytest.raises(ConfigError, match="--ray-address needs --executor ray"):
+        executor_from_options(None, "10.0.0.1:6379")
+    with pytest.raises(ConfigError, match="unknown executor"):
+        executor_from_options("rayy", None)

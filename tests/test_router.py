@@ -335,3 +335,16 @@ def test_bad_endpoint_lists_name_the_line_and_the_fix(tmp_path) -> None:
         Router([simulated(profile=VLLM)], affinity="job")
     with pytest.raises(ConfigError, match="at least one endpoint"):
         Router([])
+
+
+def test_command_line_options_make_a_router_only_for_several_endpoints(tmp_path) -> None:
+    from flashevolve.backends.router import router_from_options
+
+    assert router_from_options("http://h1:8000/v1", None, "m") is None
+    r = router_from_options("http://h1:8000/v1,http://h2:8000/v1", None, "m", max_concurrency=8)
+    assert isinstance(r, Router) and r.max_concurrency == 16
+    listed = tmp_path / "endpoints.txt"
+    listed.write_text("http://h1:8000/v1\n")
+    assert len(router_from_options(None, str(listed), "m", stream=None).endpoints) == 1
+    with pytest.raises(ConfigError, match="not both"):
+        router_from_options("http://h1:8000/v1", str(listed), "m")

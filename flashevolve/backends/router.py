@@ -519,3 +519,23 @@ def router(
     return Router(
         backends, model=model, affinity=affinity, settings=settings, name=name, **client_options
     )
+
+
+def router_from_options(
+    base_url: str | None,
+    endpoints: str | None,
+    model: str | None,
+    **client_options: Any,
+) -> Router | None:
+    """The command line's router: ``--endpoints FILE`` or a ``--base-url`` holding several
+    comma-separated URLs; ``None`` for one URL (or none), which stays a plain client.
+    ``client_options``: the options of each endpoint's client (``max_concurrency`` from
+    ``--concurrency``, ``api_key_env``, ``stream``, ``queue``); ``None`` values are dropped."""
+    options = {k: v for k, v in client_options.items() if v is not None}
+    if endpoints and base_url:
+        raise ConfigError("give --endpoints FILE or --base-url URL1,URL2,..., not both")
+    if endpoints:
+        return router(endpoints, model=model, **options)
+    if base_url and "," in base_url:
+        return router(base_url, model=model, **options)
+    return None

@@ -54,6 +54,19 @@ def make_executor(spec: Any = None, *, ray_address: str | None = None, **options
     raise ConfigError(f"unknown executor {spec!r}; use one of {', '.join(NAMES)}")
 
 
+def executor_from_options(executor: str | None, ray_address: str | None) -> str | None:
+    """The command line's ``--executor NAME`` and ``--ray-address auto|HOST:PORT`` as the
+    ``Evolver(executor=...)`` value (checked now: a typo or a missing Ray is one line before
+    any server starts)."""
+    if ray_address and (executor or "local") != "ray":
+        raise ConfigError("--ray-address needs --executor ray")
+    if executor is None:
+        return None
+    spec = f"ray:{ray_address}" if executor == "ray" and ray_address else executor
+    make_executor(spec)  # validates the name; for ray, that Ray is installed (nothing starts)
+    return spec
+
+
 def resolve_executor(spec: Any) -> tuple[Executor, bool]:
     """(executor, owned): an executor made here from a name is owned by the run (closed at its
     end); one passed in belongs to the caller; ``None`` is the shared default."""
@@ -71,6 +84,7 @@ __all__ = [
     "RayExecutor",
     "current_executor",
     "default_executor",
+    "executor_from_options",
     "heavy",
     "is_heavy",
     "make_executor",
