@@ -211,6 +211,10 @@ class Router:
                     notice, data={**notice.data, "endpoint": endpoint.label}
                 )
             request.notify(notice)  # logged under this endpoint (see the module docstring)
+            if notice.kind == "endpoint_state" and "source" not in notice.data:
+                endpoint.circuit = str(notice.data.get("state", endpoint.circuit))
+                if endpoint.circuit == "closed":
+                    self._dispatch()  # it takes more than one request again
             if notice.kind == "retried":
                 fault = str(notice.data.get("fault"))
                 self._attempt_failed(endpoint, fault, request)
@@ -258,26 +262,19 @@ class Router:
                 self._mark_down(endpoint, f"{endpoint.failures} failed attempts ({fault})", request)
 
     def _answered(self, endpoint: Endpoint, request: ChatRequest) -> None:
+        # An answer from an endpoint that is out does not bring it back: the request was sent
+        # before it went out (a killed server's last answers arrive after its first refusals).
         endpoint.finished += 1
         endpoint.failures = 0
         endpoint.trial = False
-        if not endpoint.up and not endpoint.down_by_check:  # only a check overrules a check
-            self._mark_up(endpoint, "answered a request", request)
 
     def _usable_elsewhere(self, endpoint: Endpoint) -> bool:
         return any(e.up for e in self.endpoints if e is not endpoint)
 
-    def _mark_down(
-        self,
-        endpoint: Endpoint,
-        reason: str,
-        request: ChatRequest | None,
-        *,
-        by_check: bool = False,
-    ) -> None:
+    def _mark_down(self, endpoint: Endpoint, reason: str, request: ChatRequest | None) -> None:
         if not endpoint.up:
             return
-        endpoint.state, endpoint.trial, endpoint.down_by_check = "down", False, by_check
+        endpoint.state, endpoint.trial = "down", False
         endpoint.downs += 1
         endpoint.next_check_at = asyncio.get_running_loop().time() + self.settings.check_every_s
         self._changed(endpoint, "down", "up", reason, request)
@@ -341,7 +338,7 @@ class Router:
             elif healthy and not endpoint.up:
                 self._mark_up(endpoint, "its health check answered", None)
             elif healthy is False and endpoint.up:
-                self._mark_down(endpoint, "its health check failed", None, by_check=True)
+                self._mark_down(endpoint, "its health check failed", None)
             if endpoint.up:
                 await self._read_load(endpoint)
         except Exception:  # noqa: BLE001 - a check that breaks says nothing; the next one may

@@ -2,9 +2,10 @@
 has served.
 
 Health has two states.  ``up``: requests are routed to it.  ``down``: none are; it is checked
-every ``check_every_s`` and comes back ``up`` when a check says it answers (or, when requests
-took it out, when one of the requests still running there is answered; one a check took out --
-a server still loading its model -- waits for a check).  What takes it ``down``: a refused connection or an
+every ``check_every_s`` and comes back ``up`` when a check says it answers.  (Answers that still
+arrive from it do not bring it back: those requests were sent before it went out.)  While its
+client's circuit breaker is not closed again, an ``up`` endpoint takes one request at a time:
+the client holds requests until its own probe is answered, and the others go elsewhere.  What takes it ``down``: a refused connection or an
 open circuit (at once), ``down_after`` failed attempts in a row, or a failed health check.
 
 A health check of an HTTP endpoint is ``GET /health`` next to ``/v1`` (vLLM, llama-server and
@@ -69,7 +70,7 @@ class Endpoint:
     peak: int = 0  # the most it ever had at once
     failures: int = 0  # consecutive failed attempts
     trial: bool = False  # up on trial (could not be checked): one failure takes it down
-    down_by_check: bool = False  # taken out by a failed check: only a check brings it back
+    circuit: str = "closed"  # its client's circuit breaker, as the client last reported it
     # what it did (since the router was made)
     routed: int = 0
     finished: int = 0
@@ -88,7 +89,9 @@ class Endpoint:
         return self.state == "up"
 
     def has_room(self) -> bool:
-        if self.trial:  # one request at a time until it has answered one
+        # One request at a time on trial, or while its client's circuit is not closed again
+        # (requests there would wait for the client's probe; they go elsewhere meanwhile).
+        if self.trial or self.circuit != "closed":
             return self.outstanding < 1
         return self.cap is None or self.outstanding < self.cap
 
