@@ -3,8 +3,10 @@ mid-run (SIGKILL: it disappears) and restarted on its port.
 
 Requests keep coming from ``concurrency`` callers through the runtime's instrumented backend, so
 everything is in an event log.  The phases are cut by what the log shows, not by the clock:
-*before* (until the kill), *during* (from the router taking the victim out until it takes it
-back after the restart) and *after*.  The result says how many requests were issued and answered
+*before* (until the kill), *switching* (until the router takes the victim out), *during* (until
+a health check takes it back after the restart), *returning* (until its client's circuit
+breaker, opened by the kill, has closed again: the endpoint takes one request at a time) and
+*after*.  The result says how many requests were issued and answered
 (none may be lost), and how many each endpoint answered in each phase.
 
 The servers are the serving *simulator* (``--speed`` times real time): the figures are about the
@@ -98,7 +100,9 @@ class _Marks:
                     self.victim_after.set()
         elif event.kind == Kind.ENDPOINT_STATE and event.endpoint == self.victim:
             state = (event.data or {}).get("state")
-            if (event.data or {}).get("source") != "router":
+            if (event.data or {}).get("source") != "router":  # its client's circuit breaker
+                if state == "closed" and self.victim_up.is_set():
+                    self.ts.setdefault("circuit_closed", event.ts)
                 return
             if state == "down" and not self.victim_down.is_set():
                 self.ts["down"] = event.ts
@@ -170,11 +174,13 @@ async def drive(
 def phase_counts(df: pl.DataFrame, marks: dict[str, float]) -> dict[str, dict[str, int]]:
     """Requests answered per endpoint in each phase (by the time they were answered)."""
     finished = df.filter(pl.col("kind") == Kind.REQUEST_FINISHED)
+    closed = marks.get("circuit_closed", marks["up"])  # its client's breaker closed again
     bounds = {
         "before": (float("-inf"), marks["kill"]),
         "switching": (marks["kill"], marks["down"]),
         "during": (marks["down"], marks["up"]),
-        "after": (marks["up"], float("inf")),
+        "returning": (marks["up"], closed),
+        "after": (closed, float("inf")),
     }
     out = {}
     for name, (lo, hi) in bounds.items():

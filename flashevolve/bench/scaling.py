@@ -213,7 +213,7 @@ def format_scaling(rows: list[dict[str, Any]]) -> str:
 def format_failover(result: dict[str, Any]) -> str:
     from flashevolve.commands.common import format_table
 
-    phases = ("before", "switching", "during", "after")
+    phases = ("before", "switching", "during", "returning", "after")
     rows = []
     for label in result["endpoints"]:
         row: dict[str, Any] = {"endpoint": label, "speed": f"{result['speeds'][label]:g}x"}
