@@ -348,3 +348,10 @@ def test_command_line_options_make_a_router_only_for_several_endpoints(tmp_path)
     assert len(router_from_options(None, str(listed), "m", stream=None).endpoints) == 1
     with pytest.raises(ConfigError, match="not both"):
         router_from_options("http://h1:8000/v1", str(listed), "m")
+
+
+def test_backends_router_is_the_factory() -> None:
+    from flashevolve import backends
+
+    made = backends.router(["http://h1:8000/v1", "http://h2:8000/v1"], model="m")
+    assert isinstance(made, backends.Router) and made.endpoint == "router[2]"
