@@ -39,6 +39,7 @@ Times are loop seconds (virtual under the simulator).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -51,13 +52,8 @@ from typing import Any
 from flashevolve.backends.base import LLM, BackendLoad, ChatRequest, ChatResult, Fault, LLMError
 from flashevolve.backends.base import Notice as _Notice
 from flashevolve.backends.routing.choice import AffinityFn, Chooser, affinity_function
-from flashevolve.backends.routing.endpoint import (
-    Endpoint,
-    check_health,
-    counts_against,
-    read_load,
-    takes_down_at_once,
-)
+from flashevolve.backends.routing.endpoint import Endpoint
+from flashevolve.backends.routing.health import Health
 from flashevolve.backends.routing.settings import (
     EndpointSpec,
     RouterSettings,
@@ -78,10 +74,9 @@ class _Waiter:
 
 @dataclass
 class _LoopState:
-    """The router's asyncio objects of one event loop (a router may serve several loops)."""
+    """The router's waiting line of one event loop (a router may serve several loops)."""
 
     waiters: list[_Waiter] = field(default_factory=list)
-    checks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -143,7 +138,7 @@ class Router:
             weakref.WeakKeyDictionary()
         )
         self._arrivals = itertools.count()
-        self._changes: list[dict[str, Any]] = []  # state changes no request has logged yet
+        self._health = Health(self.endpoints, self.settings, on_up=self._dispatch)
 
     def __repr__(self) -> str:
         return f"Router({[e.label for e in self.endpoints]!r}, model={self.model!r})"
@@ -174,7 +169,7 @@ class Router:
         while True:
             endpoint, why = await self._acquire(request, key, avoid=left)
             endpoint.routed += 1
-            self._log_changes(request)
+            self._health.log_changes(request)
             data: dict[str, Any] = {"endpoint": endpoint.label, "reason": why}
             if left is not None:
                 data.update(reason="moved", moved_from=left.label, fault=fault)
@@ -194,7 +189,7 @@ class Router:
                 moves_left -= 1
                 left, fault = endpoint, outcome.fault
                 continue
-            self._answered(endpoint, request)
+            self._health.answered(endpoint)
             return outcome
 
     async def _attempt(
@@ -211,19 +206,18 @@ class Router:
                     notice, data={**notice.data, "endpoint": endpoint.label}
                 )
             request.notify(notice)  # logged under this endpoint (see the module docstring)
-            if notice.kind == "endpoint_state" and "source" not in notice.data:
-                endpoint.circuit = str(notice.data.get("state", endpoint.circuit))
-                if endpoint.circuit == "closed":
-                    self._dispatch()  # it takes more than one request again
             if notice.kind == "retried":
                 fault = str(notice.data.get("fault"))
-                self._attempt_failed(endpoint, fault, request)
-            elif notice.kind == "endpoint_state" and notice.data.get("state") == "open":
+                self._health.attempt_failed(endpoint, fault, request)
+            elif notice.kind == "endpoint_state" and "source" not in notice.data:
+                state = str(notice.data.get("state"))
+                self._health.circuit_reported(endpoint, state, request)
+                if state != "open":
+                    return
                 fault = Fault.CIRCUIT_OPEN
-                self._mark_down(endpoint, "its client's circuit opened", request)
             else:
                 return
-            if may_move and not move.done() and self._usable_elsewhere(endpoint):
+            if may_move and not move.done() and self._health.usable_elsewhere(endpoint):
                 move.set_result(fault)
 
         attempt = loop.create_task(
@@ -249,107 +243,8 @@ class Router:
         already retried)."""
         if not err.infrastructure:
             return False
-        self._attempt_failed(endpoint, str(err.fault), request)
+        self._health.attempt_failed(endpoint, str(err.fault), request)
         return moves_left > 0 and len(self.endpoints) > 1
-
-    # -- health --------------------------------------------------------------------------------
-    def _attempt_failed(self, endpoint: Endpoint, fault: str, request: ChatRequest) -> None:
-        if takes_down_at_once(fault):
-            self._mark_down(endpoint, f"{fault} fault", request)
-        elif counts_against(fault):
-            endpoint.failures += 1
-            if endpoint.trial or endpoint.failures >= self.settings.down_after:
-                self._mark_down(endpoint, f"{endpoint.failures} failed attempts ({fault})", request)
-
-    def _answered(self, endpoint: Endpoint, request: ChatRequest) -> None:
-        # An answer from an endpoint that is out does not bring it back: the request was sent
-        # before it went out (a killed server's last answers arrive after its first refusals).
-        endpoint.finished += 1
-        endpoint.failures = 0
-        endpoint.trial = False
-
-    def _usable_elsewhere(self, endpoint: Endpoint) -> bool:
-        return any(e.up for e in self.endpoints if e is not endpoint)
-
-    def _mark_down(self, endpoint: Endpoint, reason: str, request: ChatRequest | None) -> None:
-        if not endpoint.up:
-            return
-        endpoint.state, endpoint.trial = "down", False
-        endpoint.downs += 1
-        endpoint.next_check_at = asyncio.get_running_loop().time() + self.settings.check_every_s
-        self._changed(endpoint, "down", "up", reason, request)
-
-    def _mark_up(self, endpoint: Endpoint, reason: str, request: ChatRequest | None) -> None:
-        if endpoint.up:
-            return
-        endpoint.state, endpoint.failures = "up", 0
-        self._changed(endpoint, "up", "down", reason, request)
-        self._dispatch()
-
-    def _changed(
-        self,
-        endpoint: Endpoint,
-        state: str,
-        previous: str,
-        reason: str,
-        request: ChatRequest | None,
-    ) -> None:
-        data = {
-            "endpoint": endpoint.label,
-            "state": state,
-            "previous": previous,
-            "reason": reason,
-            "source": "router",
-        }
-        if request is not None:
-            self._log_changes(request)  # earlier changes first: the log keeps their order
-            request.notify(_Notice("endpoint_state", data, reason=reason))
-        else:  # found by a health check: logged with the next request routed
-            self._changes.append(data)
-
-    def _log_changes(self, request: ChatRequest) -> None:
-        changes, self._changes = self._changes, []
-        for data in changes:
-            request.notify(_Notice("endpoint_state", data, reason=data["reason"]))
-
-    def _check_due(self) -> None:
-        """Start the checks that are due (one at a time per endpoint): health, then load."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        state = self._state()
-        for endpoint in self.endpoints:
-            running = endpoint.checking
-            if running is not None and not running.done() and running.get_loop() is loop:
-                continue
-            if now < endpoint.next_check_at:
-                continue
-            endpoint.next_check_at = now + self.settings.check_every_s
-            task = loop.create_task(self._check(endpoint))
-            endpoint.checking = task
-            state.checks.add(task)
-            task.add_done_callback(state.checks.discard)
-
-    async def _check(self, endpoint: Endpoint) -> None:
-        try:
-            healthy = await check_health(endpoint.llm)
-            if healthy is None and not endpoint.up:  # cannot be checked: try it again
-                endpoint.trial = True
-                self._mark_up(endpoint, "trial: it cannot be checked", None)
-            elif healthy and not endpoint.up:
-                self._mark_up(endpoint, "its health check answered", None)
-            elif healthy is False and endpoint.up:
-                self._mark_down(endpoint, "its health check failed", None)
-            if endpoint.up:
-                await self._read_load(endpoint)
-        except Exception:  # noqa: BLE001 - a check that breaks says nothing; the next one may
-            return
-
-    async def _read_load(self, endpoint: Endpoint) -> BackendLoad | None:
-        load = await read_load(endpoint.llm)
-        if load is not None:
-            endpoint.load, endpoint.load_ours = load, endpoint.outstanding
-            endpoint.load_at = asyncio.get_running_loop().time()
-        return load
 
     # -- waiting for an endpoint -------------------------------------------------------------
     def _state(self) -> _LoopState:
@@ -365,7 +260,7 @@ class Router:
         """An endpoint with room (counted in), in waiting order; waits while none has room and
         gives up after ``give_up_s`` without any usable endpoint."""
         loop = asyncio.get_running_loop()
-        self._check_due()
+        self._health.check_due()
         priority = request.priority if self.settings.queue == "priority" else 0
         waiter = _Waiter(priority, next(self._arrivals), loop.create_future(), key, avoid)
         heapq.heappush(self._state().waiters, waiter)
@@ -376,7 +271,7 @@ class Router:
                 await asyncio.wait((waiter.future,), timeout=self.settings.check_every_s)
                 if waiter.future.done():
                     break
-                self._check_due()
+                self._health.check_due()
                 self._dispatch()
                 if any(e.up for e in self.endpoints):
                     give_up_at = None
@@ -424,7 +319,8 @@ class Router:
     async def loads(self) -> dict[str, BackendLoad]:
         """Each usable endpoint's own load, read now (those that can tell)."""
         up = [e for e in self.endpoints if e.up]
-        read = await asyncio.gather(*(self._read_load(e) for e in up), return_exceptions=True)
+        looks = (self._health.read_load(e) for e in up)
+        read = await asyncio.gather(*looks, return_exceptions=True)
         return {e.label: r for e, r in zip(up, read, strict=True) if isinstance(r, BackendLoad)}
 
     async def load(self) -> BackendLoad | None:
@@ -441,15 +337,9 @@ class Router:
 
     async def aclose(self) -> None:
         """Stop this loop's checks and close every endpoint's client."""
-        try:
-            state = self._per_loop.pop(asyncio.get_running_loop(), None)
-        except RuntimeError:
-            state = None
-        if state is not None:
-            for task in list(state.checks):
-                task.cancel()
-            if state.checks:
-                await asyncio.wait(list(state.checks))
+        with contextlib.suppress(RuntimeError):  # no running loop: no checks to stop
+            self._per_loop.pop(asyncio.get_running_loop(), None)
+            await self._health.aclose()
         for endpoint in self.endpoints:
             await endpoint.llm.aclose()
 
