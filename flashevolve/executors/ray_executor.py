@@ -20,7 +20,9 @@ Where Ray runs (``address``):
   Client.
 
 A Ray the caller already initialised (``ray.init(...)`` before the run) is used as it is and
-left running.  Workers need flashevolve importable: install it on every node, or pass
+left running.  Ray works in real time: a run on the simulator's virtual clock
+(``run_virtual``) would jump its clock while it waits for a Ray task, so use the local executor
+there.  Workers need flashevolve importable: install it on every node, or pass
 ``runtime_env={"py_modules": [flashevolve]}`` (docs/scale-out.md).
 """
 
