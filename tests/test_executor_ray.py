@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# A local Ray binds the loopback address only if this is set before Ray is first imported
+# (RayExecutor sets it itself when it imports Ray first; here the test imports Ray first).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray")
 
 from flashevolve import Evolver  # noqa: E402
@@ -48,6 +51,7 @@ def ray_executor():
     t0 = time.perf_counter()
     executor.start()
     print(f"\nlocal Ray started in {time.perf_counter() - t0:.1f}s")  # shown with -s
+    assert ray.util.get_node_ip_address() == "127.0.0.1"  # nothing but loopback traffic
     try:
         yield executor
     finally:

@@ -13,7 +13,9 @@ task (``ray.cancel``: a running one gets a ``KeyboardInterrupt``, or is killed w
 Where Ray runs (``address``):
 
 - ``None``: a local Ray on this machine, started on first use and stopped by :meth:`close`; it
-  listens on 127.0.0.1 only (nothing else can join it) and uses ``local_cpus`` CPUs;
+  listens on 127.0.0.1 only (nothing else can join it; if the program imported Ray before, set
+  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before that import -- a warning says so otherwise)
+  and uses ``local_cpus`` CPUs;
 - ``"auto"``: the cluster this machine is part of (``ray start --head`` / ``ray start
   --address=...`` ran here, or ``RAY_ADDRESS`` is set);
 - ``"HOST:PORT"``: that cluster's head (GCS address); ``"ray://HOST:10001"``: through Ray
@@ -33,6 +35,7 @@ import importlib.util
 import os
 import sys
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -139,6 +142,8 @@ class RayExecutor:
                     where = self.address or "a local Ray"
                     raise ExecutorError(f"cannot start or reach Ray at {where}: {err}") from err
                 self._started_here = True
+                if self.address is None:
+                    _warn_unless_loopback(ray)
             self._remote = ray.remote(_call).options(**self.task_options)
 
     def close(self) -> None:
@@ -186,6 +191,17 @@ class RayExecutor:
             _ray().cancel(ref, force=self.force_cancel, recursive=True)
         except Exception:  # noqa: BLE001 - it finished meanwhile, or Ray is going away
             return
+
+
+def _warn_unless_loopback(ray: Any) -> None:
+    node = ray.util.get_node_ip_address()
+    if node not in ("127.0.0.1", "::1"):
+        warnings.warn(
+            f"the local Ray listens on {node}, not 127.0.0.1: Ray was imported before the "
+            "executor started it; set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing Ray "
+            "to keep a local Ray on the loopback address",
+            stacklevel=3,
+        )
 
 
 def _ray() -> Any:
