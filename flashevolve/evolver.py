@@ -20,6 +20,7 @@ from flashevolve.errors import ConfigError
 from flashevolve.events import frames, metrics
 from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Event, Kind
+from flashevolve.executors import resolve_executor, run_scope
 from flashevolve.policies.staleness import make_policy
 from flashevolve.pool import ArtifactPool
 from flashevolve.rundir import RunDirectory, task_fingerprint
@@ -31,6 +32,9 @@ from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, resolve_worker
 from flashevolve.tasks.registry import resolve_task
 from flashevolve.workflows.base import Simulated, check_supports, make_workflow
 
+#: Events counted per endpoint in ``status()["endpoints"]``.
+_ENDPOINT_KINDS = frozenset({Kind.REQUEST_FINISHED, Kind.REQUEST_FAILED, Kind.ENDPOINT_STATE})
+
 
 class Evolver(BackgroundRun):
     """Evolve a task's artifact with a workflow (GEPA by default) against an LLM backend.
@@ -38,6 +42,10 @@ class Evolver(BackgroundRun):
     ``backend`` is an :class:`~flashevolve.backends.LLM`, a dict ``{"task": llm, "reflection":
     llm}``, or a string: ``"local"`` (embedded llama-server) or ``"sim"``/``"sim:<profile>"`` (the
     serving simulator).  Backends made from strings are owned and closed by the evolver.
+
+    ``executor`` runs the CPU-heavy work of the run -- task metrics that run code -- off the
+    event loop: ``None``/``"local"`` (threads), ``"process"``, ``"ray"`` / ``"ray:ADDRESS"``
+    or an :class:`~flashevolve.executors.Executor` (docs/scale-out.md).
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class Evolver(BackgroundRun):
         load_every_s: float | None = 5.0,
         stall_s: float | None = 600.0,
         resume: bool = False,
+        executor: Any = None,
         **workflow_options: Any,
     ) -> None:
         self.task = resolve_task(task)
@@ -92,6 +101,7 @@ class Evolver(BackgroundRun):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume = resume
         self._dir = RunDirectory(self.run_dir, resume=resume) if self.run_dir else None
+        self.executor, self._owns_executor = resolve_executor(executor)
         self._backend_spec = backend
         self._reflection_spec = reflection_backend
         self.pool = ArtifactPool([ex.id for ex in self.task.val])
@@ -102,6 +112,7 @@ class Evolver(BackgroundRun):
         self._stale = dict.fromkeys(("accept", "discard", "patch", "merged"), 0)
         self._best: float | None = None
         self._server_load: dict[str, dict[str, Any]] = {}  # endpoint -> its latest load report
+        self._endpoints: dict[str, dict[str, Any]] = {}  # endpoint -> answered, failed, state
         self._clock: LoopClock | None = None
         self._in_flight = InFlight()
         self._thread: threading.Thread | None = None
@@ -130,7 +141,8 @@ class Evolver(BackgroundRun):
         if asyncio.current_task() is not self._main:  # awaited directly, not via start()
             self._stop_requested, self._pause_pending = None, False
         try:
-            return await self._run()
+            async with run_scope(self.executor, owned=self._owns_executor):
+                return await self._run()
         finally:
             self._active = False
 
@@ -275,6 +287,7 @@ class Evolver(BackgroundRun):
             "max_in_flight": self.runtime.max_in_flight,
             "staleness": self.policy.name,
             "budget": self.config.budget.model_dump(exclude_none=True),
+            "executor": self.executor.name,
         }
 
     def _restore(self, saved: dict[str, Any], ctx: StageContext, tracker: BudgetTracker) -> None:
@@ -440,6 +453,7 @@ class Evolver(BackgroundRun):
             "pool_version": self.pool.pool_version,
             "frontier_version": self.pool.frontier_version,
             "server_load": {k: dict(v) for k, v in self._server_load.items()},
+            "endpoints": {k: dict(v) for k, v in self._endpoints.items()},
         }
 
     # -- internals -------------------------------------------------------------------------------
@@ -512,6 +526,14 @@ class Evolver(BackgroundRun):
             self._stale[event.decision] = self._stale.get(event.decision, 0) + 1
         elif kind == Kind.BACKEND_LOAD and event.endpoint:
             self._server_load[event.endpoint] = dict(event.data or {})
+        elif kind in _ENDPOINT_KINDS and event.endpoint:  # per endpoint, for the dashboard
+            counts = self._endpoints.setdefault(
+                event.endpoint, {"requests": 0, "failed": 0, "state": "up"}
+            )
+            if kind == Kind.ENDPOINT_STATE:
+                counts["state"] = (event.data or {}).get("state", counts["state"])
+            else:
+                counts["requests" if kind == Kind.REQUEST_FINISHED else "failed"] += 1
 
     def _open_backends(self) -> tuple[LLM, LLM, list[LLM]]:
         spec, owned = self._backend_spec, []

@@ -6,6 +6,7 @@ Factories (imported lazily so the core never needs a network SDK or a server bin
 - :func:`local` -- the embedded llama.cpp ``llama-server`` (CPU, no API key).
 - :func:`vllm` -- a managed ``vllm serve`` subprocess (GPU only) or an attached URL.
 - :func:`simulated` -- the serving *simulator* (a workload model on a virtual clock, not an LLM).
+- :func:`router` -- one backend over several endpoints of one model (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -54,14 +55,22 @@ def backend_from_spec(spec: str, seed: int = 0, *, workload: Any = None) -> LLM:
     raise ConfigError(f"unknown backend {spec!r}; use 'local', 'sim[:profile]' or an LLM object")
 
 
+# The router is imported here, at the end: importing the submodule ``backends.router`` binds the
+# package attribute ``router`` to the module, and this import binds it to the function, so
+# ``backends.router([...])`` is the factory (``from flashevolve.backends.router import Router``
+# still reaches the module).
+from flashevolve.backends.router import Router, router  # noqa: E402
+
 __all__ = [
     "LLM",
     "ChatRequest",
     "ChatResult",
     "LLMError",
+    "Router",
     "backend_from_spec",
     "local",
     "openai",
+    "router",
     "simulated",
     "vllm",
 ]

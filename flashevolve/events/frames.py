@@ -112,6 +112,9 @@ def _rank(df: pl.DataFrame) -> dict[str, int]:
 def requests(df: pl.DataFrame) -> pl.DataFrame:
     """One row per backend request: when it started and ended, tokens, stage, role, outcome.
 
+    ``endpoint`` is where the request ended (behind a router: the endpoint that answered it, or
+    the last one it was sent to), else where it started.
+
     A request with a start and no terminal event is ``in_flight`` (end and latency null).  The
     latency is the one the backend wrapper measured when present, else end - start.
     """
@@ -155,7 +158,8 @@ def requests(df: pl.DataFrame) -> pl.DataFrame:
         pl.coalesce("s_stage", "stage").alias("stage"),
         pl.coalesce("s_item", "item_id").alias("item_id"),
         pl.coalesce("s_role", "role").alias("role"),
-        pl.coalesce("s_endpoint", "endpoint").alias("endpoint"),
+        # where it ended: a router's request_finished names the endpoint that answered it
+        pl.coalesce("endpoint", "s_endpoint").alias("endpoint"),
         "start",
         "end",
         pl.coalesce("latency_s", pl.col("end") - pl.col("start")).alias("latency_s"),

@@ -15,6 +15,8 @@
   far as the backend reports them (the simulator always; HTTP only when streaming) --
   ``cancelled_tokens_unknown`` counts the cancelled requests it could not.
 - backend concurrency: requests in flight, a step function of time; mean is time-weighted.
+- per endpoint (``endpoints``): requests answered, failed, tokens, requests moved away and
+  times taken out, for each endpoint that had requests (behind a router: each server).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from flashevolve.events.endpoints import endpoint_summary
 from flashevolve.events.frames import backend_load, best_score_over_time, concurrency
 from flashevolve.events.schema import Kind
 
@@ -141,6 +144,8 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
         "stale_merged": decisions["merged"],
         "errors": _count(df, Kind.ERROR),
         **reliability(df),
+        # endpoint -> requests, failed, tokens, moved_away, downs (events/endpoints.py)
+        "endpoints": endpoint_summary(df),
     }
 
 

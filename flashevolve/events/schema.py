@@ -67,6 +67,11 @@ class Kind(StrEnum):
     HEDGE_RESOLVED = "hedge_resolved"  # data: attempt, winner (primary|hedge), wasted_tokens
     # a circuit breaker changed state; data: state, previous, failures, open_s, fault
     ENDPOINT_STATE = "endpoint_state"
+    # -- several endpoints (appended; docs/scale-out.md) -------------------------------------
+    # a router sent the request to ``endpoint``; data: endpoint, reason (least_loaded |
+    # affinity | affinity_overflow | moved), and for a move: moved_from, fault.  The request's later events carry
+    # that endpoint.
+    REQUEST_ROUTED = "request_routed"
 
 
 @dataclass(slots=True)

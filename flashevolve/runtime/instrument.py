@@ -24,6 +24,7 @@ NOTICE_KINDS = {
     "hedged": Kind.REQUEST_HEDGED,
     "hedge_resolved": Kind.HEDGE_RESOLVED,
     "endpoint_state": Kind.ENDPOINT_STATE,
+    "routed": Kind.REQUEST_ROUTED,
 }
 
 
@@ -47,6 +48,9 @@ class InstrumentedLLM:
     changes (``ChatRequest.observe``) -- becomes ``request_retried`` / ``request_fault`` /
     ``request_hedged`` / ``hedge_resolved`` / ``endpoint_state`` events with the request's id;
     a final failure's ``request_failed`` says its fault, status and number of attempts.
+    A backend that spreads requests over several endpoints (``backends.router``) says where it
+    sent one with a ``routed`` notice (``request_routed``); the request's later events carry
+    that endpoint, so its ``request_finished`` names the server that answered it.
     """
 
     def __init__(
@@ -73,7 +77,8 @@ class InstrumentedLLM:
         request.priority = self.stage_priority.get(request.stage, request.priority)
         request.partial.clear()  # a reused request object must not carry an old count
         rid = f"r{next(self.in_flight.ids)}"
-        request.observe = lambda notice: self._on_notice(request, rid, notice)
+        where = {"endpoint": self.endpoint}  # moved by ``routed`` notices
+        request.observe = lambda notice: self._on_notice(request, rid, notice, where)
         self.in_flight.count += 1
         self.in_flight.peak = max(self.in_flight.peak, self.in_flight.count)
         self._emit(Kind.REQUEST_STARTED, request, rid)
@@ -88,6 +93,7 @@ class InstrumentedLLM:
                 Kind.REQUEST_CANCELLED,
                 request,
                 rid,
+                endpoint=where["endpoint"],
                 reason="cancelled",
                 latency_s=self._since(t0),
                 completion_tokens=request.partial.get("completion_tokens"),
@@ -99,6 +105,7 @@ class InstrumentedLLM:
                 Kind.REQUEST_FAILED,
                 request,
                 rid,
+                endpoint=where["endpoint"],
                 reason=str(err),
                 latency_s=self._since(t0),
                 data={
@@ -114,6 +121,7 @@ class InstrumentedLLM:
             Kind.REQUEST_FINISHED,
             request,
             rid,
+            endpoint=where["endpoint"],
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             latency_s=self._since(t0),
@@ -125,26 +133,48 @@ class InstrumentedLLM:
             self.on_tokens(result.prompt_tokens + result.completion_tokens)
         return result
 
-    def _emit(self, kind: Kind, request: ChatRequest, rid: str, **fields: object) -> None:
+    def _emit(
+        self,
+        kind: Kind,
+        request: ChatRequest,
+        rid: str,
+        endpoint: str | None = None,
+        **fields: object,
+    ) -> None:
         self.log.emit(
             kind,
             stage=request.stage,
             item_id=request.item_id,
             request_id=rid,
             role=self.role,
-            endpoint=self.endpoint,
+            endpoint=endpoint or self.endpoint,
             in_flight=self.in_flight.count,
             **fields,
         )
 
-    def _on_notice(self, request: ChatRequest, rid: str, notice: Notice) -> None:
+    def _on_notice(
+        self, request: ChatRequest, rid: str, notice: Notice, where: dict[str, str]
+    ) -> None:
         kind = NOTICE_KINDS.get(notice.kind)
         if kind is None:  # a notice this runtime does not know: keep it, say what it was
             kind = Kind.ERROR
             data = {"notice": notice.kind, **notice.data}
         else:
             data = dict(notice.data)
-        self._emit(kind, request, rid, latency_s=notice.latency_s, reason=notice.reason, data=data)
+        named = data.get("endpoint")
+        if kind == Kind.REQUEST_ROUTED and isinstance(named, str):
+            where["endpoint"] = named
+        # a notice about a named endpoint (a breaker, a router's check) is logged under it
+        endpoint = named if isinstance(named, str) else where["endpoint"]
+        self._emit(
+            kind,
+            request,
+            rid,
+            endpoint=endpoint,
+            latency_s=notice.latency_s,
+            reason=notice.reason,
+            data=data,
+        )
 
     def _since(self, t0: float) -> float:
         return (self.log.clock.now() - t0) if self.log.clock else 0.0

@@ -8,13 +8,13 @@ does that from a metric function.  Agentic or code-running tasks override ``roll
 
 from __future__ import annotations
 
-import asyncio
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from flashevolve.backends.base import LLM, ChatRequest, LLMError
+from flashevolve.executors import is_heavy, run_heavy
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +121,10 @@ def coerce_metric(value: Any) -> MetricResult:
 class PromptTask:
     """A task where the artifact is a system prompt and each example is one chat call."""
 
-    #: Run the metric in a worker thread (for slow metrics that execute code) so it does not
-    #: stall the event loop every other request shares.
+    #: The metric is heavy (it executes code): it runs on the run's executor -- worker threads
+    #: by default, Ray tasks with ``Evolver(executor="ray")`` -- so it does not stall the event
+    #: loop every other request shares (flashevolve.executors).  A metric wrapped in
+    #: ``flashevolve.executors.heavy`` is heavy too.
     metric_in_thread = False
 
     def __init__(
@@ -162,6 +164,11 @@ class PromptTask:
 
     def metric(self, example: Example, output: str) -> MetricResult:
         return coerce_metric(self._metric(example, output))
+
+    def heavy_metric(self) -> Callable[[Example, str], Any]:
+        """What the executor runs for a heavy metric: the metric function itself -- light to
+        ship to a worker process or a Ray cluster -- unless a subclass overrides ``metric``."""
+        return self._metric if type(self).metric is PromptTask.metric else self.metric
 
     def messages(self, components: Mapping[str, str], example: Example) -> list[dict[str, str]]:
         return self._render(components, example)
@@ -204,8 +211,9 @@ class PromptTask:
                 error_kind="infrastructure" if infrastructure else "request",
             )
         try:
-            if self.metric_in_thread:
-                metric = await asyncio.to_thread(self.metric, example, result.text)
+            if self.metric_in_thread or is_heavy(self._metric):
+                raw = await run_heavy(self.heavy_metric(), example, result.text)
+                metric = coerce_metric(raw)
             else:
                 metric = self.metric(example, result.text)
         except Exception as err:  # a crashing evaluator scores 0 and says why; the run goes on

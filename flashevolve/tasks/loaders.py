@@ -9,6 +9,7 @@ the file, the line, the field and the fix, before a single model call is spent.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -405,10 +406,11 @@ def load_task_file(
     if kind == "humaneval":
         code_sandbox(timeout_s, allow_unsandboxed=allow_unsandboxed).check()
 
-        def metric(example: Example, output: str) -> MetricResult:
-            return humaneval_metric(
-                example, output, timeout_s=timeout_s, allow_unsandboxed=allow_unsandboxed
-            )
+        # a partial of a module-level function: it pickles, so a process or Ray executor
+        # can run it without shipping the task
+        metric = functools.partial(
+            humaneval_metric, timeout_s=timeout_s, allow_unsandboxed=allow_unsandboxed
+        )
 
     return task_cls(
         name or f"{kind}:{Path(where).stem}",

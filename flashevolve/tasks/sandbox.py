@@ -37,7 +37,8 @@ def code_sandbox(
 def run_python(
     source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, allow_unsandboxed: bool = False
 ) -> SandboxResult:
-    """Run ``source`` as a script in the sandbox (blocking: call it from a worker thread)."""
+    """Run ``source`` as a script in the sandbox (blocking: call it from a worker thread, a
+    worker process or a Ray task)."""
     sandbox = code_sandbox(timeout_s, memory_mb, allow_unsandboxed)
     return sandbox.run_sync(source, entry="program.py")
 
@@ -111,8 +112,9 @@ def humaneval_metric(
 class CodeTask(PromptTask):
     """A PromptTask whose metric is slow (it runs a subprocess).
 
-    The metric runs in a worker thread so a 10-second test run does not stall the event
-    loop that every other rollout, proposal and validation shares.
+    The metric runs on the run's executor -- a worker thread by default, a Ray task with
+    ``Evolver(executor="ray")`` -- so a 10-second test run does not stall the event loop that
+    every other rollout, proposal and validation shares.
     """
 
     metric_in_thread = True

@@ -424,7 +424,8 @@ def lineage_chart(df: pl.DataFrame, *, x: str = "time") -> AnyChart:
 
 def dashboard_charts(df: pl.DataFrame, window_s: float | None = None) -> dict[str, AnyChart]:
     """Every single-run chart of one run, keyed by a short name (used by the report).
-    ``server_load`` is there only when a server reported its load (a hosted API does not)."""
+    ``server_load`` is there only when a server reported its load (a hosted API does not),
+    ``endpoints`` only when requests went to more than one endpoint."""
     charts = {
         "throughput": throughput_chart(df, window_s=window_s),
         "concurrency": concurrency_chart(df),
@@ -434,6 +435,10 @@ def dashboard_charts(df: pl.DataFrame, window_s: float | None = None) -> dict[st
     }
     if df.height and (df["kind"] == str(Kind.BACKEND_LOAD)).any():  # (not the frame twice)
         charts["server_load"] = server_load_chart(df)
+    from flashevolve.views.endpoint_charts import endpoints_chart, several_endpoints
+
+    if several_endpoints(df):  # a router spread the requests
+        charts["endpoints"] = endpoints_chart(df, window_s=window_s)
     from flashevolve.events import edits
     from flashevolve.views.edit_charts import artifact_size_chart, operations_chart
 

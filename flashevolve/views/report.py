@@ -23,6 +23,7 @@ import polars as pl
 from flashevolve.errors import UserError
 from flashevolve.events import frames as fr
 from flashevolve.views import charts as ch
+from flashevolve.views.endpoint_charts import endpoints_table_html
 
 EXPORT_SUFFIXES = (".png", ".svg", ".pdf", ".html")
 
@@ -31,6 +32,7 @@ SECTIONS = {
     "throughput": "Throughput",
     "concurrency": "Backend concurrency",
     "server_load": "Server load",
+    "endpoints": "Endpoints",
     "stage_breakdown": "Where the time went",
     "staleness": "Stale work",
     "lineage": "Candidate lineage",
@@ -179,8 +181,9 @@ def render_report(
         parts.append(f"<h2>Run: {html.escape(name)}</h2>")
         parts.append('<div class="grid">')
         for key, chart in ch.dashboard_charts(df, window_s=window_s).items():
+            table = endpoints_table_html(df) if key == "endpoints" else ""
             parts.append(
-                f"<section><h3>{SECTIONS[key]}</h3>{page.chart(chart, key, name)}</section>"
+                f"<section><h3>{SECTIONS[key]}</h3>{page.chart(chart, key, name)}{table}</section>"
             )
         parts.append("</div>")
     parts.append(page.spec_scripts())

@@ -42,6 +42,12 @@ class ServerLoad(BaseModel):
     kv_usage: float | None = None
 
 
+class EndpointStatus(BaseModel):
+    requests: int = 0  # answered there
+    failed: int = 0
+    state: str = "up"  # a router's (or a client's circuit's) latest word on it
+
+
 class LiveStatus(BaseModel):
     """What ``source.status()`` returns; missing fields default so a starting run still shows."""
 
@@ -64,6 +70,8 @@ class LiveStatus(BaseModel):
     frontier_version: int = 0
     #: endpoint -> the server's latest report of its own load (servers that can tell)
     server_load: dict[str, ServerLoad] = Field(default_factory=dict)
+    #: endpoint -> requests it answered and failed, and its state (shown with several endpoints)
+    endpoints: dict[str, EndpointStatus] = Field(default_factory=dict)
 
 
 def _status_fn(source: Any) -> Callable[[], Any]:
@@ -85,6 +93,21 @@ def _fmt_elapsed(seconds: float) -> str:
 
 def _short_endpoint(endpoint: str) -> str:
     return endpoint.removeprefix("http://").removeprefix("https://").removesuffix("/v1")
+
+
+def _endpoint_rows(endpoints: dict[str, EndpointStatus]) -> str:
+    """One row per endpoint when requests went to several (a router): answered, failed, and
+    whether it is out of the rotation."""
+    if len(endpoints) < 2:
+        return ""
+    rows = []
+    for endpoint, e in endpoints.items():
+        state = "" if e.state in ("up", "closed") else f' · <b style="color:#c62828">{e.state}</b>'
+        rows.append(
+            f"<tr><td>endpoint {html.escape(_short_endpoint(endpoint))}</td><td align=right "
+            f'data-fe="endpoint">{e.requests} answered · {e.failed} failed{state}</td></tr>'
+        )
+    return "".join(rows)
 
 
 def _bar(busy: int, workers: int) -> str:
@@ -181,6 +204,7 @@ class SourcePanel:
                 + "</td></tr>"
                 for endpoint, load in status.server_load.items()
             )
+            + _endpoint_rows(status.endpoints)
             + "</table>"
         )
         self.shown = {
@@ -202,6 +226,7 @@ class SourcePanel:
             "pool_version": status.pool_version,
             "frontier_version": status.frontier_version,
             "server_load": {k: v.model_dump() for k, v in status.server_load.items()},
+            "endpoints": {k: v.model_dump() for k, v in status.endpoints.items()},
             "error": None,
         }
         if self.pause is not None:
