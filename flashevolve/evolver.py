@@ -21,7 +21,7 @@ from flashevolve.events import frames, metrics
 from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Event, Kind
 from flashevolve.executors import resolve_executor, run_scope
-from flashevolve.policies.staleness import make_policy
+from flashevolve.policies.staleness import DECISIONS, make_policy
 from flashevolve.pool import ArtifactPool
 from flashevolve.rundir import RunDirectory, task_fingerprint
 from flashevolve.runtime.budget import BudgetTracker
@@ -109,7 +109,7 @@ class Evolver(BackgroundRun):
         self.runtime: Runtime | None = None
         self.state = "created"
         self._counts = {"proposals": 0, "accepted": 0}
-        self._stale = dict.fromkeys(("accept", "discard", "patch", "merged"), 0)
+        self._stale = dict.fromkeys(DECISIONS, 0)
         self._best: float | None = None
         self._server_load: dict[str, dict[str, Any]] = {}  # endpoint -> its latest load report
         self._endpoints: dict[str, dict[str, Any]] = {}  # endpoint -> answered, failed, state

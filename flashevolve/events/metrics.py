@@ -28,6 +28,7 @@ import polars as pl
 from flashevolve.events.endpoints import endpoint_summary
 from flashevolve.events.frames import backend_load, best_score_over_time, concurrency
 from flashevolve.events.schema import Kind
+from flashevolve.policies.staleness import DECISIONS
 
 
 def _count(df: pl.DataFrame, kind: str) -> int:
@@ -105,7 +106,7 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
     seed = _seed_score(df)
     mean_conc, peak_conc = concurrency_stats(df, duration)
     stale = df.filter(pl.col("kind") == Kind.STALE_DETECTED)
-    decisions = dict.fromkeys(("accept", "discard", "patch", "merged"), 0)
+    decisions = dict.fromkeys(DECISIONS, 0)
     for d in stale["decision"].drop_nulls().to_list():
         decisions[d] = decisions.get(d, 0) + 1
     gate_pass, gate_fail = _count(df, Kind.GATE_PASSED), _count(df, Kind.GATE_FAILED)
