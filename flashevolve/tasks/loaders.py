@@ -340,21 +340,26 @@ def _split(
     return examples[:k_train], examples[k_train : k_train + k_val], examples[k_train + k_val :]
 
 
-def load_task_file(
-    path: str | Path,
-    kind: str | None = None,
-    *,
-    name: str | None = None,
-    seed: int = 0,
-    n_train: int | None = None,
-    n_val: int | None = None,
-    instruction: str | None = None,
-    max_tokens: int | None = None,
-    temperature: float = 0.0,
-    timeout_s: float = 10.0,
-    allow_unsandboxed: bool = False,
-) -> PromptTask:
-    """Read ``path`` as ``kind`` (detected from the first row's fields when None).
+class TaskFileOptions(BaseModel):
+    """How :func:`load_task_file` turns a file into a task (validated; unknown names refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    seed: int = 0  # the shuffle that splits rows without a ``split`` field
+    n_train: int | None = Field(default=None, ge=1)  # default 40% of the rows
+    n_val: int | None = Field(default=None, ge=1)  # default 30% of the rows
+    instruction: str | None = None  # the seed instruction (default: the kind's)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    timeout_s: float = Field(default=10.0, gt=0)  # humaneval: per program
+    #: humaneval runs model-written code: only where the sandbox isolates it, unless this is set
+    allow_unsandboxed: bool = False
+
+
+def load_task_file(path: str | Path, kind: str | None = None, **options: Any) -> PromptTask:
+    """Read ``path`` as ``kind`` (detected from the first row's fields when None); ``options``
+    are :class:`TaskFileOptions` (an unknown or bad one is a :class:`TaskFileError` naming it).
 
     Rows with a ``split`` field go to that split; otherwise a ``seed``-ed shuffle puts
     ``n_train`` (default 40%) in train, ``n_val`` (default 30%) in val and the rest in test.
@@ -362,7 +367,45 @@ def load_task_file(
     unless ``allow_unsandboxed=True`` (raises :class:`~flashevolve.sandbox.SandboxRefused`).
     """
     where = str(path)
+    try:
+        opts = TaskFileOptions.model_validate(options)
+    except ValidationError as err:
+        field, problem = pydantic_problem(err)
+        known = ", ".join(TaskFileOptions.model_fields)
+        if err.errors()[0]["type"] == "extra_forbidden":
+            raise TaskFileError(
+                where, None, None, f"no option {field!r}; the options are: {known}"
+            ) from None
+        raise TaskFileError(where, None, field, problem) from None
     records = read_records(path)
+    kind = _kind_of(where, records, kind)
+    spec = KINDS[kind]
+    rows = _examples(where, records, spec)
+    train, val, test = _split(where, rows, opts.seed, opts.n_train, opts.n_val)
+    task_cls = CodeTask if kind == "humaneval" else PromptTask
+    metric = spec.metric
+    if kind == "humaneval":
+        code_sandbox(opts.timeout_s, allow_unsandboxed=opts.allow_unsandboxed).check()
+        # a partial of a module-level function: it pickles, so a process or Ray executor
+        # can run it without shipping the task
+        metric = functools.partial(
+            humaneval_metric, timeout_s=opts.timeout_s, allow_unsandboxed=opts.allow_unsandboxed
+        )
+    return task_cls(
+        opts.name or f"{kind}:{Path(where).stem}",
+        train=train,
+        val=val,
+        test=test,
+        seed={"instruction": opts.instruction or spec.seed},
+        metric=metric,
+        description=spec.description,
+        max_tokens=opts.max_tokens if opts.max_tokens is not None else spec.max_tokens,
+        temperature=opts.temperature,
+    )
+
+
+def _kind_of(where: str, records: list[tuple[int, dict[str, Any]]], kind: str | None) -> str:
+    """The task kind: as given (aliases allowed) or detected from the first row's fields."""
     if kind is None:
         kind = detect_kind(records[0][1])
         if kind is None:
@@ -378,8 +421,14 @@ def load_task_file(
         raise TaskFileError(
             where, None, None, f"unknown kind {kind!r}; choose one of {sorted(KINDS)}"
         )
-    spec = KINDS[kind]
-    rows: list[tuple[int, _Row, Example]] = []
+    return kind
+
+
+def _examples(
+    where: str, records: list[tuple[int, dict[str, Any]]], spec: Any
+) -> list[tuple[int, Any, Example]]:
+    """Every row validated and converted, with a unique id (file:line named on any problem)."""
+    rows: list[tuple[int, Any, Example]] = []
     seen: dict[str, int] = {}
     for index, (line, raw) in enumerate(records):
         try:
@@ -400,29 +449,7 @@ def load_task_file(
             )
         seen[ex_id] = line
         rows.append((line, row, Example(ex_id, inputs, reference, {"line": line})))
-    train, val, test = _split(where, rows, seed, n_train, n_val)
-    task_cls = CodeTask if kind == "humaneval" else PromptTask
-    metric = spec.metric
-    if kind == "humaneval":
-        code_sandbox(timeout_s, allow_unsandboxed=allow_unsandboxed).check()
-
-        # a partial of a module-level function: it pickles, so a process or Ray executor
-        # can run it without shipping the task
-        metric = functools.partial(
-            humaneval_metric, timeout_s=timeout_s, allow_unsandboxed=allow_unsandboxed
-        )
-
-    return task_cls(
-        name or f"{kind}:{Path(where).stem}",
-        train=train,
-        val=val,
-        test=test,
-        seed={"instruction": instruction or spec.seed},
-        metric=metric,
-        description=spec.description,
-        max_tokens=max_tokens if max_tokens is not None else spec.max_tokens,
-        temperature=temperature,
-    )
+    return rows
 
 
 def kinds() -> Sequence[str]:
