@@ -259,11 +259,8 @@ class Evolver(BackgroundRun):
             "name": self.name,
             "resumed": resumed,
             "simulated": str(task_llm.endpoint).startswith("sim:"),
-            "backend": {"endpoint": task_llm.endpoint, "model": task_llm.model},
-            "reflection_backend": {
-                "endpoint": reflection_llm.endpoint,
-                "model": reflection_llm.model,
-            },
+            "backend": backend_facts(task_llm),
+            "reflection_backend": backend_facts(reflection_llm),
             "workers": dict(self.runtime.targets),
             "max_in_flight": self.runtime.max_in_flight,
             "staleness": self.policy.name,
@@ -421,6 +418,8 @@ class Evolver(BackgroundRun):
             "elapsed_s": elapsed,
             "stages": runtime_status["stages"],
             "in_flight": self._in_flight.count,
+            "at_server": self._in_flight.at_server,
+            "in_client": self._in_flight.held,
             "jobs_in_flight": runtime_status["jobs_in_flight"],
             "wind_down_at": runtime_status.get("wind_down_at"),  # new jobs stopped (run clock)
             "max_in_flight": rt.max_in_flight if rt else self.config.max_in_flight,
@@ -523,3 +522,21 @@ class Evolver(BackgroundRun):
             owned.append(reflection)
         self._backend_spec, self._reflection_spec = spec, reflection  # reuse on resume
         return spec, reflection or spec, owned
+
+
+def backend_facts(llm: Any) -> dict[str, Any]:
+    """What ``run_started`` says about a backend: where it is, and what the views need to read
+    the log without it -- the throughput it can attain (``utilization``'s denominator, when it
+    says: the simulator's profiles do) and the client's own cap on requests in flight."""
+    facts: dict[str, Any] = {"endpoint": llm.endpoint, "model": llm.model}
+    profile = getattr(llm, "profile", None)
+    attainable = getattr(llm, "attainable_tokens_per_s", None)
+    if attainable is None and profile is not None:
+        attainable = getattr(profile, "attainable_tokens_per_s", None)
+    if isinstance(attainable, int | float) and attainable > 0:
+        facts["attainable_tokens_per_s"] = float(attainable)
+    cap = getattr(llm, "max_concurrency", None)
+    if isinstance(cap, int) and cap > 0:
+        facts["max_concurrency"] = cap
+        facts["queue"] = getattr(llm, "queue", None)
+    return facts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +29,18 @@ class ChatRequest:
     #: cancellation: ``completion_tokens`` generated so far (the work thrown away if the caller
     #: cancels).  Backends that cannot tell leave it empty.
     partial: dict[str, int] = field(default_factory=dict)
+    #: Set by the runtime (its instrumented wrapper) so that what the server sees can be told
+    #: apart from what waits in the client.  A client that holds requests back -- a cap on
+    #: requests in flight, a retry's backoff -- calls it with ``False`` when this request starts
+    #: waiting on the client's side and with ``True`` when it goes to the server.  A backend that
+    #: sends every request at once need not call it: its requests count as at the server.
+    on_dispatch: Callable[[bool], None] | None = None
+
+
+def notify_dispatch(request: ChatRequest, at_server: bool) -> None:
+    """Tell the runtime where ``request`` is (see ``ChatRequest.on_dispatch``)."""
+    if request.on_dispatch is not None:
+        request.on_dispatch(at_server)
 
 
 @dataclass(slots=True)

@@ -10,7 +10,13 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from flashevolve.backends.base import BackendLoad, ChatRequest, ChatResult, LLMError
+from flashevolve.backends.base import (
+    BackendLoad,
+    ChatRequest,
+    ChatResult,
+    LLMError,
+    notify_dispatch,
+)
 from flashevolve.backends.gate import PriorityGate
 from flashevolve.backends.prometheus import load_from_metrics
 from flashevolve.backends.retry import call_with_retries
@@ -30,6 +36,9 @@ class OpenAICompatLLM:
       in arrival order (``queue="fifo"``, the default) or, with ``queue="priority"``, in
       ``request.priority`` order, lower first, arrival order among equals
       (:class:`~flashevolve.backends.gate.PriorityGate`).
+    - Tells the runtime when a request starts waiting here and when it goes to the server
+      (``ChatRequest.on_dispatch``), so a run counts requests at the server apart from those
+      this client holds back.
     - Retries with exponential backoff and jitter on 429/5xx and connection errors; the backoff
       sleeps on the injectable clock.
     - Cancelling the caller's task closes the HTTP connection, which vLLM and llama-server treat
@@ -114,9 +123,16 @@ class OpenAICompatLLM:
     async def complete(self, request: ChatRequest) -> ChatResult:
         async def attempt() -> ChatResult:
             client, gate = self._loop_state()
+            if gate.holders >= gate.limit:
+                notify_dispatch(request, False)  # it waits here until the gate lets it through
             # released during backoff so others can use the slot
             async with gate.slot(request.priority if self.queue == "priority" else 0):
-                return await self._once(client, request)
+                notify_dispatch(request, True)
+                try:
+                    return await self._once(client, request)
+                except BaseException:
+                    notify_dispatch(request, False)  # back on this side (a retry's backoff)
+                    raise
 
         return await call_with_retries(
             attempt,

@@ -31,18 +31,22 @@ NAME = "run"
 HELP = "evolve a task (GEPA) in sync and/or async mode and compare them"
 
 SUMMARY_ROWS = [
-    ("proposals_per_min", "proposals/min", ".2f"),
+    # The objective first: accepted proposals per minute and the best score they reached.
     ("accepted_per_min", "accepted/min", ".3f"),
+    ("best_score", "best val score", ".3f"),
     ("improvements_per_min", "new best/min", ".3f"),
     ("validations_per_min", "val sweeps/min", ".2f"),
+    ("proposals_per_min", "proposals/min", ".2f"),
     ("seed_score", "seed val score", ".3f"),
-    ("best_score", "best val score", ".3f"),
-    ("proposals", "proposals", "d"),
     ("accepted", "accepted", "d"),
+    ("validations", "val sweeps", "d"),
+    ("proposals", "proposals", "d"),
     ("tokens", "tokens", "d"),
     ("tokens_per_accepted", "tokens/accepted", ".0f"),
-    ("mean_concurrency", "mean concurrency", ".1f"),
-    ("peak_concurrency", "peak concurrency", "d"),
+    ("mean_concurrency", "requests at server, mean", ".1f"),
+    ("peak_concurrency", "requests at server, peak", "d"),
+    ("mean_in_client", "waiting in client, mean", ".1f"),
+    ("utilization", "server utilization", ".1%"),
     ("server_waiting_per_running", "server waiting/running", ".2f"),
     ("stale_seen", "stale items", "d"),
     ("errors", "errors", "d"),
@@ -310,9 +314,11 @@ def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
         )
     text = format_table(table_rows, cols)
     if "sync" in summaries and "async" in summaries:
-        s, a = summaries["sync"]["proposals_per_min"], summaries["async"]["proposals_per_min"]
-        if s:
-            text += f"\n\nasync / sync proposals per minute: {a / s:.2f}x"
+        text += "\n"
+        for key, what in (("accepted_per_min", "accepted"), ("proposals_per_min", "proposals")):
+            s, a = summaries["sync"][key], summaries["async"][key]
+            ratio = f"{a / s:.2f}x" if s else f"{a:.3f} vs {s:.3f}"
+            text += f"\nasync / sync {what} per minute: {ratio}"
     return text
 
 
