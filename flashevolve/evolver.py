@@ -96,7 +96,8 @@ class Evolver(BackgroundRun):
         self._log = EventLog()
         self.runtime: Runtime | None = None
         self.state = "created"
-        self._counts = {"proposals": 0, "accepted": 0}
+        self._counts = {"proposals": 0, "accepted": 0, "generated_tokens": 0}
+        self._attainable: float | None = None  # the backend's attainable tokens/s, if it says
         self._stale = dict.fromkeys(("accept", "discard", "patch", "merged"), 0)
         self._best: float | None = None
         self._server_load: dict[str, dict[str, Any]] = {}  # endpoint -> its latest load report
@@ -428,6 +429,10 @@ class Evolver(BackgroundRun):
             "proposals_per_min": self._counts["proposals"] / minutes,
             "accepted_per_min": self._counts["accepted"] / minutes,
             "best_score": self._best,
+            # generated tokens per second over what the server can attain (when it says)
+            "utilization": None
+            if self._attainable is None or elapsed <= 0
+            else self._counts["generated_tokens"] / elapsed / self._attainable,
             "stale": dict(self._stale),
             "pool_version": self.pool.pool_version,
             "frontier_version": self.pool.frontier_version,
@@ -502,6 +507,11 @@ class Evolver(BackgroundRun):
                 self._best = event.score
         elif kind == Kind.STALE_DETECTED and event.decision:
             self._stale[event.decision] = self._stale.get(event.decision, 0) + 1
+        elif kind in (Kind.REQUEST_FINISHED, Kind.REQUEST_CANCELLED):
+            self._counts["generated_tokens"] += event.completion_tokens or 0
+        elif kind == Kind.RUN_STARTED:
+            backend = (event.data or {}).get("backend") or {}
+            self._attainable = backend.get("attainable_tokens_per_s")
         elif kind == Kind.BACKEND_LOAD and event.endpoint:
             self._server_load[event.endpoint] = dict(event.data or {})
 
