@@ -273,7 +273,8 @@ def test_dashboard_refresh_shows_changing_status():
     panel = board.panels[0]
     assert "0.6100" in panel.counters.value and "1:15" in panel.header.value
     assert "3/4" in panel.stages.value
-    assert "server" not in panel.counters.value  # no server has reported its load yet
+    assert "running ·" not in panel.counters.value  # no server has reported its load yet
+    assert "requests at server / waiting in client" in panel.counters.value
     a.state["server_load"] = {"http://127.0.0.1:8000/v1": {"running": 5, "waiting": 2,
                                                           "kv_usage": 0.5}}  # fmt: skip
     shown = board.refresh()["sources"][0]
