@@ -14,6 +14,8 @@
   by the count; wasted tokens: completion tokens of requests cancelled before they finished, as
   far as the backend reports them (the simulator always; HTTP only when streaming) --
   ``cancelled_tokens_unknown`` counts the cancelled requests it could not.
+- time to admission: mean seconds from a job's start to its child's admission (confirmed), and
+  to its entering the pool (earlier under speculative validation).
 - backend concurrency: requests at the server, a step function of time; mean is time-weighted.
   Requests a client holds back (waiting for one of its slots, or in a retry's backoff) are
   counted apart, as requests in the client: before they were, a run whose client capped requests
@@ -106,6 +108,25 @@ def server_waiting_per_running(df: pl.DataFrame) -> float | None:
     return waiting / max(running, 1.0)
 
 
+def time_to_admission(df: pl.DataFrame) -> tuple[float | None, float | None]:
+    """Mean seconds from a job's start to its child's admission, over admitted children (the
+    seed excluded): (to the confirmed admission, to entering the pool).  The two differ only
+    under speculative validation, where a child enters the pool -- and can be chosen as a parent
+    -- at its speculative admission, before its tail confirms it."""
+    adm = _non_seed(df, Kind.ADMITTED).filter(pl.col("latency_s").is_not_null())
+    if adm.is_empty():
+        return None, None
+    spec = (
+        df.filter(pl.col("kind") == Kind.SPECULATIVE_ADMITTED)
+        .group_by("artifact_id")
+        .agg(pl.col("ts").min().alias("spec_ts"))
+    )
+    joined = adm.join(spec, on="artifact_id", how="left")
+    early = (pl.col("ts") - pl.col("spec_ts")).fill_null(0.0)
+    to_pool = joined.select((pl.col("latency_s") - early).mean()).item()
+    return float(adm["latency_s"].mean()), float(to_pool)  # type: ignore[arg-type]
+
+
 #: The best-score step series, as metrics and views both use it.
 best_score_series = best_score_over_time
 
@@ -136,6 +157,7 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
     for d in stale["decision"].drop_nulls().to_list():
         decisions[d] = decisions.get(d, 0) + 1
     gate_pass, gate_fail = _count(df, Kind.GATE_PASSED), _count(df, Kind.GATE_FAILED)
+    to_admission, to_pool = time_to_admission(df)
     return {
         "duration_s": duration,
         "proposals": proposals,
@@ -147,6 +169,8 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
         "improvements": improvements,
         "improvements_per_min": improvements / minutes,
         "best_score": float(best["best_score"].max()) if best.height else None,
+        "time_to_admission_s": to_admission,  # mean, job start -> admitted (confirmed)
+        "time_to_pool_s": to_pool,  # mean, job start -> in the pool (speculatively, if so)
         "seed_score": seed,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,

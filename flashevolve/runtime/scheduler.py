@@ -167,6 +167,11 @@ class Runtime:
         task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
         return task
 
+    @property
+    def jobs_in_flight(self) -> int:
+        """Jobs started and not finished (what the bound ``max_in_flight`` caps)."""
+        return len(self._job_items)
+
     def queue_depth(self, stage: str) -> int:
         return self._queues[stage].qsize() if hasattr(self, "_queues") else 0
 
@@ -181,7 +186,7 @@ class Runtime:
                 }
                 for name in self.specs
             },
-            "jobs_in_flight": len(self._job_items),
+            "jobs_in_flight": self.jobs_in_flight,
             "wind_down_at": self.wound_down_at,
         }
 
