@@ -38,6 +38,12 @@ class Evolver(BackgroundRun):
     ``backend`` is an :class:`~flashevolve.backends.LLM`, a dict ``{"task": llm, "reflection":
     llm}``, or a string: ``"local"`` (embedded llama-server) or ``"sim"``/``"sim:<profile>"`` (the
     serving simulator).  Backends made from strings are owned and closed by the evolver.
+
+    The async defaults aim at accepted proposals per minute: ``control="auto"`` is the adaptive
+    controller (:class:`~flashevolve.policies.control.AdaptiveController`: the paper's balance
+    rule, trials judged by admitting work, backpressure from the server's queue; ``None`` turns
+    it off), and ``max_in_flight=None`` starts with one job per worker and lets the controller
+    size it.  Sync runs ignore both.
     """
 
     def __init__(
@@ -52,10 +58,10 @@ class Evolver(BackgroundRun):
         seed: int = 0,
         run_dir: str | Path | None = None,
         workers: dict[str, int] | None = None,
-        max_in_flight: int = 16,
+        max_in_flight: int | None = None,
         reflection_backend: LLM | None = None,
         speculation: Any = None,
-        control: Any = None,
+        control: Any = "auto",
         name: str | None = None,
         staleness_counter: str = "pool",
         rng: str = "per-stage",
@@ -85,7 +91,7 @@ class Evolver(BackgroundRun):
             raise ConfigError(f"staleness: {err}") from None
         check_supports(self.workflow, speculation=speculation, policy=self.policy)
         self.speculation = speculation
-        self.control = control
+        self.control = default_control(control, self.config.mode)
         self.name = name or f"{self.config.mode}"
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume = resume
@@ -161,7 +167,8 @@ class Evolver(BackgroundRun):
             RuntimeConfig(
                 mode=self.config.mode,
                 workers=self.config.workers,
-                max_in_flight=self.config.max_in_flight,
+                max_in_flight=self.config.max_in_flight
+                or starting_bound(self.workflow, self.config.workers, task_llm),
                 staleness_counter=self.config.staleness_counter,
                 seconds=seconds,
                 load_every_s=self.config.load_every_s,
@@ -550,3 +557,27 @@ def backend_facts(llm: Any) -> dict[str, Any]:
         facts["max_concurrency"] = cap
         facts["queue"] = getattr(llm, "queue", None)
     return facts
+
+
+def default_control(control: Any, mode: str) -> Any:
+    """``control="auto"``: the adaptive controller for async runs (measured to make more
+    accepted proposals per minute than fixed settings found in hindsight, docs/benchmarks.md
+    section 4), nothing for sync (one worker per stage is what sync means)."""
+    if not (isinstance(control, str) and control == "auto"):
+        return control
+    if mode != "async":
+        return None
+    from flashevolve.policies.control import AdaptiveController
+
+    return AdaptiveController()
+
+
+def starting_bound(workflow: Any, workers: dict[str, int], llm: Any) -> int:
+    """Jobs in flight when the user did not say: one per worker (fewer leave workers idle from
+    the first minute), but no more than the client lets reach the server at once (its
+    ``max_concurrency``: llama-server's slots, ``--concurrency``) -- a job keeps at least one
+    request at the server, so jobs beyond that only wait in the client.  The adaptive
+    controller sizes it from there, by the server's load."""
+    total = sum(workers.get(spec.name, spec.default_workers) for spec in workflow.stages())
+    cap = getattr(llm, "max_concurrency", None)
+    return max(1, min(total, cap) if isinstance(cap, int) and cap > 0 else total)

@@ -33,9 +33,9 @@ class OpenAICompatLLM:
     """Chat completions over real HTTP with the official ``openai`` client.
 
     - ``max_concurrency`` caps requests in flight to this endpoint (per instance); the rest wait
-      in arrival order (``queue="fifo"``, the default) or, with ``queue="priority"``, in
-      ``request.priority`` order, lower first, arrival order among equals
-      (:class:`~flashevolve.backends.gate.PriorityGate`).
+      in ``request.priority`` order, lower first, arrival order among equals (``queue=
+      "priority"``, the default: later pipeline stages first;
+      :class:`~flashevolve.backends.gate.PriorityGate`), or in arrival order (``"fifo"``).
     - Tells the runtime when a request starts waiting here and when it goes to the server
       (``ChatRequest.on_dispatch``), so a run counts requests at the server apart from those
       this client holds back.
@@ -74,7 +74,7 @@ class OpenAICompatLLM:
         clock: Clock | None = None,
         seed: int = 0,
         stream: bool = False,
-        queue: str = "fifo",
+        queue: str = "priority",
     ) -> None:
         import openai  # imported here so the core imports without the SDK being reachable
 

@@ -89,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-in-flight",
         type=int,
         default=None,
-        help="async: proposals in flight at once (default: 2 x backend slots)",
+        help="async: jobs in flight at once (default: one per worker, at most the client's "
+        "concurrency; the adaptive controller then sizes it from the server's load)",
     )
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument(
@@ -233,11 +234,10 @@ def _make_evolver(
 ) -> Any:
     from flashevolve import Evolver
 
-    slots = getattr(backend, "max_concurrency", 8) or 8
     kwargs: dict[str, Any] = {}
     if mode == "async":
-        kwargs["workers"] = workers or {"rollout": 2, "propose": 2, "evaluate": 2}
-        kwargs["max_in_flight"] = args.max_in_flight or max(4, 2 * slots)
+        kwargs["workers"] = workers  # empty: the workflow's own (GEPA: 8/4/8/8)
+        kwargs["max_in_flight"] = args.max_in_flight  # None: sized by the Evolver and controller
     grammar = args.reflection_grammar
     if grammar == "on" or (grammar == "auto" and args.backend.partition(":")[0] == "local"):
         from flashevolve.workflows.gepa.reflection import fenced_block_grammar
@@ -262,7 +262,6 @@ def _make_evolver(
         run_dir=run_dir,
         name=mode,
         resume=resume,
-        eval_concurrency=slots if mode == "sync" else max(1, slots // 2),
         **kwargs,
     )
 
