@@ -92,3 +92,33 @@ def test_a_simulated_run_reports_utilization_against_its_profile():
     assert generated > 0
     assert summary["utilization"] == generated / summary["duration_s"] / attainable
     assert summary["peak_in_client"] == 0  # the simulator in-process holds nothing back
+
+
+def test_a_request_cancelled_while_waiting_in_the_client_wasted_nothing():
+    """It never reached the server: its wasted tokens are known to be 0, not unknown."""
+    from flashevolve.backends.server import FixedLatency
+
+    async def main(base_url: str) -> EventLog:
+        clock = LoopClock()
+        clock.start()
+        log = EventLog(clock=clock)
+        client = OpenAICompatLLM(base_url, "scripted", max_concurrency=1)
+        llm = InstrumentedLLM(client, "task", log, InFlight())
+        first = asyncio.create_task(llm.complete(ChatRequest(MSGS, stage="validate")))
+        waiting = asyncio.create_task(llm.complete(ChatRequest(MSGS, stage="rollout")))
+        _, gate = client._loop_state()
+        while gate.waiting < 1:  # event-loop turns until the second one waits for the slot
+            await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await first
+        await client.aclose()
+        return log
+
+    with serve_in_thread(ScriptedResponder(latency=FixedLatency(0.2))) as base_url:
+        log = asyncio.run(main(base_url))
+    df = log.frame()
+    cancelled = df.filter(df["kind"] == Kind.REQUEST_CANCELLED)
+    assert cancelled["completion_tokens"].to_list() == [0]
+    assert "waiting in the client" in cancelled["reason"][0]
+    assert metrics.summary(df)["cancelled_tokens_unknown"] == 0

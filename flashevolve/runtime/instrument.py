@@ -134,17 +134,19 @@ class InstrumentedLLM:
         try:
             result = await self.inner.complete(request)
         except asyncio.CancelledError:
+            never_sent = where.held_from is not None and not where.sent
             held = where.finish()
             self.in_flight.change(self._now(), count=-1)
             # Work thrown away, when the backend could tell (the simulator, streaming HTTP);
-            # None when it could not.
+            # None when it could not -- and none at all if the client never sent it.
+            wasted = 0 if never_sent else request.partial.get("completion_tokens")
             self._emit(
                 Kind.REQUEST_CANCELLED,
                 request,
                 rid,
-                reason="cancelled",
+                reason="cancelled" + (" while waiting in the client" if never_sent else ""),
                 latency_s=self._since(t0),
-                completion_tokens=request.partial.get("completion_tokens"),
+                completion_tokens=wasted,
                 data=held or None,
             )
             raise
