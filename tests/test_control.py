@@ -406,3 +406,18 @@ def test_requests_waiting_in_the_client_count_as_queue():
     assert load is not None
     assert (load.running, load.client_waiting, load.queue) == (4.0, 8.0, 2.0)
     assert LoadSignal().read(120.0, 120.0) is None  # nobody can tell: no backpressure
+
+
+def test_requests_that_fail_for_good_are_backpressure_too():
+    """A rate-limited API answers 429 beyond what retries outlast: a server refusing work is past
+    its capacity, whatever its queue says (a hosted API reports none)."""
+    c = AdaptiveController(window_s=120, max_failed=0.02)
+    rt = FakeRuntime({"rollout": 4, "propose": 4}, max_in_flight=32)
+    feed(c, now=100, latency=LAT, per_job=BOTH, tokens=10_000)
+    for k in range(50):
+        kind = Kind.REQUEST_FAILED if k % 10 == 0 else Kind.REQUEST_FINISHED
+        c.observe(Event(kind, ts=40 + k))
+    c.load.sample_client(0.0, None)
+    c.observe(Event(Kind.BACKEND_LOAD, ts=99, endpoint="api", data={"running": 50, "waiting": 0}))
+    assert c.step(rt, 100) == {}  # 5 of the window's 60 requests failed
+    assert rt.max_in_flight == 24 and "8% of requests failed" in rt.bound_calls[-1][1]

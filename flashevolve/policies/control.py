@@ -24,7 +24,8 @@ every stage's capacity depends on how much the others ask of the same server.
 1. **Backpressure**.  Queue above ``queue_high`` (default 2): requests pile up in front of the
    server and more concurrency buys only waiting -- a trial in progress is undone at once,
    otherwise the job bound shrinks by ``shrink`` (x0.75, not below ``min_in_flight``), at most
-   once a window (a change needs a window to show).  Queue above ``queue_low`` (0.5): nothing
+   once a window (a change needs a window to show); so does a share of requests failed for
+   good above ``max_failed`` (2%: a rate limit refusing work).  Queue above ``queue_low`` (0.5): nothing
    grows, and the balance rule only removes workers.  Why 2 and not 1: a server whose KV cache
    is full keeps a queue of about one request per request served at its best (the simulated
    vLLM profile: the best fixed settings run at 0.5-1.3), and work started minutes ago lands
@@ -107,6 +108,7 @@ class AdaptiveController:
         queue_low: float = 0.5,
         queue_high: float = 2.0,
         shrink: float = 0.75,
+        max_failed: float = 0.02,
         objective_stages: list[str] | None = None,
     ) -> None:
         if period_s <= 0 or window_s <= 0:
@@ -145,6 +147,7 @@ class AdaptiveController:
         self.queue_low = queue_low
         self.queue_high = queue_high
         self.shrink = shrink
+        self.max_failed = max_failed
         self.objective = ObjectiveSignal(objective_stages)
         self.load = LoadSignal()
         self._undone = False  # no trial undone (nor bound shrunk) yet: grow by initial_growth
@@ -224,10 +227,14 @@ class AdaptiveController:
     def backpressure(self, load: Load | None, now: float, runtime: Any) -> dict[str, Any] | None:
         """Requests pile up in front of the server: undo a trial in progress, or shrink the job
         bound (at most once a window).  Returns the worker changes when it acted, else None."""
-        if load is None or load.queue <= self.queue_high:
+        if load is None or (load.queue <= self.queue_high and load.failed_share <= self.max_failed):
             return None
         self._undone = True  # past the knee: no more doubling
-        why = f"{load.describe()} > {self.queue_high:g}"
+        why = (
+            f"{load.describe()} > {self.queue_high:g}"
+            if load.queue > self.queue_high
+            else f"{load.describe()} (more than {self.max_failed:.0%})"
+        )
         if self._trial is not None:
             trial, self._trial = self._trial, None
             self._hold_until = now + self.hold_windows * self.window_s
@@ -330,7 +337,7 @@ class AdaptiveController:
         if changes is None and self._trial is not None:
             changes = self.judge(now, runtime, signal) or {}
         elif changes is None:
-            roomy = load is None or load.queue <= self.queue_low
+            roomy = load is None or (load.queue <= self.queue_low and not load.failed_share)
             changes = self.decide(rates, grow=roomy)
             if not changes and roomy:
                 changes = self.start_trial(rates, now, runtime, signal)

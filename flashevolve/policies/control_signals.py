@@ -62,16 +62,20 @@ class Load:
     running: float
     server_waiting: float
     client_waiting: float
+    #: share of the window's requests that failed for good (a rate-limited API's 429s that
+    #: outlived the client's retries): a server refusing work is past its capacity too
+    failed_share: float = 0.0
 
     @property
     def queue(self) -> float:
         return (self.server_waiting + self.client_waiting) / max(self.running, 1.0)
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{self.server_waiting:.0f} waiting at the server and {self.client_waiting:.0f} in "
             f"the client per {self.running:.0f} served ({self.queue:.2f})"
         )
+        return text + (f", {self.failed_share:.0%} of requests failed" if self.failed_share else "")
 
 
 class LoadSignal:
@@ -80,9 +84,12 @@ class LoadSignal:
     def __init__(self) -> None:
         self._reports: dict[str, deque[tuple[float, int, int]]] = {}
         self._client: deque[tuple[float, float, float]] = deque()  # (ts, count_s, held_s)
+        self._ended: deque[tuple[float, bool]] = deque()  # (ts, failed) per finished request
 
     def observe(self, event: Event) -> None:
-        if event.kind == Kind.BACKEND_LOAD and event.endpoint is not None:
+        if event.kind in (Kind.REQUEST_FINISHED, Kind.REQUEST_FAILED):
+            self._ended.append((event.ts, event.kind == Kind.REQUEST_FAILED))
+        elif event.kind == Kind.BACKEND_LOAD and event.endpoint is not None:
             data = event.data or {}
             running, waiting = data.get("running"), data.get("waiting")
             if isinstance(running, int | float) and isinstance(waiting, int | float):
@@ -117,4 +124,7 @@ class LoadSignal:
         elif not reported:
             return None
         running = server_running if reported else at_server
-        return Load(running=running, server_waiting=server_waiting, client_waiting=held)
+        while self._ended and self._ended[0][0] < start:
+            self._ended.popleft()
+        failed = sum(f for _, f in self._ended) / len(self._ended) if self._ended else 0.0
+        return Load(running, server_waiting, held, failed_share=failed)
