@@ -25,13 +25,13 @@ every stage's capacity depends on how much the others ask of the same server.
    server and more concurrency buys only waiting -- a trial in progress is undone at once,
    otherwise the job bound shrinks by ``shrink`` (x0.75, not below ``min_in_flight``), at most
    once a window (a change needs a window to show); so does a share of requests failed for
-   good above ``max_failed`` (2%: a rate limit refusing work).  Queue above ``queue_low`` (0.5): nothing
-   grows, and the balance rule only removes workers.  Why 2 and not 1: a server whose KV cache
+   good above ``max_failed`` (2%: a rate limit refusing work).  Queue above ``queue_low``
+   (0.5): nothing grows, and the balance rule only removes workers.  Why 2 and not 1: a server whose KV cache
    is full keeps a queue of about one request per request served at its best (the simulated
    vLLM profile: the best fixed settings run at 0.5-1.3), and work started minutes ago lands
    there late, so a shrink at 1 answered the start-up wave and starved the server five minutes
-   later (2.13 against 2.21 accepted/min from the best fixed setting, seeds 0-11;
-   docs/benchmarks.md section 4).
+   later: started at the best fixed setting (2.206 accepted/min fixed, seeds 0-11) the
+   controller made 2.125 with 1 and 2.203 with 2 (docs/mechanisms.md).
 2. **Balance** (the paper's rule): with ``m`` the median of ``r_s``, ``r_s < low * m`` (0.5)
    gains a worker, ``r_s > high * m`` (2) loses one, within ``[min_workers, max_workers]``.
 3. **Scale** (ours; ``scale=False`` turns it off): balanced, every stage measured and the queue
