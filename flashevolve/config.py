@@ -19,7 +19,9 @@ class RunConfig(BaseModel):
     seed: int = 0
     budget: Budget = Field(default_factory=Budget)
     workers: dict[str, int] = Field(default_factory=dict)
-    max_in_flight: int = Field(default=16, ge=1)
+    #: Jobs in flight at once (async); ``None``: one per worker at the start, then the adaptive
+    #: controller (the async default) sizes it from the server's load.
+    max_in_flight: int | None = Field(default=None, ge=1)
     staleness_counter: Literal["pool", "frontier"] = "pool"
     rng: Literal["per-stage", "shared"] = "per-stage"
     #: Ask the backends for their own load (requests running / waiting) this often, in seconds

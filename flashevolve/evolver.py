@@ -46,6 +46,12 @@ class Evolver(BackgroundRun):
     ``executor`` runs the CPU-heavy work of the run -- task metrics that run code -- off the
     event loop: ``None``/``"local"`` (threads), ``"process"``, ``"ray"`` / ``"ray:ADDRESS"``
     or an :class:`~flashevolve.executors.Executor` (docs/scale-out.md).
+
+    The async defaults aim at accepted proposals per minute: ``control="auto"`` is the adaptive
+    controller (:class:`~flashevolve.policies.control.AdaptiveController`: the paper's balance
+    rule, trials judged by admitting work, backpressure from the server's queue; ``None`` turns
+    it off), and ``max_in_flight=None`` starts with one job per worker and lets the controller
+    size it.  Sync runs ignore both.
     """
 
     def __init__(
@@ -60,10 +66,10 @@ class Evolver(BackgroundRun):
         seed: int = 0,
         run_dir: str | Path | None = None,
         workers: dict[str, int] | None = None,
-        max_in_flight: int = 16,
+        max_in_flight: int | None = None,
         reflection_backend: LLM | None = None,
         speculation: Any = None,
-        control: Any = None,
+        control: Any = "auto",
         name: str | None = None,
         staleness_counter: str = "pool",
         rng: str = "per-stage",
@@ -96,7 +102,7 @@ class Evolver(BackgroundRun):
             raise ConfigError(f"staleness: {err}") from None
         check_supports(self.workflow, speculation=speculation, policy=self.policy)
         self.speculation = speculation
-        self.control = control
+        self.control = default_control(control, self.config.mode)
         self.name = name or f"{self.config.mode}"
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume = resume
@@ -108,7 +114,8 @@ class Evolver(BackgroundRun):
         self._log = EventLog()
         self.runtime: Runtime | None = None
         self.state = "created"
-        self._counts = {"proposals": 0, "accepted": 0}
+        self._counts = {"proposals": 0, "accepted": 0, "generated_tokens": 0}
+        self._attainable: float | None = None  # the backend's attainable tokens/s, if it says
         self._stale = dict.fromkeys(DECISIONS, 0)
         self._best: float | None = None
         self._server_load: dict[str, dict[str, Any]] = {}  # endpoint -> its latest load report
@@ -174,7 +181,8 @@ class Evolver(BackgroundRun):
             RuntimeConfig(
                 mode=self.config.mode,
                 workers=self.config.workers,
-                max_in_flight=self.config.max_in_flight,
+                max_in_flight=self.config.max_in_flight
+                or starting_bound(self.workflow, self.config.workers, task_llm),
                 staleness_counter=self.config.staleness_counter,
                 seconds=seconds,
                 load_every_s=self.config.load_every_s,
@@ -278,11 +286,8 @@ class Evolver(BackgroundRun):
             "name": self.name,
             "resumed": resumed,
             "simulated": str(task_llm.endpoint).startswith("sim:"),
-            "backend": {"endpoint": task_llm.endpoint, "model": task_llm.model},
-            "reflection_backend": {
-                "endpoint": reflection_llm.endpoint,
-                "model": reflection_llm.model,
-            },
+            "backend": backend_facts(task_llm),
+            "reflection_backend": backend_facts(reflection_llm),
             "workers": dict(self.runtime.targets),
             "max_in_flight": self.runtime.max_in_flight,
             "staleness": self.policy.name,
@@ -441,6 +446,8 @@ class Evolver(BackgroundRun):
             "elapsed_s": elapsed,
             "stages": runtime_status["stages"],
             "in_flight": self._in_flight.count,
+            "at_server": self._in_flight.at_server,
+            "in_client": self._in_flight.held,
             "jobs_in_flight": runtime_status["jobs_in_flight"],
             "wind_down_at": runtime_status.get("wind_down_at"),  # new jobs stopped (run clock)
             "max_in_flight": rt.max_in_flight if rt else self.config.max_in_flight,
@@ -449,6 +456,10 @@ class Evolver(BackgroundRun):
             "proposals_per_min": self._counts["proposals"] / minutes,
             "accepted_per_min": self._counts["accepted"] / minutes,
             "best_score": self._best,
+            # generated tokens per second over what the server can attain (when it says)
+            "utilization": None
+            if self._attainable is None or elapsed <= 0
+            else self._counts["generated_tokens"] / elapsed / self._attainable,
             "stale": dict(self._stale),
             "pool_version": self.pool.pool_version,
             "frontier_version": self.pool.frontier_version,
@@ -515,6 +526,8 @@ class Evolver(BackgroundRun):
     def _count(self, event: Event) -> None:
         """Live counters for status(); also replayed over the history on resume."""
         kind = event.kind
+        if kind in (Kind.REQUEST_FINISHED, Kind.REQUEST_CANCELLED):
+            self._counts["generated_tokens"] += event.completion_tokens or 0
         if kind == Kind.PROPOSAL_MADE:
             self._counts["proposals"] += 1
         elif kind in (Kind.ADMITTED, Kind.SCORED):
@@ -524,6 +537,9 @@ class Evolver(BackgroundRun):
                 self._best = event.score
         elif kind == Kind.STALE_DETECTED and event.decision:
             self._stale[event.decision] = self._stale.get(event.decision, 0) + 1
+        elif kind == Kind.RUN_STARTED:
+            backend = (event.data or {}).get("backend") or {}
+            self._attainable = backend.get("attainable_tokens_per_s")
         elif kind == Kind.BACKEND_LOAD and event.endpoint:
             self._server_load[event.endpoint] = dict(event.data or {})
         elif kind in _ENDPOINT_KINDS and event.endpoint:  # per endpoint, for the dashboard
@@ -552,3 +568,45 @@ class Evolver(BackgroundRun):
             owned.append(reflection)
         self._backend_spec, self._reflection_spec = spec, reflection  # reuse on resume
         return spec, reflection or spec, owned
+
+
+def backend_facts(llm: Any) -> dict[str, Any]:
+    """What ``run_started`` says about a backend: where it is, and what the views need to read
+    the log without it -- the throughput it can attain (``utilization``'s denominator, when it
+    says: the simulator's profiles do) and the client's own cap on requests in flight."""
+    facts: dict[str, Any] = {"endpoint": llm.endpoint, "model": llm.model}
+    profile = getattr(llm, "profile", None)
+    attainable = getattr(llm, "attainable_tokens_per_s", None)
+    if attainable is None and profile is not None:
+        attainable = getattr(profile, "attainable_tokens_per_s", None)
+    if isinstance(attainable, int | float) and attainable > 0:
+        facts["attainable_tokens_per_s"] = float(attainable)
+    cap = getattr(llm, "max_concurrency", None)
+    if isinstance(cap, int) and cap > 0:
+        facts["max_concurrency"] = cap
+        facts["queue"] = getattr(llm, "queue", None)
+    return facts
+
+
+def default_control(control: Any, mode: str) -> Any:
+    """``control="auto"``: the adaptive controller for async runs (measured to make more
+    accepted proposals per minute than fixed settings found in hindsight, docs/benchmarks.md
+    section 4), nothing for sync (one worker per stage is what sync means)."""
+    if not (isinstance(control, str) and control == "auto"):
+        return control
+    if mode != "async":
+        return None
+    from flashevolve.policies.control import AdaptiveController
+
+    return AdaptiveController()
+
+
+def starting_bound(workflow: Any, workers: dict[str, int], llm: Any) -> int:
+    """Jobs in flight when the user did not say: one per worker (fewer leave workers idle from
+    the first minute), but no more than the client lets reach the server at once (its
+    ``max_concurrency``: llama-server's slots, ``--concurrency``) -- a job keeps at least one
+    request at the server, so jobs beyond that only wait in the client.  The adaptive
+    controller sizes it from there, by the server's load."""
+    total = sum(workers.get(spec.name, spec.default_workers) for spec in workflow.stages())
+    cap = getattr(llm, "max_concurrency", None)
+    return max(1, min(total, cap) if isinstance(cap, int) and cap > 0 else total)

@@ -342,7 +342,9 @@ def test_sim_run_with_adaptive_control_and_speculation(tmp_path):
     (wind,) = [e for e in events if e["kind"] == "wind_down"]
     assert wind["data"]["margin_s"] == 300 and wind["ts"] >= 20 * 60 - 300
     started = next(e for e in events if e["kind"] == "run_started")
-    assert started["data"]["workers"] == {"rollout": 2, "propose": 2, "gate": 2, "validate": 2}
+    # the workflow's own workers; one job per worker to start (no client cap in the simulator)
+    assert started["data"]["workers"] == {"rollout": 8, "propose": 4, "gate": 8, "validate": 8}
+    assert started["data"]["max_in_flight"] == 28
     summary = json.loads((out / "summary.json").read_text())["async"]
     best = json.loads((out / "async" / "best.json").read_text())
     assert best["score"] == summary["best_score"]  # a confirmed candidate, not a prefix score
@@ -352,7 +354,9 @@ def test_sim_run_with_adaptive_control_and_speculation(tmp_path):
 def test_mechanism_options_are_checked_before_anything_starts():
     assert_clean_error(cli(*SIM_ASYNC, "1", "--speculate-validation", "1.5"), "(0, 1]")
     assert_clean_error(cli(*SIM_ASYNC, "1", "--speculate-rollout", "0"), "--speculate-rollout")
-    assert_clean_error(cli(*SIM_ASYNC, "1", "--adaptive-period", "10"), "need --adaptive")
+    assert_clean_error(
+        cli(*SIM_ASYNC, "1", "--no-adaptive", "--adaptive-period", "10"), "--no-adaptive"
+    )
     assert_clean_error(cli(*SIM_ASYNC, "1", "--wind-down", "soon"), "--wind-down", "auto")
     assert_clean_error(
         cli(*SIM_ASYNC, "1", "--adaptive", "--adaptive-max-workers", "0"), "positive"

@@ -35,9 +35,18 @@ def feed(
     tokens: int = 0,
 ) -> None:
     """``jobs`` jobs entered; each stage got ``per_job`` items each and took ``latency`` s; the
-    backend finished requests worth ``tokens`` completion tokens in the last minute."""
+    admitting (last) stage's requests finished with ``tokens`` completion tokens in the last
+    minute."""
+    last = list(per_job)[-1]  # the admitting stage of these pipelines: the last one
     for k in range(10 if tokens else 0):
-        c.observe(Event(Kind.REQUEST_FINISHED, ts=now - 60 + k * 6, completion_tokens=tokens // 10))
+        c.observe(
+            Event(
+                Kind.REQUEST_FINISHED,
+                ts=now - 60 + k * 6,
+                stage=last,
+                completion_tokens=tokens // 10,
+            )
+        )
     for stage, f in per_job.items():
         n = round(jobs * f)
         for k in range(n):
@@ -131,6 +140,7 @@ def test_scale_trial_kept_only_if_it_pays_then_undone_and_held() -> None:
     first = c.step(rt, 100)
     assert {s: n for s, (n, _) in first.items()} == {"rollout": 5, "propose": 10}
     assert all("try 25% more workers" in why for _, why in first.values())
+    assert "admitting tokens/min" in first["rollout"][1]
     assert rt.max_in_flight == 20 and "jobs in flight" in rt.bound_calls[0][1]
     feed(c, now=160, latency=lat, per_job=both, tokens=7_000)
     assert c.step(rt, 160) == {}  # trial still being measured: nothing else changes
@@ -275,3 +285,139 @@ def test_controller_runs_on_virtual_time() -> None:
     assert len(c.history) >= 20
     assert changes.height >= 1
     assert all(r.startswith("adaptive:") for r in changes["reason"].to_list())
+
+
+# -- backpressure and the objective signal ------------------------------------------------------
+def report_load(c: AdaptiveController, *, now: float, running: int, waiting: int) -> None:
+    """The server said, every 5 s of the last two minutes, that it ran and queued this many."""
+    for k in range(24):
+        c.observe(
+            Event(
+                Kind.BACKEND_LOAD,
+                ts=now - 120 + 5 * k,
+                endpoint="http://127.0.0.1:8000/v1",
+                data={"running": running, "waiting": waiting, "kv_usage": 0.9},
+            )
+        )
+
+
+LAT = {"rollout": 10, "propose": 10}
+BOTH = {"rollout": 1.0, "propose": 1.0}
+
+
+def test_backpressure_stops_growth_while_requests_wait_at_the_server():
+    """A queue above queue_low: no scale trial and no added worker, though the stages are
+    balanced (or one is slow); below it, the same evidence starts a trial."""
+    c = AdaptiveController(queue_low=0.5, queue_high=2.0)
+    feed(c, now=100, latency=LAT, per_job=BOTH, tokens=10_000)
+    report_load(c, now=100, running=100, waiting=80)  # 0.8 waiting per request served
+    rt = FakeRuntime({"rollout": 4, "propose": 4}, max_in_flight=16)
+    assert c.step(rt, 100) == {}
+    assert rt.max_in_flight == 16 and rt.calls == [] and rt.bound_calls == []
+    assert c.history[-1]["queue"] == 0.8
+    slow = AdaptiveController(queue_low=0.5, scale=False)  # validate slow: would gain a worker
+    feed(
+        slow,
+        now=100,
+        latency={"rollout": 10, "propose": 10, "validate": 400},
+        per_job={"rollout": 1.0, "propose": 1.0, "validate": 0.5},
+    )
+    report_load(slow, now=100, running=100, waiting=80)
+    assert slow.step(FakeRuntime({"rollout": 8, "propose": 8, "validate": 8}), 100) == {}
+    roomy = AdaptiveController(queue_low=0.5)
+    feed(roomy, now=100, latency=LAT, per_job=BOTH, tokens=10_000)
+    report_load(roomy, now=100, running=100, waiting=10)
+    rt2 = FakeRuntime({"rollout": 4, "propose": 4}, max_in_flight=16)
+    assert roomy.step(rt2, 100) != {} and rt2.max_in_flight == 32  # room: the trial starts
+
+
+def test_the_job_bound_shrinks_under_a_piled_up_queue_once_a_window():
+    c = AdaptiveController(window_s=120, queue_high=2.0, shrink=0.75, min_in_flight=10)
+    rt = FakeRuntime({"rollout": 4, "propose": 4}, max_in_flight=32)
+    feed(c, now=100, latency=LAT, per_job=BOTH, tokens=10_000)
+    report_load(c, now=100, running=100, waiting=300)  # 3 waiting per request served
+    assert c.step(rt, 100) == {}
+    assert rt.max_in_flight == 24 and "backpressure" in rt.bound_calls[-1][1]
+    assert "300 waiting at the server" in rt.bound_calls[-1][1]
+    report_load(c, now=130, running=100, waiting=300)
+    c.step(rt, 130)
+    assert rt.max_in_flight == 24  # a change needs a window to show: no second cut yet
+    for now in (220, 340, 460):
+        report_load(c, now=now, running=100, waiting=300)
+        c.step(rt, now)
+    assert [n for n, _ in rt.bound_calls] == [24, 18, 13, 10]  # never below min_in_flight
+    report_load(c, now=580, running=100, waiting=300)
+    c.step(rt, 580)
+    assert rt.max_in_flight == 10 and len(rt.bound_calls) == 4
+
+
+def test_a_trial_in_progress_is_undone_when_the_queue_piles_up():
+    c = AdaptiveController(window_s=120)
+    rt = FakeRuntime({"rollout": 4, "propose": 4}, max_in_flight=16)
+    feed(c, now=100, latency=LAT, per_job=BOTH, tokens=10_000)
+    c.step(rt, 100)
+    assert rt.targets == {"rollout": 8, "propose": 8} and rt.max_in_flight == 32
+    report_load(c, now=160, running=100, waiting=250)
+    undo = c.step(rt, 160)  # mid-trial: no need to wait for the window
+    assert {s: n for s, (n, _) in undo.items()} == {"rollout": 4, "propose": 4}
+    assert rt.max_in_flight == 16 and "undo the trial" in rt.bound_calls[-1][1]
+
+
+def test_a_trial_that_raises_tokens_but_lowers_accepted_work_is_undone():
+    """More rollouts crowding out the validations that admit children: all tokens per minute
+    rise by half, the admitting stage's fall by a fifth -- the trial is undone."""
+    c = AdaptiveController(window_s=120, initial_growth=1.0)
+    rt = FakeRuntime({"rollout": 4, "propose": 4, "validate": 4}, max_in_flight=16)
+    three = {"rollout": 1.0, "propose": 1.0, "validate": 1.0}
+    lat = {"rollout": 10, "propose": 10, "validate": 10}
+
+    def tokens(now: float, stage: str, n: int) -> None:
+        for k in range(10):
+            c.observe(
+                Event(Kind.REQUEST_FINISHED, ts=now - 60 + 6 * k, stage=stage, completion_tokens=n)
+            )
+
+    feed(c, now=100, latency=lat, per_job=three)
+    tokens(100, "rollout", 400)
+    tokens(100, "validate", 1_000)  # 14,000 tokens in the window, 10,000 of them validating
+    c.step(rt, 100)
+    assert rt.max_in_flight == 32
+    feed(c, now=225, latency=lat, per_job=three)
+    tokens(225, "rollout", 1_300)
+    tokens(225, "validate", 800)  # 21,000 tokens (+50%), 8,000 validating (-20%)
+    undo = c.step(rt, 225)
+    assert {s: n for s, (n, _) in undo.items()} == {"rollout": 4, "propose": 4, "validate": 4}
+    assert rt.max_in_flight == 16
+    assert c.history[-1]["tokens_per_min"] > c.history[0]["tokens_per_min"]
+    assert c.history[-1]["admitting_tokens_per_min"] < c.history[0]["admitting_tokens_per_min"]
+
+
+def test_requests_waiting_in_the_client_count_as_queue():
+    """A client capped below the demand (llama-server's slots) holds the rest back: the
+    runtime's InFlight integrals make that a queue, with no server report needed."""
+    from flashevolve.policies.control_signals import LoadSignal
+    from flashevolve.runtime.instrument import InFlight
+
+    flight, signal = InFlight(), LoadSignal()
+    flight.change(0.0, count=12, held=8)  # 12 handed to the client, 8 of them waiting
+    signal.sample_client(0.0, flight)
+    signal.sample_client(120.0, flight)
+    load = signal.read(120.0, 120.0)
+    assert load is not None
+    assert (load.running, load.client_waiting, load.queue) == (4.0, 8.0, 2.0)
+    assert LoadSignal().read(120.0, 120.0) is None  # nobody can tell: no backpressure
+
+
+def test_requests_that_fail_for_good_are_backpressure_too():
+    """A rate-limited API answers 429 beyond what retries outlast: a server refusing work is past
+    its capacity, whatever its queue says (a hosted API reports none)."""
+    c = AdaptiveController(window_s=120, max_failed=0.02)
+    rt = FakeRuntime({"rollout": 4, "propose": 4}, max_in_flight=32)
+    feed(c, now=100, latency=LAT, per_job=BOTH, tokens=10_000)
+    for k in range(50):
+        kind = Kind.REQUEST_FAILED if k % 10 == 0 else Kind.REQUEST_FINISHED
+        c.observe(Event(kind, ts=40 + k))
+    c.load.sample_client(0.0, None)
+    c.observe(Event(Kind.BACKEND_LOAD, ts=99, endpoint="api", data={"running": 50, "waiting": 0}))
+    assert c.step(rt, 100) == {}  # 5 of the window's 60 requests failed
+    assert rt.max_in_flight == 24 and "8% of requests failed" in rt.bound_calls[-1][1]

@@ -112,12 +112,25 @@ def test_requests_one_row_per_request_with_outcomes():
 def test_concurrency_step_series_from_recorded_in_flight():
     out = fr.concurrency(request_log().frame())
     # starts at (0, 0); the failure of r2 and the start of r3 at t=5 collapse to the last value
-    assert out.rows() == [(0.0, 0), (1.0, 1), (2.0, 2), (4.0, 1), (5.0, 1)]
+    assert out.select("ts", "in_flight").rows() == [
+        (0.0, 0),
+        (1.0, 1),
+        (2.0, 2),
+        (4.0, 1),
+        (5.0, 1),
+    ]
+    assert out["in_client"].sum() == 0 and out["at_server"].equals(out["in_flight"])
 
 
 def test_concurrency_rebuilt_when_in_flight_missing():
     frame = request_log().frame().with_columns(pl.lit(None, dtype=pl.Int64).alias("in_flight"))
-    assert fr.concurrency(frame).rows() == [(0.0, 0), (1.0, 1), (2.0, 2), (4.0, 1), (5.0, 1)]
+    assert fr.concurrency(frame).select("ts", "in_flight").rows() == [
+        (0.0, 0),
+        (1.0, 1),
+        (2.0, 2),
+        (4.0, 1),
+        (5.0, 1),
+    ]
 
 
 # -- lineage ---------------------------------------------------------------------------------

@@ -12,7 +12,12 @@ from flashevolve.errors import ConfigError
 from flashevolve.events.schema import Kind
 from flashevolve.workflows.gepa.sim import WorkloadContent
 
-ASYNC = {"workers": {"rollout": 4, "propose": 4, "evaluate": 4}, "max_in_flight": 16}
+# fixed workers and bound: these tests are about the runtime, not the (default) controller
+ASYNC = {
+    "workers": {"rollout": 4, "propose": 4, "evaluate": 4},
+    "max_in_flight": 16,
+    "control": None,
+}
 
 
 def make(mode="async", minutes=10.0, seed=0, **kw):

@@ -148,7 +148,26 @@ def test_concurrency_chart_thins_long_series():
     spec = ch.concurrency_chart(log.frame()).to_dict()
     rows = _rows(spec)
     assert len(rows) <= ch.MAX_POINTS + 1
-    assert max(r["in_flight"] for r in rows) == 3
+    assert max(r["requests"] for r in rows) == 3
+    assert {r["series"] for r in rows} == {"at the server"}  # nothing was held by the client
+
+
+def test_concurrency_chart_shows_requests_held_by_the_client_apart():
+    log = EventLog()
+    log.emit(Kind.REQUEST_STARTED, ts=0.0, request_id="r0", in_flight=1)
+    log.emit(Kind.REQUEST_STARTED, ts=0.0, request_id="r1", in_flight=2)
+    log.emit(Kind.REQUEST_SENT, ts=2.0, request_id="r1", in_flight=2, data={"held_from": 0.0})
+    log.emit(Kind.REQUEST_FINISHED, ts=2.0, request_id="r0", in_flight=1)
+    log.emit(Kind.REQUEST_FINISHED, ts=3.0, request_id="r1", in_flight=0)
+    series = fr.concurrency(log.frame())
+    assert series.select("ts", "at_server", "in_client").rows() == [
+        (0.0, 1, 1),
+        (2.0, 1, 0),
+        (3.0, 0, 0),
+    ]
+    rows = _rows(ch.concurrency_chart(log.frame()).to_dict())
+    held = [r["requests"] for r in rows if r["series"] == "waiting in the client"]
+    assert max(held) == 1
 
 
 def test_auto_window_picks_round_bucket(async_run):
@@ -256,7 +275,8 @@ def test_dashboard_refresh_shows_changing_status():
     panel = board.panels[0]
     assert "0.6100" in panel.counters.value and "1:15" in panel.header.value
     assert "3/4" in panel.stages.value
-    assert "server" not in panel.counters.value  # no server has reported its load yet
+    assert "running ·" not in panel.counters.value  # no server has reported its load yet
+    assert "requests at server / waiting in client" in panel.counters.value
     a.state["server_load"] = {"http://127.0.0.1:8000/v1": {"running": 5, "waiting": 2,
                                                           "kv_usage": 0.5}}  # fmt: skip
     shown = board.refresh()["sources"][0]

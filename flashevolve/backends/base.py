@@ -78,10 +78,22 @@ class ChatRequest:
     #: Where a backend reports retries, absorbed faults, hedges and circuit changes for this
     #: request (see :class:`Notice`); ``None``: nobody is listening.
     observe: Callable[[Notice], None] | None = None
+    #: Set by the runtime (its instrumented wrapper) so that what the server sees can be told
+    #: apart from what waits in the client.  A client that holds requests back -- a cap on
+    #: requests in flight, a retry's backoff -- calls it with ``False`` when this request starts
+    #: waiting on the client's side and with ``True`` when it goes to the server.  A backend that
+    #: sends every request at once need not call it: its requests count as at the server.
+    on_dispatch: Callable[[bool], None] | None = None
 
     def notify(self, notice: Notice) -> None:
         if self.observe is not None:
             self.observe(notice)
+
+
+def notify_dispatch(request: ChatRequest, at_server: bool) -> None:
+    """Tell the runtime where ``request`` is (see ``ChatRequest.on_dispatch``)."""
+    if request.on_dispatch is not None:
+        request.on_dispatch(at_server)
 
 
 @dataclass(slots=True)

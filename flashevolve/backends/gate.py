@@ -8,9 +8,8 @@ as in vLLM's priority scheduling -- and ties keep arrival order.  The runtime gi
 stages lower numbers, so work closer to a result finishes first.  Measured over real HTTP against
 the simulated vLLM server with the client capped at 48 requests: 22% more accepted proposals
 (3 seeds), a higher best score, and 12% fewer proposals than first come, first served
-(docs/benchmarks.md section 6).  Opt-in (``OpenAICompatLLM(queue="priority")``): proposals per
-minute are the headline of the local demo, and the two demos with it on made 1.33x and
-1.37x against 1.7-2.0x without.
+(docs/benchmarks.md section 6).  The default (``OpenAICompatLLM(queue="priority")``; ``"fifo"``
+opts out): the objective is accepted proposals per minute, not proposals.
 """
 
 from __future__ import annotations

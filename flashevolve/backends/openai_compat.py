@@ -17,6 +17,7 @@ from flashevolve.backends.base import (
     ChatResult,
     Fault,
     LLMError,
+    notify_dispatch,
 )
 from flashevolve.backends.gate import PriorityGate
 from flashevolve.backends.prometheus import load_from_metrics
@@ -41,9 +42,12 @@ class OpenAICompatLLM:
     """Chat completions over real HTTP with the official ``openai`` client.
 
     - ``max_concurrency`` caps requests in flight to this endpoint (per instance); the rest wait
-      in arrival order (``queue="fifo"``, the default) or, with ``queue="priority"``, in
-      ``request.priority`` order, lower first, arrival order among equals
-      (:class:`~flashevolve.backends.gate.PriorityGate`).
+      in ``request.priority`` order, lower first, arrival order among equals (``queue=
+      "priority"``, the default: later pipeline stages first;
+      :class:`~flashevolve.backends.gate.PriorityGate`), or in arrival order (``"fifo"``).
+    - Tells the runtime when a request starts waiting here and when it goes to the server
+      (``ChatRequest.on_dispatch``), so a run counts requests at the server apart from those
+      this client holds back.
     - Holds when the endpoint misbehaves (:mod:`flashevolve.backends.resilience`, settings in
       ``resilience``): each attempt has a deadline from the endpoint's observed speed, a
       straggler gets a hedged copy, garbage answers are retried like a 5xx, retries respect
@@ -85,7 +89,7 @@ class OpenAICompatLLM:
         clock: Clock | None = None,
         seed: int = 0,
         stream: bool = False,
-        queue: str = "fifo",
+        queue: str = "priority",
         resilience: ResilienceSettings | dict[str, Any] | None = None,
     ) -> None:
         import openai  # imported here so the core imports without the SDK being reachable
@@ -150,9 +154,24 @@ class OpenAICompatLLM:
         priority = request.priority if self.queue == "priority" else 0
         return await self._caller.complete(request, priority)
 
-    def _slot(self, priority: int) -> contextlib.AbstractAsyncContextManager[None]:
+    @contextlib.asynccontextmanager
+    async def _slot(self, priority: int, request: ChatRequest) -> AsyncIterator[None]:
         # the slot is per attempt: released during backoff so others can use it
-        return self._loop_state()[1].slot(priority)
+        gate = self._loop_state()[1]
+        if gate.holders >= gate.limit:
+            notify_dispatch(request, False)  # it waits here until the gate lets it through
+        async with gate.slot(priority):
+            notify_dispatch(request, True)
+            try:
+                yield
+            except BaseException:
+                notify_dispatch(request, False)  # back on this side (a retry's backoff)
+                raise
+            if gate.waiting:
+                # The slot goes to the next request now, while the caller still checks this
+                # answer: count this one on the client's side, so the server is never counted
+                # with more requests than the cap.
+                notify_dispatch(request, False)
 
     def _loop_state(self) -> tuple[Any, PriorityGate]:
         loop = asyncio.get_running_loop()

@@ -1,23 +1,24 @@
-"""Bench rows for the paper's mechanisms: adaptive worker control and speculative completion.
+"""Bench rows for the paper's mechanisms: speculative validation in two regimes, wind-down.
 
 Imported by :mod:`flashevolve.bench.throughput` when it lists configurations.  ``extras`` builds a
-fresh controller / speculation object per run, so no state leaks from one row to the next.
+fresh speculation object per run, so no state leaks from one row to the next.
 
-- ``adaptive*`` rows start from the GEPA workflow's default worker counts (rollout 8, propose 4,
-  gate 8, validate 8) and 64 jobs in flight, as the fixed rows, and let the controller move
-  both the workers and the job bound.
-- ``valbound*`` rows are a fixed, validation-bound setting (16/16/16 with 2 validate workers):
-  the regime of the paper's speculation ablation, where the validate stage is the one that
-  limits sweeps.  With the adaptive controller validation is not starved in our simulator, so
-  these rows are where speculative validation can be seen doing its job.
+- ``valbound*`` rows are a fixed, validation-bound setting: 16 workers in every stage but 2 in
+  validate, 16 jobs in flight.  Validation is what limits accepted proposals, and it is bound
+  by its *workers* -- each waits for the long tail of a 300-example sweep -- while the server
+  has room: the regime of the paper's speculation ablation, where releasing the validate worker
+  on a prefix pays.
+- ``async+alpha*`` rows are the default async configuration (adaptive controller) with
+  speculation: the server is what limits, so the tails that keep running in the background take
+  the same server time, and exact early rejects drop children GEPA would have admitted -- the
+  regime where speculation does not pay.
 - The ``+alpha`` rows speculate on **validation** (``evaluate_alpha``: score a prefix, exact
   early reject, speculative admission with confirm/rollback).  Rollout speculation
   (``rollout_alpha``) is a separate setting and not in these rows: GEPA's minibatch has 3
-  examples, so any alpha below 2/3 hands the reflection a single example; docs/benchmarks.md
-  section 4 has the measured effect (it lowers the gate pass rate).
+  examples, so any alpha below 2/3 hands the reflection a single example.
 - ``+winddown`` rows are their base row with ``Budget(wind_down="auto")``: near the deadline
-  no new job starts and the jobs in flight finish (flashevolve.policies.wind_down).  Both the
-  best fixed rows and the adaptive row get it, so the comparison between them stays fair.
+  no new job starts and the jobs in flight finish (flashevolve.policies.wind_down).  Any
+  ``fixedW@B`` row takes ``+winddown`` too, so the comparison stays fair.
 """
 
 from __future__ import annotations
@@ -26,53 +27,26 @@ from dataclasses import replace
 from typing import Any
 
 from flashevolve.bench.throughput import CONFIGS, BenchConfig, register
-from flashevolve.policies.control import AdaptiveController
 from flashevolve.policies.speculation import Speculation
 
-#: Where the adaptive rows start (the GepaWorkflow defaults).
-ADAPTIVE_START = {"rollout": 8, "propose": 4, "gate": 8, "validate": 8}
-#: A fixed setting whose validate stage is the bottleneck.
+#: A fixed setting whose validate stage is the bottleneck (by its workers, not the server).
 VALIDATION_BOUND = {"rollout": 16, "propose": 16, "gate": 16, "validate": 2}
 
 
-def _extras(adaptive: bool, alpha: float | None = None) -> Any:
+def _speculate(alpha: float) -> Any:
     def extras() -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if adaptive:
-            out["control"] = AdaptiveController()
-        if alpha is not None:
-            out["speculation"] = Speculation(evaluate_alpha=alpha)
-        return out
+        return {"speculation": Speculation(evaluate_alpha=alpha)}
 
     return extras
 
 
 register(
     BenchConfig(
-        "adaptive",
-        workers=dict(ADAPTIVE_START),
-        extras=_extras(True),
-        description="adaptive worker control from 8/4/8/8 and 64 jobs in flight (period 30 s, "
-        "window 120 s, 1..64 workers per stage, job bound up to 512; balance rule + scale "
-        "trials)",
-    )
-)
-for _alpha in (0.25, 0.5):
-    register(
-        BenchConfig(
-            f"adaptive+alpha{_alpha:g}",
-            workers=dict(ADAPTIVE_START),
-            extras=_extras(True, _alpha),
-            description=f"adaptive + speculative validation, alpha {_alpha:g} "
-            "(bar: parent's mean on the prefix)",
-        )
-    )
-register(
-    BenchConfig(
         "valbound",
         workers=dict(VALIDATION_BOUND),
-        extras=_extras(False),
-        description="fixed 16/16/16 with 2 validate workers: validation is the bottleneck",
+        max_in_flight=16,
+        description="fixed 16/16/16 with 2 validate workers, 16 jobs: validation is the "
+        "bottleneck (its workers wait on the sweeps' long tails)",
     )
 )
 for _alpha in (0.25, 0.5):
@@ -80,17 +54,26 @@ for _alpha in (0.25, 0.5):
         BenchConfig(
             f"valbound+alpha{_alpha:g}",
             workers=dict(VALIDATION_BOUND),
-            extras=_extras(False, _alpha),
+            max_in_flight=16,
+            extras=_speculate(_alpha),
             description=f"valbound + speculative validation, alpha {_alpha:g} "
             "(bar: parent's mean on the prefix)",
         )
     )
-for _base in ("async32", "async32@96", "adaptive"):
     register(
         replace(
-            CONFIGS[_base],
-            name=f"{_base}+winddown",
-            wind_down="auto",
-            description=f"{CONFIGS[_base].description}; winds down before the deadline (auto)",
+            CONFIGS["async"],
+            name=f"async+alpha{_alpha:g}",
+            extras=_speculate(_alpha),
+            description=f"the default async configuration + speculative validation, alpha "
+            f"{_alpha:g}: the server is the bottleneck",
         )
     )
+register(
+    replace(
+        CONFIGS["async"],
+        name="async+winddown",
+        wind_down="auto",
+        description=f"{CONFIGS['async'].description}; winds down before the deadline (auto)",
+    )
+)

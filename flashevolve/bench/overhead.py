@@ -56,6 +56,7 @@ def items_per_second(metric_calls: int = 20000, seed: int = 0) -> dict[str, Any]
         seed=seed,
         workers={"rollout": 8, "propose": 8, "evaluate": 8},
         max_in_flight=64,
+        control=None,  # fixed: the same work on every measurement
     )
     t0 = time.perf_counter()
     evolver.run_virtual()

@@ -7,9 +7,10 @@ measurement.  Rows and JSON are labelled ``simulated``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flashevolve.backends.sim.calibrate import N_TRAIN, N_VAL
@@ -25,13 +26,18 @@ ABLATION_PROPOSE = 4
 class BenchConfig:
     name: str
     mode: str = "async"
+    #: Worker counts (empty: the workflow's own) and the job bound (None: the Evolver's default,
+    #: one job per worker to start).
     workers: dict[str, int] = field(default_factory=dict)
-    max_in_flight: int = 64
+    max_in_flight: int | None = 64
+    #: False: no controller -- the workers and the bound stay as given (a *fixed* setting);
+    #: True: the Evolver's default control (the adaptive controller in async mode).
+    adaptive: bool = False
     staleness: str = "full"
     #: Options of the workflow (GepaWorkflow's ``eval_concurrency``, ...), passed to the Evolver.
     workflow_options: dict[str, Any] = field(default_factory=dict)
-    #: Builds extra Evolver keyword arguments (controller, speculation, ...) per run; a fresh
-    #: object per run so no state leaks between rows.
+    #: Builds extra Evolver keyword arguments (speculation, ...) per run; a fresh object per run
+    #: so no state leaks between rows.
     extras: Callable[[], dict[str, Any]] | None = None
     #: Budget.wind_down for the run ("auto", seconds, or None: off)
     wind_down: str | float | None = None
@@ -46,57 +52,62 @@ def register(config: BenchConfig) -> BenchConfig:
     return config
 
 
-#: Evaluation threads of the synchronous baseline: what GEPA/DSPy users run (16-64 threads;
-#: docs/simulator.md, "Calibration"), so that no speed-up is flattered by a weak baseline.
-SYNC_EVAL_CONCURRENCY = 32
+#: The GEPA stages, in the order of the ``fixedR/P/G/V@B`` names.
+STAGES = ("rollout", "propose", "gate", "validate")
 
 register(
     BenchConfig(
         "sync",
         mode="sync",
-        workflow_options={"eval_concurrency": SYNC_EVAL_CONCURRENCY},
-        description="classic loop: one step at a time, "
-        f"barrier after every stage, {SYNC_EVAL_CONCURRENCY} concurrent evaluations",
+        description="classic loop: one step at a time, barrier after every stage, the "
+        "workflow's 32 concurrent evaluations (what GEPA/DSPy users run)",
     )
 )
 register(
     BenchConfig(
         "async",
-        workers={"rollout": 8, "propose": 8, "evaluate": 8},
-        description="fixed workers 8/8/8, up to 64 proposals in flight",
+        max_in_flight=None,
+        adaptive=True,
+        description="the default async configuration, nothing tuned: the workflow's workers "
+        "(8/4/8/8), one job per worker to start, the adaptive controller",
     )
 )
-for _n in (16, 32):  # larger fixed settings, so "best fixed" is not only the defaults
-    register(
-        BenchConfig(
-            f"async{_n}",
-            workers={"rollout": _n, "propose": _n, "evaluate": _n},
-            description=f"fixed workers {_n}/{_n}/{_n}, up to 64 proposals in flight",
-        )
-    )
-for _n, _bound in ((32, 96), (32, 128), (64, 256)):  # wider job bounds: where the server saturates
-    register(
-        BenchConfig(
-            f"async{_n}@{_bound}",
-            workers={"rollout": _n, "propose": _n, "evaluate": _n},
-            max_in_flight=_bound,
-            description=f"fixed workers {_n}/{_n}/{_n}, up to {_bound} proposals in flight",
-        )
-    )
 register(
     BenchConfig(
         "k1=1/k3=1",
         workers={"rollout": 1, "propose": ABLATION_PROPOSE, "evaluate": 1},
-        description="paper ablation: 1 rollout worker, 1 evaluate worker",
+        description="paper ablation, fixed: 1 rollout worker, 1 evaluate worker, 64 jobs",
     )
 )
 register(
     BenchConfig(
         "k1=16/k3=8",
         workers={"rollout": 16, "propose": ABLATION_PROPOSE, "evaluate": 8},
-        description="paper ablation: 16 rollout workers, 8 evaluate workers",
+        description="paper ablation, fixed: 16 rollout workers, 8 evaluate workers, 64 jobs",
     )
 )
+
+#: The grid of fixed settings the default is compared with (docs/benchmarks.md section 4):
+#: W workers in every stage, B jobs in flight; ``fixed`` rows have no controller.
+FIXED_GRID = [f"fixed{w}@{b}" for w in (4, 8, 16, 32) for b in (16, 32, 64, 96, 128)]
+_FIXED = re.compile(r"fixed(\d+)(?:/(\d+)/(\d+)/(\d+))?@(\d+)")
+
+
+def fixed_config(name: str) -> BenchConfig | None:
+    """``fixedW@B`` (W workers in every stage) or ``fixedR/P/G/V@B``, B jobs in flight, no
+    controller; None when ``name`` is not of that form."""
+    m = _FIXED.fullmatch(name)
+    if m is None:
+        return None
+    counts = [int(m.group(1))] * 4 if m.group(2) is None else [int(g) for g in m.groups()[:4]]
+    if min(counts) < 1 or int(m.group(5)) < 1:
+        raise ConfigError(f"bench config {name!r}: worker counts and the bound must be >= 1")
+    return BenchConfig(
+        name,
+        workers=dict(zip(STAGES, counts, strict=True)),
+        max_in_flight=int(m.group(5)),
+        description=f"fixed workers {'/'.join(map(str, counts))}, {m.group(5)} jobs in flight",
+    )
 
 
 def _load_optional_configs() -> None:
@@ -118,10 +129,18 @@ def available_configs() -> list[str]:
 
 def get_config(name: str) -> BenchConfig:
     _load_optional_configs()
-    try:
+    if name in CONFIGS:
         return CONFIGS[name]
-    except KeyError:
-        raise ConfigError(f"unknown bench config {name!r}; choose from {list(CONFIGS)}") from None
+    base, plus, extra = name.partition("+")
+    fixed = fixed_config(base)
+    if fixed is not None and not plus:
+        return fixed
+    if fixed is not None and extra == "winddown":
+        return replace(fixed, name=name, wind_down="auto")
+    raise ConfigError(
+        f"unknown bench config {name!r}; choose from {list(CONFIGS)}, or fixedW@B / "
+        "fixedR/P/G/V@B (fixed workers and jobs in flight, optionally +winddown)"
+    )
 
 
 def run_config(
@@ -149,6 +168,8 @@ def run_config(
     if config.mode == "async":
         kwargs.setdefault("workers", config.workers)
         kwargs.setdefault("max_in_flight", config.max_in_flight)
+        if not config.adaptive:
+            kwargs.setdefault("control", None)  # a fixed setting
     evolver = Evolver(
         task,
         llm,
@@ -162,14 +183,11 @@ def run_config(
     t0 = time.perf_counter()
     summary = evolver.run_virtual()
     wall = time.perf_counter() - t0
-    attainable = llm.profile.attainable_tokens_per_s
     server = llm.stats()
-    generated = server.get("generated_tokens", summary["completion_tokens"])
     row = {
         "config": config.name,
         "staleness": staleness or config.staleness,
-        **summary,
-        "utilization": (generated / max(summary["duration_s"], 1e-9)) / attainable,
+        **summary,  # its utilization: generated tokens/s over the profile's attainable tokens/s
         "wall_s": wall,
         "profile": profile,
         "simulated": True,
@@ -248,19 +266,22 @@ def mean_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 THROUGHPUT_COLUMNS = [
     ("config", "config", ""),
-    ("proposals_per_min", "proposals/min", ".2f"),
-    ("validations_per_min", "val sweeps/min", ".2f"),
+    # the objective first: accepted proposals per minute, and the progress of the best score
     ("accepted_per_min", "accepted/min", ".3f"),
     ("improvements_per_min", "new best/min", ".3f"),
-    ("mean_concurrency", "mean conc", ".1f"),
-    ("peak_concurrency", "peak conc", "d"),
+    ("best_score", "best val", ".3f"),
+    ("validations_per_min", "val sweeps/min", ".2f"),
+    ("proposals_per_min", "proposals/min", ".2f"),
+    ("time_to_admission_s", "to admission s", ".0f"),
+    ("mean_concurrency", "at server", ".1f"),
+    ("peak_concurrency", "peak at server", "d"),
     ("utilization", "utilization", ".1%"),
     ("server_queue_ratio", "queued/served", ".2f"),
     # requests that failed for good (API profiles: 429s that outlived the client's retries)
     ("failed_requests", "failed req", "d"),
     ("tokens_per_accepted", "tokens/accepted", ",.0f"),
-    ("best_score", "best val", ".3f"),
-    ("speedup", "speed-up", ".2f"),
+    ("accepted_speedup", "accepted speed-up", ".2f"),
+    ("speedup", "proposals speed-up", ".2f"),
 ]
 
 #: Extra column when rows are means over several seeds.

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--configs",
         default="sync,async,k1=1/k3=1,k1=16/k3=8",
-        help="comma list of configurations (see --list)",
+        help="comma list of configurations (see --list); 'grid' expands to the fixed grid "
+        "fixedW@B, W in 4,8,16,32 and B in 16,32,64,96,128",
     )
     p.add_argument(
         "--staleness",
@@ -54,13 +55,20 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         for name in available_configs():
             print(f"{name:24s} {get_config(name).description}")
+        print(f"{'fixedW@B':24s} W workers in every stage, B jobs in flight, no controller")
+        print(f"{'fixedR/P/G/V@B':24s} rollout/propose/gate/validate workers, B jobs in flight")
+        print(f"{'...+winddown':24s} a fixed row that winds down before the deadline (auto)")
         return 0
     if args.minutes <= 0:
         raise ConfigError("--minutes must be positive")
     get_profile(args.profile)  # fails early with the list of profiles
     if args.overhead:
         return _overhead(args)
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    from flashevolve.bench.throughput import FIXED_GRID
+
+    configs = []
+    for c in (c.strip() for c in args.configs.split(",")):
+        configs += FIXED_GRID if c == "grid" else [c] if c else []
     for name in configs:
         get_config(name)
     policies = [s.strip() for s in args.staleness.split(",")] if args.staleness else None

@@ -83,10 +83,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--client-queue",
         choices=("priority", "fifo"),
-        default="fifo",
+        default="priority",
         help="local/openai: order of requests waiting for --concurrency (or a local slot): "
-        "first come, first served (fifo, default) or later pipeline stages first (priority: "
-        "more accepted proposals, fewer proposals; docs/benchmarks.md section 6)",
+        "later pipeline stages first (priority, default: more accepted proposals, fewer "
+        "proposals; docs/benchmarks.md section 6) or first come, first served (fifo)",
     )
     g.add_argument(
         "--stream",
@@ -110,7 +110,7 @@ def make_backend(args: argparse.Namespace) -> LLM:
             kwargs["ctx_per_slot"] = args.ctx_per_slot
         if getattr(args, "stream", False):
             kwargs["stream"] = True
-        kwargs["queue"] = getattr(args, "client_queue", "fifo")
+        kwargs["queue"] = getattr(args, "client_queue", "priority")
         return backends.local(**kwargs)
     if kind == "openai":
         if not args.base_url or not args.model:
@@ -121,7 +121,7 @@ def make_backend(args: argparse.Namespace) -> LLM:
             api_key_env=args.api_key_env,
             max_concurrency=args.concurrency or 16,
             stream=getattr(args, "stream", False),
-            queue=getattr(args, "client_queue", "fifo"),
+            queue=getattr(args, "client_queue", "priority"),
         )
     if kind == "vllm":
         if not args.model:

@@ -127,9 +127,11 @@ def _add_mechanism_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--adaptive",
-        action="store_true",
-        help="adaptive worker control: balance the stages and widen them (workers and jobs in "
-        "flight) while the backend turns it into more generated tokens",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="adaptive control (on by default in async mode): balance the stages, widen them "
+        "while it buys more accepted work, narrow the job bound when requests pile up in front "
+        "of the server; --no-adaptive keeps --workers and --max-in-flight fixed",
     )
     g.add_argument(
         "--wind-down",
@@ -168,7 +170,9 @@ def _mechanisms(args: argparse.Namespace) -> dict[str, Any]:
     )
     if alphas:
         out["speculation"] = Speculation(**alphas)
-    if args.adaptive:
+    if args.adaptive is False:
+        out["control"] = None
+    else:  # the default, made here so that the --adaptive-* options reach it
         keywords = {name: key for name, (_, key) in _ADAPTIVE_ONLY.items()}
         out["control"] = AdaptiveController(**given_options(args, keywords))
     if args.wind_down is not None:
@@ -198,8 +202,8 @@ def _check_mechanisms(args: argparse.Namespace) -> None:
         if alpha is not None and not 0 < alpha <= 1:
             raise ConfigError(f"{flag} takes a fraction in (0, 1], got {alpha:g}")
     given = [flag for name, (flag, _) in _ADAPTIVE_ONLY.items() if getattr(args, name) is not None]
-    if given and not args.adaptive:
-        raise ConfigError(f"{', '.join(given)} need --adaptive")
+    if given and args.adaptive is False:
+        raise ConfigError(f"{', '.join(given)} cannot be used with --no-adaptive")
     for name, (flag, _) in _ADAPTIVE_ONLY.items():
         value = getattr(args, name)
         if value is not None and value <= 0:

@@ -31,18 +31,22 @@ NAME = "run"
 HELP = "evolve a task (GEPA) in sync and/or async mode and compare them"
 
 SUMMARY_ROWS = [
-    ("proposals_per_min", "proposals/min", ".2f"),
+    # The objective first: accepted proposals per minute and the best score they reached.
     ("accepted_per_min", "accepted/min", ".3f"),
+    ("best_score", "best val score", ".3f"),
     ("improvements_per_min", "new best/min", ".3f"),
     ("validations_per_min", "val sweeps/min", ".2f"),
+    ("proposals_per_min", "proposals/min", ".2f"),
     ("seed_score", "seed val score", ".3f"),
-    ("best_score", "best val score", ".3f"),
-    ("proposals", "proposals", "d"),
     ("accepted", "accepted", "d"),
+    ("validations", "val sweeps", "d"),
+    ("proposals", "proposals", "d"),
     ("tokens", "tokens", "d"),
     ("tokens_per_accepted", "tokens/accepted", ".0f"),
-    ("mean_concurrency", "mean concurrency", ".1f"),
-    ("peak_concurrency", "peak concurrency", "d"),
+    ("mean_concurrency", "requests at server, mean", ".1f"),
+    ("peak_concurrency", "requests at server, peak", "d"),
+    ("mean_in_client", "waiting in client, mean", ".1f"),
+    ("utilization", "server utilization", ".1%"),
     ("server_waiting_per_running", "server waiting/running", ".2f"),
     ("stale_seen", "stale items", "d"),
     ("errors", "errors", "d"),
@@ -85,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-in-flight",
         type=int,
         default=None,
-        help="async: proposals in flight at once (default: 2 x backend slots)",
+        help="async: jobs in flight at once (default: one per worker, at most the client's "
+        "concurrency; the adaptive controller then sizes it from the server's load)",
     )
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument(
@@ -229,11 +234,10 @@ def _make_evolver(
 ) -> Any:
     from flashevolve import Evolver
 
-    slots = getattr(backend, "max_concurrency", 8) or 8
     kwargs: dict[str, Any] = {}
     if mode == "async":
-        kwargs["workers"] = workers or {"rollout": 2, "propose": 2, "evaluate": 2}
-        kwargs["max_in_flight"] = args.max_in_flight or max(4, 2 * slots)
+        kwargs["workers"] = workers  # empty: the workflow's own (GEPA: 8/4/8/8)
+        kwargs["max_in_flight"] = args.max_in_flight  # None: sized by the Evolver and controller
     grammar = args.reflection_grammar
     if grammar == "on" or (grammar == "auto" and args.backend.partition(":")[0] == "local"):
         from flashevolve.workflows.gepa.reflection import fenced_block_grammar
@@ -258,7 +262,6 @@ def _make_evolver(
         run_dir=run_dir,
         name=mode,
         resume=resume,
-        eval_concurrency=slots if mode == "sync" else max(1, slots // 2),
         **kwargs,
     )
 
@@ -310,9 +313,11 @@ def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
         )
     text = format_table(table_rows, cols)
     if "sync" in summaries and "async" in summaries:
-        s, a = summaries["sync"]["proposals_per_min"], summaries["async"]["proposals_per_min"]
-        if s:
-            text += f"\n\nasync / sync proposals per minute: {a / s:.2f}x"
+        text += "\n"
+        for key, what in (("accepted_per_min", "accepted"), ("proposals_per_min", "proposals")):
+            s, a = summaries["sync"][key], summaries["async"][key]
+            ratio = f"{a / s:.2f}x" if s else f"{a:.3f} vs {s:.3f}"
+            text += f"\nasync / sync {what} per minute: {ratio}"
     return text
 
 

@@ -60,7 +60,12 @@ THROUGHPUT_SCHEMA: dict[str, pl.DataType] = {
     "per_min": pl.Float64(),
 }
 
-CONCURRENCY_SCHEMA: dict[str, pl.DataType] = {"ts": pl.Float64(), "in_flight": pl.Int64()}
+CONCURRENCY_SCHEMA: dict[str, pl.DataType] = {
+    "ts": pl.Float64(),
+    "in_flight": pl.Int64(),  # handed to a backend and not finished
+    "in_client": pl.Int64(),  # of those, waiting on the client's side (queue, backoff)
+    "at_server": pl.Int64(),  # the rest: what the server sees
+}
 
 BEST_SCHEMA: dict[str, pl.DataType] = {
     "ts": pl.Float64(),

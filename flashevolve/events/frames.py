@@ -360,30 +360,50 @@ def throughput(df: pl.DataFrame, window_s: float = 60.0) -> pl.DataFrame:
 
 
 def concurrency(df: pl.DataFrame) -> pl.DataFrame:
-    """Backend requests in flight over time, as a step series (value holds until the next row).
+    """Backend requests over time, as a step series (values hold until the next row):
+    ``in_flight`` (handed to a backend, not finished), ``in_client`` (of those, waiting on the
+    client's side: its queue for a slot, a retry's backoff) and ``at_server`` (the rest: what
+    the server sees).
 
-    Uses the ``in_flight`` the runtime recorded on each request event; when a log lacks it, the
-    count is rebuilt as +1 per start and -1 per finish/failure/cancel.  The series starts at
-    (0, 0) and several events at one instant collapse to the value after the last of them.
+    ``in_flight`` is what the runtime recorded on each request event (rebuilt as +1 per start
+    and -1 per end when a log lacks it).  ``in_client`` comes from the hold intervals the
+    runtime logged (``data.held_from`` on ``request_sent`` and on terminal events); a backend
+    that never holds requests back leaves it at 0.  The series starts at (0, 0, 0, 0) and several
+    events at one instant collapse to the values after the last of them.
     """
     reqs = _of(df, Kind.REQUEST_STARTED, *REQUEST_TERMINAL)
     if reqs.is_empty():
         return _empty(CONCURRENCY_SCHEMA)
     step = pl.when(pl.col("kind") == str(Kind.REQUEST_STARTED)).then(1).otherwise(-1)
-    series = reqs.select(
+    types = {"ts": pl.Float64(), "in_flight": pl.Int64(), "held_step": pl.Int64()}
+    flight = reqs.select(
         "ts",
         pl.coalesce(pl.col("in_flight"), step.cum_sum().clip(lower_bound=0)).alias("in_flight"),
-    )
-    series = series.group_by("ts", maintain_order=True).last()
-    first_ts = float(series["ts"][0])
-    if first_ts > 0.0:
-        series = pl.concat(
-            [
-                pl.DataFrame({"ts": [0.0], "in_flight": [0]}).cast(CONCURRENCY_SCHEMA),
-                series.cast(CONCURRENCY_SCHEMA),
-            ]
+        pl.lit(0).alias("held_step"),
+    ).cast(types)
+    holds = []
+    for ts, raw in _of(df, Kind.REQUEST_SENT, *REQUEST_TERMINAL)[["ts", "data"]].iter_rows():
+        held_from = _data(raw).get("held_from") if raw else None
+        if isinstance(held_from, int | float):
+            holds += [(float(held_from), None, 1), (ts, None, -1)]
+    steps = pl.DataFrame(holds, schema=types, orient="row")
+    start = pl.DataFrame({"ts": [0.0], "in_flight": [0], "held_step": [0]}, schema=types)
+    series = (
+        pl.concat([start, flight, steps])
+        .sort("ts", maintain_order=True)
+        .with_columns(
+            pl.col("in_flight").forward_fill().fill_null(0),
+            pl.col("held_step").cum_sum().clip(lower_bound=0).alias("in_client"),
         )
-    return series.cast(CONCURRENCY_SCHEMA)
+        .group_by("ts", maintain_order=True)
+        .last()
+    )
+    return series.select(
+        "ts",
+        "in_flight",
+        pl.min_horizontal("in_client", "in_flight").alias("in_client"),
+        (pl.col("in_flight") - pl.min_horizontal("in_client", "in_flight")).alias("at_server"),
+    ).cast(CONCURRENCY_SCHEMA)
 
 
 def backend_load(df: pl.DataFrame) -> pl.DataFrame:

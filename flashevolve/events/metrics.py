@@ -14,7 +14,14 @@
   by the count; wasted tokens: completion tokens of requests cancelled before they finished, as
   far as the backend reports them (the simulator always; HTTP only when streaming) --
   ``cancelled_tokens_unknown`` counts the cancelled requests it could not.
-- backend concurrency: requests in flight, a step function of time; mean is time-weighted.
+- time to admission: mean seconds from a job's start to its child's admission (confirmed), and
+  to its entering the pool (earlier under speculative validation).
+- backend concurrency: requests at the server, a step function of time; mean is time-weighted.
+  Requests a client holds back (waiting for one of its slots, or in a retry's backoff) are
+  counted apart, as requests in the client: before they were, a run whose client capped requests
+  at 128 reported a peak of 251 "at the server".
+- utilization: generated tokens per second over the server's attainable tokens per second, when
+  the backend says what it can attain (the simulator does); otherwise unknown.
 - per endpoint (``endpoints``): requests answered, failed, tokens, requests moved away and
   times taken out, for each endpoint that had requests (behind a router: each server).
 """
@@ -26,7 +33,7 @@ from typing import Any
 import polars as pl
 
 from flashevolve.events.endpoints import endpoint_summary
-from flashevolve.events.frames import backend_load, best_score_over_time, concurrency
+from flashevolve.events.frames import backend_load, best_score_over_time, concurrency, run_info
 from flashevolve.events.schema import Kind
 from flashevolve.policies.staleness import DECISIONS
 
@@ -56,17 +63,41 @@ def run_duration(df: pl.DataFrame) -> float:
     return max(0.0, t1 - t0)
 
 
-def concurrency_stats(df: pl.DataFrame, duration: float | None = None) -> tuple[float, int]:
-    """(time-weighted mean, peak) of backend concurrency over the run."""
+def concurrency_stats(
+    df: pl.DataFrame, duration: float | None = None, column: str = "at_server"
+) -> tuple[float, int]:
+    """(time-weighted mean, peak) of one column of :func:`frames.concurrency` over the run:
+    ``at_server`` (default: requests the server has), ``in_client`` (waiting on the client's
+    side) or ``in_flight`` (both)."""
     series = concurrency(df)
     if series.is_empty():
         return 0.0, 0
     t0 = float(df["ts"].min())
     end = t0 + (duration if duration is not None else run_duration(df))
     ts = series["ts"].to_list() + [end]
-    level = series["in_flight"].to_list()
+    level = series[column].to_list()
     area = sum(max(0.0, min(ts[i + 1], end) - max(ts[i], t0)) * level[i] for i in range(len(level)))
     return area / max(1e-9, end - t0), int(max(level))
+
+
+def generated_tokens(df: pl.DataFrame) -> int:
+    """Tokens the servers generated: completions of finished requests plus what cancelled
+    requests had generated, as far as the backend could tell."""
+    ended = df.filter(pl.col("kind").is_in([Kind.REQUEST_FINISHED, Kind.REQUEST_CANCELLED]))
+    return int(ended["completion_tokens"].fill_null(0).sum()) if ended.height else 0
+
+
+def utilization(df: pl.DataFrame, duration: float | None = None) -> float | None:
+    """Achieved over attainable server throughput: generated tokens per second of the run,
+    divided by the ``attainable_tokens_per_s`` the run's backend declared (``run_started``;
+    the simulator's profiles do, from their fitted step time).  ``None`` when the backend did
+    not say what it could attain -- a number we cannot measure is not made up."""
+    backend = run_info(df).get("backend") or {}
+    attainable = backend.get("attainable_tokens_per_s") if isinstance(backend, dict) else None
+    if not isinstance(attainable, int | float) or attainable <= 0:
+        return None
+    duration = run_duration(df) if duration is None else duration
+    return generated_tokens(df) / max(duration, 1e-9) / attainable
 
 
 def server_waiting_per_running(df: pl.DataFrame) -> float | None:
@@ -79,6 +110,25 @@ def server_waiting_per_running(df: pl.DataFrame) -> float | None:
     running = float(load["running"].mean())  # type: ignore[arg-type]
     waiting = float(load["waiting"].mean())  # type: ignore[arg-type]
     return waiting / max(running, 1.0)
+
+
+def time_to_admission(df: pl.DataFrame) -> tuple[float | None, float | None]:
+    """Mean seconds from a job's start to its child's admission, over admitted children (the
+    seed excluded): (to the confirmed admission, to entering the pool).  The two differ only
+    under speculative validation, where a child enters the pool -- and can be chosen as a parent
+    -- at its speculative admission, before its tail confirms it."""
+    adm = _non_seed(df, Kind.ADMITTED).filter(pl.col("latency_s").is_not_null())
+    if adm.is_empty():
+        return None, None
+    spec = (
+        df.filter(pl.col("kind") == Kind.SPECULATIVE_ADMITTED)
+        .group_by("artifact_id")
+        .agg(pl.col("ts").min().alias("spec_ts"))
+    )
+    joined = adm.join(spec, on="artifact_id", how="left")
+    early = (pl.col("ts") - pl.col("spec_ts")).fill_null(0.0)
+    to_pool = joined.select((pl.col("latency_s") - early).mean()).item()
+    return float(adm["latency_s"].mean()), float(to_pool)  # type: ignore[arg-type]
 
 
 #: The best-score step series, as metrics and views both use it.
@@ -105,11 +155,13 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
     improvements = max(0, int(best["is_new_best"].sum()) - 1) if best.height else 0
     seed = _seed_score(df)
     mean_conc, peak_conc = concurrency_stats(df, duration)
+    mean_client, peak_client = concurrency_stats(df, duration, "in_client")
     stale = df.filter(pl.col("kind") == Kind.STALE_DETECTED)
     decisions = dict.fromkeys(DECISIONS, 0)
     for d in stale["decision"].drop_nulls().to_list():
         decisions[d] = decisions.get(d, 0) + 1
     gate_pass, gate_fail = _count(df, Kind.GATE_PASSED), _count(df, Kind.GATE_FAILED)
+    to_admission, to_pool = time_to_admission(df)
     return {
         "duration_s": duration,
         "proposals": proposals,
@@ -121,6 +173,8 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
         "improvements": improvements,
         "improvements_per_min": improvements / minutes,
         "best_score": float(best["best_score"].max()) if best.height else None,
+        "time_to_admission_s": to_admission,  # mean, job start -> admitted (confirmed)
+        "time_to_pool_s": to_pool,  # mean, job start -> in the pool (speculatively, if so)
         "seed_score": seed,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -133,8 +187,11 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
         "cancelled_tokens_unknown": wasted_unknown,
         "requests": finished.height,
         "failed_requests": _count(df, Kind.REQUEST_FAILED),
-        "mean_concurrency": mean_conc,
+        "mean_concurrency": mean_conc,  # requests at the server
         "peak_concurrency": peak_conc,
+        "mean_in_client": mean_client,  # requests waiting on the client's side
+        "peak_in_client": peak_client,
+        "utilization": utilization(df, duration),
         "server_waiting_per_running": server_waiting_per_running(df),
         "gate_pass_rate": gate_pass / (gate_pass + gate_fail) if gate_pass + gate_fail else None,
         "rejected_proposals": _count(df, Kind.PROPOSAL_REJECTED),

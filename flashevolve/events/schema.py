@@ -22,6 +22,9 @@ class Kind(StrEnum):
     REQUEST_FINISHED = "request_finished"
     REQUEST_FAILED = "request_failed"
     REQUEST_CANCELLED = "request_cancelled"
+    #: a request that waited on the client's side (its queue, a retry's backoff) went to the
+    #: server; data.held_from: run-clock time it started waiting (ChatRequest.on_dispatch)
+    REQUEST_SENT = "request_sent"
     ITEM_ENQUEUED = "item_enqueued"
     ITEM_DEQUEUED = "item_dequeued"
     ITEM_DONE = "item_done"  # a stage finished processing an item (production-rate signal)

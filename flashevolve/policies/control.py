@@ -1,59 +1,52 @@
-"""Adaptive workflow control: move workers towards the stage that limits accepted proposals.
+"""Adaptive workflow control: steer workers and the job bound by accepted proposals per minute.
 
-Every ``period_s`` (run clock, so it works on virtual time) the controller looks at the last
-``window_s`` seconds of the event log and computes, per stage, its **capacity in jobs per minute**
+**Objective.** Accepted proposals per minute (the paper's, section 2), and through it the best
+score over time.  An accepted proposal is one job through every stage, its last stage (GEPA:
+``validate``) included, so throughput is the slowest stage's capacity -- and on a shared server
+every stage's capacity depends on how much the others ask of the same server.
 
-    r_s = 60 * K_s / (E[t_s] * f_s)
+**Signals**, every ``period_s`` (run clock, so it works on virtual time), over the last
+``window_s`` seconds:
 
-- ``K_s``: the stage's current worker count;
-- ``E[t_s]``: mean handling time of the stage's items in the window (``item_done.latency_s``);
-  ``K_s / E[t_s]`` is how many items per second the stage can finish when it is kept busy;
-- ``f_s``: items that entered the stage per job that entered the pipeline, counted over the
-  **whole run** (a per-window count is far too noisy for a stage like validate, which sees a
-  few gate-passed children per window: two arrivals instead of six made its capacity look 3x
-  higher and the rule shrank the one stage that was short).  It normalises for filtering
-  between stages -- only a fraction of proposals pass the gate, so the validate stage needs to
-  handle ``f_validate`` items per job, not one.
+- each stage's **capacity in jobs per minute** ``r_s = 60 * K_s / (E[t_s] * f_s)``: ``K_s``
+  workers, ``E[t_s]`` mean ``item_done.latency_s`` in the window, ``f_s`` items that entered the
+  stage per job that entered the pipeline over the **whole run** (a per-window count is far too
+  noisy for a stage like validate, which sees a few gate-passed children per window).  Raw
+  output rates are not used: with a bound on jobs in flight they all settle at the bottleneck's;
+- the **objective signal**: tokens generated per minute by the requests of the admitting stage
+  (:class:`~flashevolve.policies.control_signals.ObjectiveSignal`) -- accepted proposals per
+  minute measured in the work that makes them;
+- the **queue**: requests waiting (at the server, as it reports, and in the client's own queue)
+  per request the server serves (:class:`~flashevolve.policies.control_signals.LoadSignal`).
 
-Raw output rates are not used because, with a bound on jobs in flight, every stage's output
-settles at the bottleneck's rate; capacity is what differs between stages.
+**Update rule**, in this order:
 
-1. **Balance** (the paper's rule): with ``m`` the median of ``r_s`` over the stages measured in
-   the window, a stage with ``r_s < low * m`` (default 0.5) gains one worker and one with
-   ``r_s > high * m`` (default 2) loses one, clamped to ``[min_workers, max_workers]``.
-2. **Scale** (our addition, because a relative rule never adds capacity overall): when the
-   stages are balanced, try every measured stage -- and the bound on jobs in flight,
-   ``max_in_flight``, unless ``bound=False`` -- at ``growth`` (default +25%, at least one) more;
-   ``initial_growth`` (default +100%) until the first trial is undone, the way TCP's slow start
-   doubles until the first loss, because the ramp from a small start is time the run is not at
-   its best width.  The job bound matters as much as the workers: with it fixed, extra workers
-   only wait for jobs (simulated API profile, seeds 0-2: 8.7 accepted/min with the bound
-   fixed at 64, 16.4 with it moving; docs/benchmarks.md section 4).
-   One window later compare the signal -- tokens the backend generated per minute -- with the
-   window before the change.  Keep the wider workers only if the signal rose by at least
-   ``min_return`` (default 0.1) times the relative growth (+10% for a doubling); keep the wider
-   job bound only if it rose by at least ``bound_min_return`` (default 0.5) times it (+50% for
-   a doubling, i.e. jobs got at most a third slower).  A trial that pays for neither is undone
-   and no trial runs for ``hold_windows`` windows; one that pays for the workers only keeps
-   them and restores the bound, which then sits out ``hold_windows`` windows of trials.  The
-   bound needs the higher return because more jobs in flight make every job slower and staler
-   while idle workers cost nothing: past the point where the backend saturates, more
-   concurrency buys queueing, not throughput (simulated vLLM profile: fixed 64/64/64 with 256
-   jobs in flight made fewer accepted proposals and a far lower best score than 32/32/32 with
-   96; docs/benchmarks.md section 4).  ``min_return`` was chosen among 0.1, 0.15 and 0.25 on
-   seeds 0-5 of both simulated profiles, ``bound_min_return`` set once from the reasoning above;
-   both checked on held-out seeds.  While a trial is measured nothing else changes.
+1. **Backpressure**.  Queue above ``queue_high`` (default 2): requests pile up in front of the
+   server and more concurrency buys only waiting -- a trial in progress is undone at once,
+   otherwise the job bound shrinks by ``shrink`` (x0.75, not below ``min_in_flight``), at most
+   once a window (a change needs a window to show); so does a share of requests failed for
+   good above ``max_failed`` (2%: a rate limit refusing work).  Queue above ``queue_low``
+   (0.5): nothing grows, and the balance rule only removes workers.  Why 2 and not 1: a server whose KV cache
+   is full keeps a queue of about one request per request served at its best (the simulated
+   vLLM profile: the best fixed settings run at 0.5-1.3), and work started minutes ago lands
+   there late, so a shrink at 1 answered the start-up wave and starved the server five minutes
+   later: started at the best fixed setting (2.206 accepted/min fixed, seeds 0-11) the
+   controller made 2.125 with 1 and 2.203 with 2 (docs/mechanisms.md).
+2. **Balance** (the paper's rule): with ``m`` the median of ``r_s``, ``r_s < low * m`` (0.5)
+   gains a worker, ``r_s > high * m`` (2) loses one, within ``[min_workers, max_workers]``.
+3. **Scale** (ours; ``scale=False`` turns it off): balanced, every stage measured and the queue
+   low -- try every stage and the job bound (``bound=False`` leaves it alone) ``growth`` (+25%)
+   wider, ``initial_growth`` (+100%) until the first undo or shrink (TCP's slow start: the ramp
+   from a small start is run time not spent at the right width).  One window later the objective
+   signal must have risen by ``min_return`` x the growth (+10% for a doubling) to keep the
+   workers and by ``bound_min_return`` x it (+50%) to keep the bound: extra jobs in flight make
+   every job slower and staler, idle workers cost nothing.  A trial that pays for neither is
+   undone and trials rest ``hold_windows`` windows; one that pays for the workers only keeps them
+   and the bound sits out ``hold_windows`` windows.  Nothing else changes while a trial runs.
 
-Every change goes through ``Runtime.set_workers`` / ``Runtime.set_max_in_flight`` and so is a
-``workers_changed`` / ``job_bound_changed`` event whose reason states the rates or the measured
-signal.
-
-Why this serves accepted proposals per minute: an accepted proposal needs one job through every
-stage, so the acceptance rate is pipeline throughput (``min_s r_s``) times the gate pass rate,
-which does not depend on worker counts.  Balancing raises the minimum; scaling raises every
-stage together as long as the shared backend turns more concurrent requests into clearly more
-generated tokens, and stops when it no longer does (a saturated server, rate limits).  A
-stage with fewer than ``min_done`` finished items in the window is left alone (no evidence).
+Every change goes through ``Runtime.set_workers`` / ``Runtime.set_max_in_flight``: a
+``workers_changed`` / ``job_bound_changed`` event whose reason states the rates, the signal or
+the queue.  A stage with fewer than ``min_done`` finished items in the window is left alone.
 """
 
 from __future__ import annotations
@@ -65,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flashevolve.events.schema import Event, Kind
+from flashevolve.policies.control_signals import Load, LoadSignal, ObjectiveSignal
 
 
 @dataclass(slots=True)
@@ -77,8 +71,20 @@ class StageRate:
     capacity_per_min: float  # r_s
 
 
+@dataclass(slots=True)
+class _Trial:
+    """A scale-up being measured."""
+
+    started: float
+    before: float  # objective signal in the window before
+    growth: float
+    workers: dict[str, int]  # before
+    bound: int | None  # before; None when the bound is not part of the trial
+
+
 class AdaptiveController:
-    """Balance the stages (the paper's rule) and scale them together while it pays."""
+    """Balance the stages (the paper's rule), widen them while it pays in accepted work, and
+    narrow the job bound when requests pile up in front of the server."""
 
     def __init__(
         self,
@@ -98,6 +104,12 @@ class AdaptiveController:
         hold_windows: int = 2,
         bound: bool = True,
         max_in_flight_cap: int = 512,
+        min_in_flight: int = 4,
+        queue_low: float = 0.5,
+        queue_high: float = 2.0,
+        shrink: float = 0.75,
+        max_failed: float = 0.02,
+        objective_stages: list[str] | None = None,
     ) -> None:
         if period_s <= 0 or window_s <= 0:
             raise ValueError("period_s and window_s must be positive")
@@ -109,8 +121,12 @@ class AdaptiveController:
             raise ValueError("need growth > 0, initial_growth > 0 and hold_windows >= 0")
         if not 0 <= min_return <= bound_min_return <= 1:
             raise ValueError("need 0 <= min_return <= bound_min_return <= 1")
-        if max_in_flight_cap < 1:
-            raise ValueError("max_in_flight_cap must be at least 1")
+        if not 1 <= min_in_flight <= max_in_flight_cap:
+            raise ValueError("need 1 <= min_in_flight <= max_in_flight_cap")
+        if not 0 <= queue_low <= queue_high:
+            raise ValueError("need 0 <= queue_low <= queue_high")
+        if not 0 < shrink < 1:
+            raise ValueError("shrink must be in (0, 1)")
         self.period_s = period_s
         self.window_s = window_s
         self.min_workers = min_workers
@@ -122,46 +138,50 @@ class AdaptiveController:
         self.scale = scale
         self.growth = growth
         self.initial_growth = initial_growth
-        self._undone = False  # no trial undone yet: grow by initial_growth
         self.min_return = min_return
         self.bound_min_return = bound_min_return
-        self._bound_hold_until = 0.0
         self.hold_windows = hold_windows
         self.bound = bound
         self.max_in_flight_cap = max_in_flight_cap
-        #: a scale-up being measured: (when, signal before, worker counts and job bound before)
-        self._trial: tuple[float, float, float, dict[str, int], int | None] | None = None
-        self._tokens: deque[tuple[float, int]] = deque()  # (ts, completion tokens) per request
+        self.min_in_flight = min_in_flight
+        self.queue_low = queue_low
+        self.queue_high = queue_high
+        self.shrink = shrink
+        self.max_failed = max_failed
+        self.objective = ObjectiveSignal(objective_stages)
+        self.load = LoadSignal()
+        self._undone = False  # no trial undone (nor bound shrunk) yet: grow by initial_growth
+        self._trial: _Trial | None = None
         self._hold_until = 0.0
+        self._bound_hold_until = 0.0
+        self._shrink_ready = 0.0
         self._total_entered: dict[str, int] = {}  # whole run, for f_s
         self._done: deque[tuple[float, str, float]] = deque()
-        self._entered: deque[tuple[float, str]] = deque()
         self.history: list[dict[str, Any]] = []
 
     def __repr__(self) -> str:
         return (
             f"AdaptiveController(period_s={self.period_s}, window_s={self.window_s}, "
             f"min_workers={self.min_workers}, max_workers={self.max_workers}, "
-            f"scale={self.scale}, bound={self.bound})"
+            f"scale={self.scale}, bound={self.bound}, queue_low={self.queue_low}, "
+            f"queue_high={self.queue_high})"
         )
 
     # -- measurement --------------------------------------------------------------------------
     def observe(self, event: Event) -> None:
-        """Event-log listener: keep what the rates need (cheap; no frame is built)."""
+        """Event-log listener: keep what the signals need (cheap; no frame is built)."""
         if event.kind == Kind.ITEM_DONE and event.stage is not None:
             self._done.append((event.ts, event.stage, event.latency_s or 0.0))
-        elif event.kind == Kind.REQUEST_FINISHED and event.completion_tokens:
-            self._tokens.append((event.ts, event.completion_tokens))
         elif event.kind == Kind.ITEM_ENQUEUED and event.stage is not None:
-            self._entered.append((event.ts, event.stage))
             self._total_entered[event.stage] = self._total_entered.get(event.stage, 0) + 1
+        else:
+            self.objective.observe(event)
+            self.load.observe(event)
 
     def rates(self, now: float, workers: dict[str, int], entry: str) -> dict[str, StageRate]:
         start = now - self.window_s
         while self._done and self._done[0][0] < start:
             self._done.popleft()
-        while self._entered and self._entered[0][0] < start:
-            self._entered.popleft()
         lat: dict[str, list[float]] = {}
         for _, stage, latency in self._done:
             lat.setdefault(stage, []).append(latency)
@@ -175,21 +195,21 @@ class AdaptiveController:
             if len(samples) < self.min_done:
                 continue
             mean_t = max(sum(samples) / len(samples), 1e-6)
-            per_job = entered.get(stage, 0) / jobs if jobs else 1.0
-            per_job = max(per_job, 1e-3)
+            per_job = max(entered.get(stage, 0) / jobs if jobs else 1.0, 1e-3)
             out[stage] = StageRate(
                 stage, n, len(samples), mean_t, per_job, 60.0 * n / (mean_t * per_job)
             )
         return out
 
-    def decide(self, rates: dict[str, StageRate]) -> dict[str, tuple[int, str]]:
-        """The rule: new worker counts (with reasons) for the stages that change."""
+    def decide(self, rates: dict[str, StageRate], grow: bool = True) -> dict[str, tuple[int, str]]:
+        """The paper's rule: new worker counts (with reasons) for the stages that change;
+        ``grow=False`` (backpressure) keeps only the removals."""
         if len(rates) < 2:
             return {}
         median = statistics.median(r.capacity_per_min for r in rates.values())
         changes = {}
         for s, r in rates.items():
-            if r.capacity_per_min < self.low * median and r.workers < self.max_workers:
+            if grow and r.capacity_per_min < self.low * median and r.workers < self.max_workers:
                 changes[s] = (
                     r.workers + 1,
                     f"capacity {r.capacity_per_min:.2f} jobs/min < "
@@ -203,60 +223,81 @@ class AdaptiveController:
                 )
         return changes
 
-    def tokens_per_min(self, now: float) -> float:
-        """The scale trials' signal: tokens the backend generated for finished requests in the
-        last window, per minute.  It measures what more concurrency is supposed to buy (more work
-        done by the server) and stops rising where the server saturates.  Jobs entering the
-        pipeline would not do: raising the job bound lets a burst of jobs in at once, and past
-        saturation cheap jobs (gate rejects) keep flowing while validations wait."""
-        start = now - self.window_s
-        while self._tokens and self._tokens[0][0] < start:
-            self._tokens.popleft()
-        return 60.0 * sum(n for _, n in self._tokens) / self.window_s
-
-    def scale_step(
-        self, rates: dict[str, StageRate], now: float, runtime: Any, signal: float
-    ) -> dict[str, tuple[int, str]] | None:
-        """Start, judge or skip a scale-up trial given the current ``signal`` (tokens per
-        minute); ``None`` while a trial is still measuring.  Worker changes are returned; the
-        job bound (when controlled) is set here directly."""
-        workers = dict(runtime.targets)
+    # -- backpressure -------------------------------------------------------------------------
+    def backpressure(self, load: Load | None, now: float, runtime: Any) -> dict[str, Any] | None:
+        """Requests pile up in front of the server: undo a trial in progress, or shrink the job
+        bound (at most once a window).  Returns the worker changes when it acted, else None."""
+        if load is None or (load.queue <= self.queue_high and load.failed_share <= self.max_failed):
+            return None
+        self._undone = True  # past the knee: no more doubling
+        why = (
+            f"{load.describe()} > {self.queue_high:g}"
+            if load.queue > self.queue_high
+            else f"{load.describe()} (more than {self.max_failed:.0%})"
+        )
         if self._trial is not None:
-            t0, before, tried, previous, previous_bound = self._trial
-            if now - t0 < self.window_s:
-                return None  # the window does not yet lie entirely after the change
-            self._trial = None
-            needed = self.min_return * tried
-            gained = signal / before - 1 if before > 0 else math.inf
-            if gained < needed:
-                self._undone = True
-                self._hold_until = now + self.hold_windows * self.window_s
-                why = (
-                    f"{tried:.0%} more gained too little ({before:,.0f} -> {signal:,.0f} "
-                    f"tokens/min, needed +{needed:.0%}): undo"
-                )
-                if previous_bound is not None:
-                    runtime.set_max_in_flight(previous_bound, reason=f"adaptive: {why}")
-                return {s: (n, why) for s, n in previous.items() if workers.get(s) != n}
-            bound_needed = self.bound_min_return * tried
-            if previous_bound is not None and gained < bound_needed:
-                # Worth the workers, not the extra jobs: more jobs in flight make every job
-                # slower and staler, so they must buy clearly more throughput.
-                self._bound_hold_until = now + self.hold_windows * self.window_s
-                runtime.set_max_in_flight(
-                    previous_bound,
-                    reason=f"adaptive: {tried:.0%} more jobs in flight gained {gained:.0%} "
-                    f"tokens/min, needed +{bound_needed:.0%}: undo the job bound only",
-                )
-            # It paid: keep it.  The next trial starts a period later, not at once: starting it
-            # at once measured worse on the simulated vLLM profile (2.63 vs 2.81 accepted/min,
-            # seeds 0-5; 2.72 vs 2.84 on seeds 6-11; measured before the bound had its own
-            # threshold), the window just judged being the one right after a change.
+            trial, self._trial = self._trial, None
+            self._hold_until = now + self.hold_windows * self.window_s
+            reason = f"adaptive: backpressure, {why}: undo the trial"
+            if trial.bound is not None:
+                runtime.set_max_in_flight(trial.bound, reason=reason)
+            return {s: (n, reason[len("adaptive: ") :]) for s, n in self._differing(trial, runtime)}
+        if not self.bound or now < self._shrink_ready:
             return {}
-        if not self.scale or now < self._hold_until:
-            return {}
+        bound = getattr(runtime, "max_in_flight", None)
+        if bound is not None and bound > self.min_in_flight:
+            new = max(self.min_in_flight, math.floor(bound * self.shrink))
+            runtime.set_max_in_flight(new, reason=f"adaptive: backpressure, {why}: shrink")
+        self._shrink_ready = now + self.window_s
+        self._hold_until = max(self._hold_until, now + self.window_s)
+        return {}
+
+    @staticmethod
+    def _differing(trial: _Trial, runtime: Any) -> list[tuple[str, int]]:
+        return [(s, n) for s, n in trial.workers.items() if runtime.targets.get(s) != n]
+
+    # -- scale trials -------------------------------------------------------------------------
+    def judge(self, now: float, runtime: Any, signal: float) -> dict[str, tuple[int, str]] | None:
+        """Judge the trial in progress once a whole window lies after it; None while waiting."""
+        trial = self._trial
+        assert trial is not None
+        if now - trial.started < self.window_s:
+            return None
+        self._trial = None
+        needed = self.min_return * trial.growth
+        # No admitting work before the trial (the pipeline not filled yet): nothing to lose.
+        gained = signal / trial.before - 1 if trial.before > 0 else math.inf
+        if gained < needed:
+            self._undone = True
+            self._hold_until = now + self.hold_windows * self.window_s
+            why = (
+                f"{trial.growth:.0%} more gained too little ({trial.before:,.0f} -> "
+                f"{signal:,.0f} admitting tokens/min, needed +{needed:.0%}): undo"
+            )
+            if trial.bound is not None:
+                runtime.set_max_in_flight(trial.bound, reason=f"adaptive: {why}")
+            return {s: (n, why) for s, n in self._differing(trial, runtime)}
+        bound_needed = self.bound_min_return * trial.growth
+        if trial.bound is not None and gained < bound_needed:
+            # Worth the workers, not the extra jobs: more jobs in flight make every job slower
+            # and staler, so they must buy clearly more admitting work.
+            self._bound_hold_until = now + self.hold_windows * self.window_s
+            runtime.set_max_in_flight(
+                trial.bound,
+                reason=f"adaptive: {trial.growth:.0%} more jobs in flight gained {gained:.0%} "
+                f"admitting tokens/min, needed +{bound_needed:.0%}: undo the job bound only",
+            )
+        # It paid: keep it.  The next trial starts a period later: the window just judged is the
+        # one right after a change.
+        return {}
+
+    def start_trial(
+        self, rates: dict[str, StageRate], now: float, runtime: Any, signal: float
+    ) -> dict[str, tuple[int, str]]:
+        """Widen every measured stage (and the job bound) by the current growth."""
+        workers = dict(runtime.targets)
         # Only when every stage has evidence: growing a stage we cannot measure is a guess.
-        if len(rates) < 2 or len(rates) < len(workers):
+        if not self.scale or now < self._hold_until or len(rates) < max(2, len(workers)):
             return {}
         growth = self.growth if self._undone else self.initial_growth
 
@@ -276,21 +317,30 @@ class AdaptiveController:
             bound = new_bound = None  # at its cap: not part of this trial
         if not grown and new_bound is None:
             return {}
-        self._trial = (now, signal, growth, dict(workers), bound)
-        why = f"balanced at {signal:,.0f} tokens/min: try {growth:.0%} more"
-        if new_bound is not None and new_bound > bound:
+        self._trial = _Trial(now, signal, growth, workers, bound)
+        why = f"balanced at {signal:,.0f} admitting tokens/min: try {growth:.0%} more"
+        if new_bound is not None:
             runtime.set_max_in_flight(new_bound, reason=f"adaptive: {why} jobs in flight")
         return {s: (n, f"{why} workers") for s, n in grown.items()}
 
+    # -- the loop -----------------------------------------------------------------------------
     def step(self, runtime: Any, now: float) -> dict[str, tuple[int, str]]:
         workers = dict(runtime.targets)
+        if self.objective.stages is None and workers:
+            self.objective.stages = {list(workers)[-1]}  # the admitting stage: the last one
         bound = getattr(runtime, "max_in_flight", None)
         rates = self.rates(now, workers, runtime.entry)
-        signal = self.tokens_per_min(now)
-        if self._trial is not None:  # measuring a trial: judge it or wait, nothing else
-            changes = self.scale_step(rates, now, runtime, signal) or {}
-        else:
-            changes = self.decide(rates) or self.scale_step(rates, now, runtime, signal) or {}
+        signal = self.objective.per_min(now, self.window_s)
+        self.load.sample_client(now, _in_flight(runtime))
+        load = self.load.read(now, self.window_s)
+        changes = self.backpressure(load, now, runtime)
+        if changes is None and self._trial is not None:
+            changes = self.judge(now, runtime, signal) or {}
+        elif changes is None:
+            roomy = load is None or (load.queue <= self.queue_low and not load.failed_share)
+            changes = self.decide(rates, grow=roomy)
+            if not changes and roomy:
+                changes = self.start_trial(rates, now, runtime, signal)
         self.history.append(
             {
                 "ts": now,
@@ -298,7 +348,9 @@ class AdaptiveController:
                 "workers": workers,
                 "changes": {s: n for s, (n, _) in changes.items()},
                 "max_in_flight": bound,
-                "tokens_per_min": signal,
+                "admitting_tokens_per_min": signal,
+                "tokens_per_min": self.objective.all_per_min(now, self.window_s),
+                "queue": None if load is None else load.queue,
             }
         )
         for stage, (n, reason) in changes.items():
@@ -313,3 +365,9 @@ class AdaptiveController:
         while True:
             await runtime.ctx.clock.sleep(self.period_s)
             self.step(runtime, runtime.ctx.now())
+
+
+def _in_flight(runtime: Any) -> Any:
+    """The run's request counter (runtime/instrument.py), if the runtime has one."""
+    llm = getattr(getattr(runtime, "ctx", None), "task_llm", None)
+    return getattr(llm, "in_flight", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 from flashevolve.backends.base import (
     LLM,
@@ -29,12 +30,75 @@ NOTICE_KINDS = {
 
 
 class InFlight:
-    """Backend requests in flight (and request ids), shared by the instrumented LLMs of a run."""
+    """Backend requests in flight (and request ids), shared by the instrumented LLMs of a run.
+
+    ``count`` is every request handed to a backend and not finished; ``held`` those of them that
+    wait on the client's side (a client's queue for a slot, a retry's backoff; see
+    ``ChatRequest.on_dispatch``); ``at_server`` the rest.  ``count_s`` / ``held_s`` integrate
+    both over run time, so an average over any interval is a difference of two readings.
+    """
 
     def __init__(self) -> None:
         self.count = 0
+        self.held = 0
         self.peak = 0
         self.ids = itertools.count()  # per run, so equal runs give equal request ids
+        self.count_s = 0.0
+        self.held_s = 0.0
+        self._since: float | None = None
+
+    @property
+    def at_server(self) -> int:
+        return self.count - self.held
+
+    def integrals(self, now: float) -> tuple[float, float]:
+        """(requests x seconds in flight, requests x seconds held in the client) up to ``now``."""
+        dt = 0.0 if self._since is None else max(0.0, now - self._since)
+        return self.count_s + dt * self.count, self.held_s + dt * self.held
+
+    def change(self, now: float, count: int = 0, held: int = 0) -> None:
+        self.count_s, self.held_s = self.integrals(now)
+        self._since = now
+        self.count += count
+        self.held += held
+        self.peak = max(self.peak, self.count)
+
+
+class _Whereabouts:
+    """Where one request is: at the server (the start, for backends that never say) or held by
+    the client since ``held_from``.  Driven by ``ChatRequest.on_dispatch``."""
+
+    def __init__(self, llm: InstrumentedLLM, request: ChatRequest, rid: str, t0: float) -> None:
+        self.llm, self.request, self.rid, self.t0 = llm, request, rid, t0
+        self.held_from: float | None = None
+        self.sent = False  # went to the server at least once
+
+    def moved(self, at_server: bool) -> None:
+        now = self.llm._now()
+        if not at_server and self.held_from is None:
+            # Held before it was ever sent: it has waited since it started (a client decides
+            # before the request goes anywhere), so the two moments are one.
+            self.held_from = now if self.sent else self.t0
+            self.llm.in_flight.change(now, held=1)
+        elif at_server and self.held_from is not None:
+            held_from, self.held_from = self.held_from, None
+            self.llm.in_flight.change(now, held=-1)
+            if now > held_from:
+                self.llm._emit(
+                    Kind.REQUEST_SENT, self.request, self.rid, data={"held_from": held_from}
+                )
+        if at_server:
+            self.sent = True
+
+    def finish(self) -> dict[str, Any]:
+        """At the end: leave the held count; data for the terminal event when it ended held."""
+        self.request.on_dispatch = None
+        if self.held_from is None:
+            return {}
+        held_from, self.held_from = self.held_from, None
+        now = self.llm._now()
+        self.llm.in_flight.change(now, held=-1)
+        return {"held_from": held_from} if now > held_from else {}
 
 
 class InstrumentedLLM:
@@ -51,6 +115,10 @@ class InstrumentedLLM:
     A backend that spreads requests over several endpoints (``backends.router``) says where it
     sent one with a ``routed`` notice (``request_routed``); the request's later events carry
     that endpoint, so its ``request_finished`` names the server that answered it.
+    A client that holds requests back reports it through ``ChatRequest.on_dispatch``; a request
+    that waited there gets a ``request_sent`` event when it goes to the server
+    (``data.held_from``), or ``data.held_from`` on its terminal event when it never left the
+    client.
     """
 
     def __init__(
@@ -77,35 +145,41 @@ class InstrumentedLLM:
         request.priority = self.stage_priority.get(request.stage, request.priority)
         request.partial.clear()  # a reused request object must not carry an old count
         rid = f"r{next(self.in_flight.ids)}"
-        where = {"endpoint": self.endpoint}  # moved by ``routed`` notices
-        request.observe = lambda notice: self._on_notice(request, rid, notice, where)
-        self.in_flight.count += 1
-        self.in_flight.peak = max(self.in_flight.peak, self.in_flight.count)
-        self._emit(Kind.REQUEST_STARTED, request, rid)
-        t0 = self.log.clock.now() if self.log.clock else 0.0
+        route = {"endpoint": self.endpoint}  # moved by ``routed`` notices
+        request.observe = lambda notice: self._on_notice(request, rid, notice, route)
+        t0 = self._now()
+        self.in_flight.change(t0, count=1)
+        t0 = self._emit(Kind.REQUEST_STARTED, request, rid).ts
+        where = _Whereabouts(self, request, rid, t0)
+        request.on_dispatch = where.moved
         try:
             result = await self.inner.complete(request)
         except asyncio.CancelledError:
-            self.in_flight.count -= 1
+            never_sent = where.held_from is not None and not where.sent
+            held = where.finish()
+            self.in_flight.change(self._now(), count=-1)
             # Work thrown away, when the backend could tell (the simulator, streaming HTTP);
-            # None when it could not.
+            # None when it could not -- and none at all if the client never sent it.
+            wasted = 0 if never_sent else request.partial.get("completion_tokens")
             self._emit(
                 Kind.REQUEST_CANCELLED,
                 request,
                 rid,
-                endpoint=where["endpoint"],
-                reason="cancelled",
+                endpoint=route["endpoint"],
+                reason="cancelled" + (" while waiting in the client" if never_sent else ""),
                 latency_s=self._since(t0),
-                completion_tokens=request.partial.get("completion_tokens"),
+                completion_tokens=wasted,
+                data=held or None,
             )
             raise
         except LLMError as err:
-            self.in_flight.count -= 1
+            held = where.finish()
+            self.in_flight.change(self._now(), count=-1)
             self._emit(
                 Kind.REQUEST_FAILED,
                 request,
                 rid,
-                endpoint=where["endpoint"],
+                endpoint=route["endpoint"],
                 reason=str(err),
                 latency_s=self._since(t0),
                 data={
@@ -113,21 +187,23 @@ class InstrumentedLLM:
                     "status": err.status,
                     "attempts": err.attempts,
                     "infrastructure": err.infrastructure,
+                    **held,
                 },
             )
             raise
-        self.in_flight.count -= 1
+        data = where.finish()
+        self.in_flight.change(self._now(), count=-1)
+        if result.finish_reason != "stop":
+            data["finish_reason"] = result.finish_reason
         self._emit(
             Kind.REQUEST_FINISHED,
             request,
             rid,
-            endpoint=where["endpoint"],
+            endpoint=route["endpoint"],
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             latency_s=self._since(t0),
-            data=None
-            if result.finish_reason == "stop"
-            else {"finish_reason": result.finish_reason},
+            data=data or None,
         )
         if self.on_tokens is not None:
             self.on_tokens(result.prompt_tokens + result.completion_tokens)
@@ -140,8 +216,8 @@ class InstrumentedLLM:
         rid: str,
         endpoint: str | None = None,
         **fields: object,
-    ) -> None:
-        self.log.emit(
+    ) -> Any:
+        return self.log.emit(
             kind,
             stage=request.stage,
             item_id=request.item_id,
@@ -175,6 +251,9 @@ class InstrumentedLLM:
             reason=notice.reason,
             data=data,
         )
+
+    def _now(self) -> float:
+        return self.log.clock.now() if self.log.clock else 0.0
 
     def _since(self, t0: float) -> float:
         return (self.log.clock.now() - t0) if self.log.clock else 0.0

@@ -38,7 +38,9 @@ from flashevolve.runtime.watchdog import Watchdog
 class RuntimeConfig:
     mode: str = "async"
     workers: dict[str, int] = field(default_factory=dict)
-    max_in_flight: int = 16  # jobs (proposal lines) in the pipeline at once
+    #: jobs (proposal lines) in the pipeline at once; None: one per worker (the sum of the
+    #: stages' worker counts) -- the adaptive controller moves it from there
+    max_in_flight: int | None = None
     staleness_counter: str = "pool"  # which lag makes an item stale: "pool" or "frontier"
     seconds: float | None = None  # hard run-clock deadline
     load_every_s: float | None = 5.0  # ask the backends for their load this often (None: never)
@@ -51,7 +53,7 @@ class RuntimeConfig:
             raise ConfigError(f"mode must be 'sync' or 'async', not {self.mode!r}")
         if self.staleness_counter not in ("pool", "frontier"):
             raise ConfigError("staleness_counter must be 'pool' or 'frontier'")
-        if self.max_in_flight < 1:
+        if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ConfigError("max_in_flight must be at least 1")
         if self.load_every_s is not None and self.load_every_s <= 0:
             raise ConfigError("load_every_s must be positive (or None to not ask)")
@@ -106,12 +108,15 @@ class Runtime:
         self.specs: dict[str, StageSpec] = {s.name: s for s in workflow.stages()}
         self.entry = workflow.stages()[0].name
         sync = config.mode == "sync"
-        self.max_in_flight = 1 if sync else config.max_in_flight
         given = resolve_workers(config.workers, workflow)
         self.targets: dict[str, int] = {
             name: 1 if sync else given.get(name, spec.default_workers)
             for name, spec in self.specs.items()
         }
+        # Unset: one job per worker to start -- fewer would leave workers idle from the first
+        # minute; the adaptive controller then sizes the bound from the server's load.
+        bound = config.max_in_flight or sum(self.targets.values())
+        self.max_in_flight = 1 if sync else bound
         self.state = "created"
         self.stop_reason: str | None = None
         self._workers: dict[str, dict[asyncio.Task, bool]] = {n: {} for n in self.specs}
@@ -177,6 +182,11 @@ class Runtime:
         task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
         return task
 
+    @property
+    def jobs_in_flight(self) -> int:
+        """Jobs started and not finished (what the bound ``max_in_flight`` caps)."""
+        return len(self._job_items)
+
     def queue_depth(self, stage: str) -> int:
         return self._queues[stage].qsize() if hasattr(self, "_queues") else 0
 
@@ -191,7 +201,7 @@ class Runtime:
                 }
                 for name in self.specs
             },
-            "jobs_in_flight": len(self._job_items),
+            "jobs_in_flight": self.jobs_in_flight,
             "wind_down_at": self.wound_down_at,
         }
 

@@ -148,29 +148,42 @@ def throughput_chart(df: pl.DataFrame, window_s: float | None = None) -> AnyChar
 
 
 def concurrency_chart(df: pl.DataFrame) -> AnyChart:
-    """Backend requests in flight over run time (a step line); zoom and pan on time."""
+    """Backend requests over run time (step lines): at the server, and waiting in the client
+    (held back by its cap on requests in flight, or in a retry's backoff; zero for a client that
+    sends everything at once); zoom and pan on time."""
     sim = fr.is_simulated(df)
     data = fr.concurrency(df)
     if data.is_empty():
-        return _no_data("Backend requests in flight", sim)
+        return _no_data("Backend requests", sim)
     end = fr.run_end(df)
     last = data.tail(1)
     if end > float(last["ts"][0]):
         # carry the last value to the end of the run so the step line covers the whole run
         data = pl.concat([data, last.with_columns(pl.lit(end).alias("ts"))])
     subtitle = "value holds until the next request event"
+    series = ["at_server"] + (["in_client"] if int(data["in_client"].max() or 0) else [])
+    long = data.unpivot(index="ts", on=series, variable_name="series", value_name="requests")
     if data.height > MAX_POINTS:
-        data = _thin_steps(data, "in_flight")
+        long = pl.concat(
+            _thin_steps(long.filter(pl.col("series") == s), "requests").with_columns(
+                pl.lit(s).alias("series")
+            )
+            for s in series
+        ).select("ts", "series", "requests")
         subtitle = f"peak per time slice ({MAX_POINTS} slices)"
+    names = {"at_server": "at the server", "in_client": "waiting in the client"}
+    long = long.with_columns(pl.col("series").replace_strict(names, default=pl.col("series")))
     chart = (
-        alt.Chart(_values(data), title=_title("Backend requests in flight", sim, subtitle))
+        alt.Chart(_values(long), title=_title("Backend requests", sim, subtitle))
         .mark_line(interpolate="step-after")
         .encode(
             x=alt.X("ts:Q", title="run time (s)"),
-            y=alt.Y("in_flight:Q", title="requests in flight"),
+            y=alt.Y("requests:Q", title="requests"),
+            color=alt.Color("series:N", title=None, sort=list(names.values())),
             tooltip=[
                 alt.Tooltip("ts:Q", title="time (s)", format=".2f"),
-                alt.Tooltip("in_flight:Q", title="in flight"),
+                alt.Tooltip("series:N"),
+                alt.Tooltip("requests:Q"),
             ],
         )
     )

@@ -22,6 +22,7 @@ import polars as pl
 
 from flashevolve.errors import UserError
 from flashevolve.events import frames as fr
+from flashevolve.events import metrics
 from flashevolve.views import charts as ch
 from flashevolve.views.endpoint_charts import endpoints_table_html
 
@@ -72,26 +73,29 @@ def _json_for_script(value: Any) -> str:
 
 
 def _summary_rows(runs: Mapping[str, pl.DataFrame]) -> str:
-    """A small fact table per run, computed from the frames (no scoring metrics)."""
+    """A small fact table per run: the objective (accepted per minute, best score) first, then
+    what the server saw -- requests at the server apart from requests the client held back, and
+    utilization (achieved over attainable throughput, when the backend declares the latter)."""
     rows = []
     for name, df in runs.items():
         info = fr.run_info(df)
-        reqs = fr.requests(df)
-        arts = fr.artifacts(df)
-        best = fr.best_score_over_time(df)
-        best_text = f"{best['best_score'][-1]:.4f}" if not best.is_empty() else "–"
-        rows.append(
-            "<tr>"
-            f"<td>{html.escape(name)}</td>"
-            f"<td>{html.escape(str(info.get('mode', '–')))}</td>"
-            f"<td>{'yes' if info.get('simulated') else 'no'}</td>"
-            f"<td>{fr.run_end(df):.1f}</td>"
-            f"<td>{df.height}</td>"
-            f"<td>{reqs.height}</td>"
-            f"<td>{int(arts['admitted'].sum()) if not arts.is_empty() else 0}</td>"
-            f"<td>{best_text}</td>"
-            "</tr>"
-        )
+        facts = metrics.summary(df)
+        best = facts["best_score"]
+        util = facts["utilization"]
+        cells = [
+            html.escape(name),
+            html.escape(str(info.get("mode", "–"))),
+            "yes" if info.get("simulated") else "no",
+            f"{fr.run_end(df):.1f}",
+            f"{facts['accepted_per_min']:.3f}",
+            "–" if best is None else f"{best:.4f}",
+            str(facts["accepted"]),
+            str(facts["requests"]),
+            f"{facts['mean_concurrency']:.1f} / {facts['peak_concurrency']}",
+            f"{facts['mean_in_client']:.1f} / {facts['peak_in_client']}",
+            "–" if util is None else f"{util:.1%}",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "\n".join(rows)
 
 
@@ -170,8 +174,9 @@ def render_report(
         + (" · <b>simulated</b>: timings come from the serving simulator" if simulated else "")
         + "</p>",
         '<table class="summary"><tr><th>run</th><th>mode</th><th>simulated</th>'
-        "<th>duration (s)</th><th>events</th><th>requests</th><th>admitted</th>"
-        "<th>best val score</th></tr>",
+        "<th>duration (s)</th><th>accepted/min</th><th>best val score</th><th>accepted</th>"
+        "<th>requests</th><th>at server, mean / peak</th><th>waiting in client, mean / peak</th>"
+        "<th>server utilization</th></tr>",
         _summary_rows(named),
         "</table>",
         "<h2>Best score over time</h2>",

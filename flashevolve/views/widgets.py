@@ -57,6 +57,9 @@ class LiveStatus(BaseModel):
     elapsed_s: float = 0.0
     stages: dict[str, StageStatus] = Field(default_factory=dict)
     in_flight: int = 0
+    at_server: int | None = None  # of in_flight: at the server ...
+    in_client: int = 0  # ... and waiting in the client (its cap on requests, a retry's backoff)
+    utilization: float | None = None  # generated over attainable tokens/s (when known)
     jobs_in_flight: int = 0
     max_in_flight: int | None = None  # the job bound (moves under adaptive control)
     wind_down_at: float | None = None  # run clock when new jobs stopped before the deadline
@@ -179,8 +182,11 @@ class SourcePanel:
         stale_text = " · ".join(f"{d} {n}" for d, n in stale.items())
         self.counters.value = (
             '<table style="font-size:12px">'
-            f"<tr><td>backend in flight</td><td align=right data-fe=in_flight><b>{status.in_flight}</b>"
-            "</td></tr>"
+            "<tr><td>requests at server / waiting in client</td><td align=right data-fe=in_flight><b>"
+            f"{status.in_flight - status.in_client if status.at_server is None else status.at_server}"
+            f"</b> / {status.in_client}"
+            + ("" if status.utilization is None else f" · utilization {status.utilization:.0%}")
+            + "</td></tr>"
             f"<tr><td>jobs in flight / bound</td><td align=right>{status.jobs_in_flight} / "
             f"{'–' if status.max_in_flight is None else status.max_in_flight}"
             + (
@@ -189,10 +195,10 @@ class SourcePanel:
                 else f" · winding down since {_fmt_elapsed(status.wind_down_at)}: no new jobs"
             )
             + "</td></tr>"
+            f"<tr><td>accepted</td><td align=right data-fe=accepted><b>{status.accepted} "
+            f"({status.accepted_per_min:.2f}/min)</b></td></tr>"
             f"<tr><td>proposals</td><td align=right data-fe=proposals>{status.proposals} "
             f"({status.proposals_per_min:.1f}/min)</td></tr>"
-            f"<tr><td>accepted</td><td align=right data-fe=accepted>{status.accepted} "
-            f"({status.accepted_per_min:.1f}/min)</td></tr>"
             f"<tr><td>best val score</td><td align=right data-fe=best_score><b>{best}</b></td></tr>"
             f"<tr><td>pool / frontier version</td><td align=right>{status.pool_version} / "
             f"{status.frontier_version}</td></tr>"
@@ -214,6 +220,9 @@ class SourcePanel:
             "elapsed_s": status.elapsed_s,
             "stages": {k: v.model_dump() for k, v in status.stages.items()},
             "in_flight": status.in_flight,
+            "at_server": status.at_server,
+            "in_client": status.in_client,
+            "utilization": status.utilization,
             "jobs_in_flight": status.jobs_in_flight,
             "max_in_flight": status.max_in_flight,
             "wind_down_at": status.wind_down_at,

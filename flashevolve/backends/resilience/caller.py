@@ -40,14 +40,16 @@ from flashevolve.backends.resilience.settings import ResilienceSettings
 from flashevolve.backends.retry import backoff_delay
 
 Send = Callable[[ChatRequest], Awaitable[ChatResult]]
-Slot = Callable[[int], AbstractAsyncContextManager[None]]
+#: A client's slot for one attempt, by priority; it may tell the request where it waits
+#: (``notify_dispatch``).
+Slot = Callable[[int, ChatRequest], AbstractAsyncContextManager[None]]
 
 #: Where a hedge waits for a client slot: ahead of every request (lower goes first).
 HEDGE_PRIORITY = -(2**31)
 
 
 @contextlib.asynccontextmanager
-async def no_slot(priority: int) -> AsyncIterator[None]:
+async def no_slot(priority: int, request: ChatRequest) -> AsyncIterator[None]:
     yield
 
 
@@ -102,7 +104,8 @@ def _error_of(task: asyncio.Task[ChatResult]) -> LLMError | None:
 
 def _fresh(request: ChatRequest) -> ChatRequest:
     """A copy of the request with its own ``partial`` (each copy counts its own tokens)."""
-    return dataclasses.replace(request, partial={})
+    # a hedge's whereabouts are not the request's: only the primary reports where it waits
+    return dataclasses.replace(request, partial={}, on_dispatch=None)
 
 
 class ResilientCaller:
@@ -327,7 +330,7 @@ class ResilientCaller:
         probe = await breaker.admit(report, state.patience)
         loop = asyncio.get_running_loop()
         try:
-            async with self._slot(copy.priority):
+            async with self._slot(copy.priority, request):
                 copy.started_at = loop.time()
                 copy.started.set()
                 deadline = self.latency.deadline(request.stage, request.max_tokens, state.timeouts)

@@ -61,7 +61,7 @@ class GepaWorkflow(ArtifactReview):
         *,
         minibatch_size: int | None = None,
         selector: Any = "pareto",
-        eval_concurrency: int = 8,
+        eval_concurrency: int = 32,  # requests per sweep at once: what GEPA/DSPy users run
         skip_perfect: bool = True,
         perfect_score: float = 1.0,
         reflection_max_tokens: int | None = None,
