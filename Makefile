@@ -4,6 +4,7 @@
 #   make test          install dev extras, build llama-server (cached), run tests and notebooks
 #   make llama-server  build and cache llama-server + fetch the default model (once, ~10 min)
 #   make lint          ruff check + ruff format --check
+#   make typecheck     mypy, strict, over flashevolve/ (settings in pyproject.toml [tool.mypy])
 #   make clean         remove build litter (keeps .venv and the llama-server cache)
 
 PY ?= python3
@@ -11,7 +12,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 
-.PHONY: demo lab test llama-server lint clean distclean install-local install-dev browser sandbox-tools
+.PHONY: demo lab test llama-server lint typecheck clean distclean install-local install-dev browser sandbox-tools
 
 # The venv is created once; its python is the target that says it exists.
 $(PYTHON):
@@ -72,8 +73,12 @@ lint: $(PYTHON)
 	$(BIN)/ruff check flashevolve tests
 	$(BIN)/ruff format --check flashevolve tests
 
+# mypy comes with the dev extra (`make test` installs it; so does install-dev).
+typecheck: install-dev
+	$(BIN)/mypy
+
 clean:
-	rm -rf build dist .pytest_cache .ruff_cache runs/demo
+	rm -rf build dist .pytest_cache .ruff_cache .mypy_cache runs/demo
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print | xargs rm -rf
 
 # Also drops the virtualenv. The llama-server/model cache lives outside the repo

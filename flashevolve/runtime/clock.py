@@ -126,7 +126,7 @@ def run_virtual(main: Callable[[], Awaitable[T]] | Awaitable[T], *, debug: bool 
     try:
         asyncio.set_event_loop(loop)
         coro = main() if callable(main) else main
-        return loop.run_until_complete(coro)  # type: ignore[arg-type]
+        return loop.run_until_complete(coro)
     finally:
         try:
             cancel_all_tasks(loop)

@@ -25,7 +25,7 @@ class RuntimeHandle(Protocol):
 
     targets: dict[str, int]  # worker count per stage
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task: ...
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]: ...
 
     async def judge_stale(self, view: StaleItem, *, stage: str) -> StaleDecision: ...
 
@@ -72,7 +72,7 @@ class StageContext:
     def now(self) -> float:
         return self.clock.now()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """Background work owned by the run (a speculative tail, a policy's timer): the runtime
         cancels it at shutdown, so nothing outlives the run.  Without a runtime (a policy driven
         directly in a test) it is a plain task."""

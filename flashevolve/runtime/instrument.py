@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from flashevolve.backends.base import (
@@ -127,7 +128,7 @@ class InstrumentedLLM:
         role: str,
         log: EventLog,
         in_flight: InFlight,
-        on_tokens=None,
+        on_tokens: Callable[[int], None] | None = None,
         stage_priority: dict[str, int] | None = None,
     ) -> None:
         self.inner = inner

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flashevolve.events.schema import Event, Kind
 
@@ -28,7 +28,7 @@ _PROGRESS = frozenset({str(Kind.REQUEST_FINISHED), str(Kind.REQUEST_FAILED)})
 @dataclass(slots=True)
 class _InHand:
     stage: str
-    task: asyncio.Task
+    task: asyncio.Task[Any]
     last_progress: float
     stalled: bool = False
 
@@ -50,7 +50,7 @@ class Watchdog:
         if event.kind in _PROGRESS and event.item_id in self._items:
             self._items[event.item_id].last_progress = event.ts
 
-    def track(self, item_id: str, stage: str, task: asyncio.Task, now: float) -> None:
+    def track(self, item_id: str, stage: str, task: asyncio.Task[Any], now: float) -> None:
         self._items[item_id] = _InHand(stage, task, now)
 
     def release(self, item_id: str) -> bool:
