@@ -402,11 +402,15 @@ class OpenAICompatLLM:
 
     async def release_loop(self) -> None:
         """Close the HTTP client of the running loop only (the backend stays usable from other
-        loops): a run calls this at its end, so no connection outlives the loop it belongs to."""
-        await self.aclose()
+        loops): a run calls this at its end, so no connection outlives the loop it belongs to.
+        Unlike ``aclose``, never more: a subclass that owns its server keeps it running."""
+        await self._close_loop_client()
 
     async def aclose(self) -> None:
         """Close this loop's HTTP client (clients of finished loops went with their loop)."""
+        await self._close_loop_client()
+
+    async def _close_loop_client(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
