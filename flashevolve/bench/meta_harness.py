@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-import polars as pl
-
-from flashevolve.bench.throughput import BenchConfig, mean_row
-from flashevolve.errors import ConfigError
-from flashevolve.events.schema import Kind
+from flashevolve.bench import workflow_bench
+from flashevolve.bench.throughput import BenchConfig
+from flashevolve.bench.workflow_bench import WorkflowBench, run_workflow_bench
 
 WORKFLOW = "meta-harness"
 
@@ -69,76 +66,27 @@ CONFIGS: dict[str, BenchConfig] = {
 }
 
 
-def get_config(name: str) -> BenchConfig:
-    try:
-        return CONFIGS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown meta-harness bench config {name!r}; choose from {list(CONFIGS)}"
-        ) from None
+BENCH = WorkflowBench(
+    WORKFLOW,
+    CONFIGS,
+    make_task=lambda seed: _intent_lite(),
+    profile_stages=("propose", "validate", "evaluate"),
+)
 
 
-def stage_medians(events: pl.DataFrame) -> dict[str, float | None]:
-    """Median seconds a harness spent in each stage (the step profile of PAPER.md section 7)."""
-    done = events.filter(pl.col("kind") == Kind.ITEM_DONE)
-    out: dict[str, float | None] = {}
-    for stage in ("propose", "validate", "evaluate"):
-        sub = done.filter(pl.col("stage") == stage)["latency_s"]
-        out[f"{stage}_s"] = float(sub.median()) if len(sub) else None  # type: ignore[arg-type]
-    return out
-
-
-def build_evolver(name: str, *, profile: str, minutes: float, seed: int = 0) -> tuple[Any, Any]:
-    """(evolver, simulated server) of one configuration, ready for ``run_virtual()``."""
-    from flashevolve import Evolver
-    from flashevolve.backends.sim import simulated
+def _intent_lite() -> Any:
     from flashevolve.tasks.intent_lite import intent_lite
 
-    config = get_config(name)
-    llm = simulated(profile, seed=seed, workload=WORKFLOW)
-    kwargs: dict[str, Any] = dict(config.workflow_options)
-    if config.mode == "async":
-        kwargs.update(workers=config.workers, max_in_flight=config.max_in_flight)
-    evolver = Evolver(
-        intent_lite(),
-        llm,
-        workflow=WORKFLOW,
-        mode=config.mode,
-        budget={"seconds": minutes * 60},
-        seed=seed,
-        staleness=config.staleness,
-        name=config.name,
-        load_every_s=None,
-        **kwargs,
-    )
-    return evolver, llm
+    return intent_lite()
 
 
-def row_of(evolver: Any, llm: Any, *, profile: str, seed: int) -> dict[str, Any]:
-    """The bench row of a finished run."""
-    summary = evolver.summary()
-    server = llm.stats()
-    generated = server.get("generated_tokens", summary["completion_tokens"])
-    events = evolver.events
-    return {
-        "config": evolver.name,
-        "profile": profile,
-        "seed": seed,
-        "simulated": True,
-        **summary,
-        **stage_medians(events),
-        "gate_failed": int(events.filter(pl.col("kind") == Kind.GATE_FAILED).height),
-        "utilization": (generated / max(summary["duration_s"], 1e-9))
-        / llm.profile.attainable_tokens_per_s,
-    }
+def get_config(name: str) -> BenchConfig:
+    return BENCH.config(name)
 
 
 def run_row(name: str, *, profile: str, minutes: float, seed: int = 0) -> dict[str, Any]:
     """One configuration on a fresh simulated server (virtual time)."""
-    evolver, llm = build_evolver(name, profile=profile, minutes=minutes, seed=seed)
-    t0 = time.perf_counter()
-    evolver.run_virtual()
-    return {**row_of(evolver, llm, profile=profile, seed=seed), "wall_s": time.perf_counter() - t0}
+    return workflow_bench.run_row(BENCH, name, profile=profile, minutes=minutes, seed=seed)
 
 
 def run_meta_harness_bench(
@@ -149,22 +97,9 @@ def run_meta_harness_bench(
     seeds: list[int],
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    rows = []
-    for name in configs:
-        runs = []
-        for s in seeds:
-            if progress:
-                progress(f"running meta-harness {name} (seed {s}) ...")
-            runs.append(run_row(name, profile=profile, minutes=minutes, seed=s))
-        rows.append(runs[0] if len(runs) == 1 else mean_row(runs))
-    base = next((r for r in rows if r["config"] == "sync"), None)
-    for r in rows:
-        for key, out in (
-            ("proposals_per_min", "speedup"),
-            ("accepted_per_min", "accepted_speedup"),
-        ):
-            r[out] = r[key] / base[key] if base and base[key] else None
-    return rows
+    return run_workflow_bench(
+        BENCH, configs, profile=profile, minutes=minutes, seeds=seeds, progress=progress
+    )
 
 
 COLUMNS = [

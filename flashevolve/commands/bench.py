@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from flashevolve.commands.common import dumps_readable
 from flashevolve.commands.sim_options import add_profile_option
+
+#: GEPA's default rows; the other workflows' benches default to sync,async
+DEFAULT_CONFIGS = "sync,async,k1=1/k3=1,k1=16/k3=8"
 
 NAME = "bench"
 HELP = (
@@ -22,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=30.0, help="simulated minutes per config")
     p.add_argument(
         "--configs",
-        default="sync,async,k1=1/k3=1,k1=16/k3=8",
+        default=DEFAULT_CONFIGS,
         help="comma list of configurations (see --list); 'grid' expands to the fixed grid "
         "fixedW@B, W in 4,8,16,32 and B in 16,32,64,96,128",
     )
@@ -45,6 +49,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="measure orchestrator overhead instead (zero-latency backend)",
     )
     p.add_argument("--list", action="store_true", help="list configurations and exit")
+    p.add_argument(
+        "--workflow",
+        default="gepa",
+        choices=("gepa", "ace", "meta-harness"),
+        help="the workflow to bench (ace and meta-harness: their own configurations, default "
+        "sync,async; see --list)",
+    )
+    p.add_argument(
+        "--combee",
+        action="store_true",
+        help="GEPA rows with Combee reflection: sync, Combee k=10/k=40 on the sync loop, and "
+        "async (the rows when --configs is not given; also combee-k10-async, ...)",
+    )
+    p.add_argument(
+        "--peer",
+        choices=("gepa",),
+        default=None,
+        help="the real gepa package's own loop against flashevolve async GEPA, both over HTTP "
+        "on one simulated server (python -m flashevolve.bench.peer for its options)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     from flashevolve.bench.throughput import available_configs, format_rows, get_config, run_bench
     from flashevolve.errors import ConfigError
 
+    if args.list and args.workflow != "gepa":
+        for name, config in _bench_of(args).configs.items():
+            print(f"{name:24s} {config.description}")
+        return 0
     if args.list:
         for name in available_configs():
             print(f"{name:24s} {get_config(name).description}")
@@ -64,10 +92,17 @@ def run(args: argparse.Namespace) -> int:
     get_profile(args.profile)  # fails early with the list of profiles
     if args.overhead:
         return _overhead(args)
+    if args.peer:
+        return _peer(args)
+    if args.workflow != "gepa":
+        return _workflow_bench(args)
     from flashevolve.bench.throughput import FIXED_GRID
 
+    given = args.configs
+    if args.combee and given == DEFAULT_CONFIGS:
+        given = "sync,combee-k10,combee-k40,async"
     configs = []
-    for c in (c.strip() for c in args.configs.split(",")):
+    for c in (c.strip() for c in given.split(",")):
         configs += FIXED_GRID if c == "grid" else [c] if c else []
     for name in configs:
         get_config(name)
@@ -135,4 +170,65 @@ def _overhead(args: argparse.Namespace) -> int:
         Path(args.json).write_text(
             json.dumps({"zero_latency": zero, "simulated_run": frac}, indent=2)
         )
+    return 0
+
+
+def _bench_of(args: argparse.Namespace) -> Any:
+    if args.workflow == "ace":
+        from flashevolve.bench.ace import BENCH as ace_bench
+
+        return ace_bench
+    from flashevolve.bench.meta_harness import BENCH as mh_bench
+
+    return mh_bench
+
+
+def _workflow_bench(args: argparse.Namespace) -> int:
+    """ACE, Meta-Harness or Combee rows (their own configurations; 'sync,async' by default)."""
+    from flashevolve.bench.workflow_bench import COLUMNS, run_workflow_bench, stage_columns
+    from flashevolve.commands.common import format_table
+
+    bench = _bench_of(args)
+    given = args.configs if args.configs != DEFAULT_CONFIGS else "sync,async"
+    configs = [c.strip() for c in given.split(",") if c.strip()]
+    seeds = _seeds(args.seeds) if args.seeds else [args.seed]
+    print(
+        f"SIMULATED serving ({args.profile}), {bench.workflow}, {args.minutes:g} simulated minutes per "
+        f"config, seeds {','.join(map(str, seeds))}",
+        file=sys.stderr,
+    )
+    rows = run_workflow_bench(
+        bench,
+        configs,
+        profile=args.profile,
+        minutes=args.minutes,
+        seeds=seeds,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
+    print(
+        f"# flashevolve bench --workflow {bench.workflow} "
+        f"--profile {args.profile} --minutes {args.minutes:g} (simulated)"
+    )
+    print(format_table(rows, COLUMNS + stage_columns(bench)))
+    if args.json:
+        payload = {
+            "workflow": bench.workflow,
+            "profile": args.profile,
+            "minutes": args.minutes,
+            "seeds": seeds,
+            "simulated": True,
+            "rows": rows,
+        }
+        Path(args.json).write_text(dumps_readable(payload))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _peer(args: argparse.Namespace) -> int:
+    from flashevolve.bench.peer import main as peer_main
+
+    argv = ["--minutes", f"{args.minutes:g}", "--seed", str(args.seed)]
+    if args.json:
+        argv += ["--json", args.json]
+    peer_main(argv)
     return 0

@@ -62,7 +62,17 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         help="local: path to a GGUF file; openai/vllm: the served model name",
     )
     g.add_argument(
-        "--base-url", default=None, help="openai/vllm: the endpoint, e.g. http://127.0.0.1:8000/v1"
+        "--base-url",
+        default=None,
+        help="openai/vllm: the endpoint, e.g. http://127.0.0.1:8000/v1; openai: several "
+        "comma-separated URLs of one model go through the router (docs/scale-out.md)",
+    )
+    g.add_argument(
+        "--endpoints",
+        default=None,
+        metavar="FILE",
+        help="openai: a file listing the endpoints of one model (one URL per line, or the "
+        "format in docs/scale-out.md), served through the router",
     )
     g.add_argument(
         "--api-key-env",
@@ -113,6 +123,9 @@ def make_backend(args: argparse.Namespace) -> LLM:
         kwargs["queue"] = getattr(args, "client_queue", "priority")
         return backends.local(**kwargs)
     if kind == "openai":
+        routed = _router(args)
+        if routed is not None:
+            return routed
         if not args.base_url or not args.model:
             raise ConfigError("--backend openai needs --base-url URL and --model NAME")
         return backends.openai(
@@ -128,9 +141,32 @@ def make_backend(args: argparse.Namespace) -> LLM:
             raise ConfigError("--backend vllm needs --model NAME (and --base-url to attach)")
         return backends.vllm(model=args.model, url=args.base_url, port=args.port)
     if kind == "sim":
-        return backends.simulated(profile=arg or "vllm-h100-qwen3-8b", seed=args.seed)
+        from flashevolve.workflows.base import sim_workload_of
+
+        workload = sim_workload_of(getattr(args, "workflow", "gepa"))
+        return backends.simulated(
+            profile=arg or "vllm-h100-qwen3-8b", seed=args.seed, workload=workload
+        )
     raise ConfigError(
         f"unknown --backend {args.backend!r}; use local, openai, vllm or sim[:profile]"
+    )
+
+
+def _router(args: argparse.Namespace) -> LLM | None:
+    """Several endpoints of one model (``--endpoints FILE`` or ``--base-url URL1,URL2``)."""
+    from flashevolve.backends.router import router_from_options
+
+    endpoints = getattr(args, "endpoints", None)
+    if endpoints is None and "," not in (args.base_url or ""):
+        return None
+    return router_from_options(
+        args.base_url,
+        endpoints,
+        args.model,
+        api_key_env=args.api_key_env,
+        max_concurrency=args.concurrency,
+        stream=getattr(args, "stream", False) or None,
+        queue=getattr(args, "client_queue", None),
     )
 
 

@@ -14,7 +14,6 @@ from typing import Any
 from flashevolve.commands.common import (
     add_backend_arguments,
     format_table,
-    given_options,
     make_backend,
     parse_workers,
     require_at_least_one,
@@ -25,10 +24,16 @@ from flashevolve.commands.policy_options import (
     check_policy_arguments,
     policy_kwargs,
 )
+from flashevolve.commands.workflow_options import (
+    add_workflow_arguments,
+    check_workflow_arguments,
+    workflow_kwargs,
+)
 from flashevolve.errors import ConfigError
+from flashevolve.executors import NAMES, executor_from_options
 
 NAME = "run"
-HELP = "evolve a task (GEPA) in sync and/or async mode and compare them"
+HELP = "evolve a task (GEPA, ACE or Meta-Harness) in sync and/or async mode and compare them"
 
 SUMMARY_ROWS = [
     # The objective first: accepted proposals per minute and the best score they reached.
@@ -101,18 +106,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(auto: on for --backend local, whose tiny default model rarely closes its block)",
     )
     p.add_argument(
-        "--minibatch-size",
-        type=int,
-        default=None,
-        help="GEPA: train examples per proposal (default 3)",
-    )
-    p.add_argument(
-        "--skip-perfect",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="GEPA: skip reflection when the parent is perfect on the minibatch (default on)",
-    )
-    p.add_argument(
         "--reflection-max-tokens",
         type=int,
         default=None,
@@ -125,6 +118,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="token cap of a task answer (default: the task's own, 200 for ifeval-lite)",
     )
     p.add_argument("--list-tasks", action="store_true", help="list built-in tasks and exit")
+    p.add_argument(
+        "--executor",
+        choices=NAMES,
+        default=None,
+        help="where CPU-heavy task metrics run: local (threads, default), process, or ray "
+        "(docs/scale-out.md)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --executor ray: auto or HOST:PORT of a running cluster (default: a local one)",
+    )
+    add_workflow_arguments(p)
     add_policy_arguments(p)
     add_backend_arguments(p)
 
@@ -140,7 +146,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
             "max_in_flight": "--max-in-flight",
         },
     )
+    check_workflow_arguments(args)
     check_policy_arguments(args)
+    args.executor_spec = executor_from_options(args.executor, args.ray_address)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,9 +232,14 @@ def _load_task(args: argparse.Namespace) -> Any:
         )
         if v is not None
     }
+    # Tasks whose metric runs model-written code take the same opt-out as Meta-Harness.
+    unsandboxed = {"allow_unsandboxed": True} if args.i_accept_unsandboxed_code else {}
     if Path(args.task).suffix in (".json", ".jsonl"):
-        return load_task_file(args.task, kind=args.task_kind, **sizes)
-    return get_task(args.task, **sizes)
+        kind = args.task_kind
+        extra = unsandboxed if kind == "humaneval" else {}
+        return load_task_file(args.task, kind=kind, **sizes, **extra)
+    extra = unsandboxed if args.task.strip().lower() == "intent-lite" else {}
+    return get_task(args.task, **sizes, **extra)
 
 
 def _make_evolver(
@@ -238,17 +251,7 @@ def _make_evolver(
     if mode == "async":
         kwargs["workers"] = workers  # empty: the workflow's own (GEPA: 8/4/8/8)
         kwargs["max_in_flight"] = args.max_in_flight  # None: sized by the Evolver and controller
-    grammar = args.reflection_grammar
-    if grammar == "on" or (grammar == "auto" and args.backend.partition(":")[0] == "local"):
-        from flashevolve.workflows.gepa.reflection import fenced_block_grammar
-
-        kwargs["reflection_extra_body"] = {"grammar": fenced_block_grammar()}
-    kwargs.update(
-        given_options(
-            args,
-            {k: k for k in ("minibatch_size", "skip_perfect", "reflection_max_tokens")},
-        )
-    )
+    kwargs.update(workflow_kwargs(args, mode, args.backend.partition(":")[0]))
     kwargs.update(policy_kwargs(args, mode))
     wind_down = kwargs.pop("wind_down", None)  # async only, like the other mechanisms
     run_dir = out / mode
@@ -262,6 +265,7 @@ def _make_evolver(
         run_dir=run_dir,
         name=mode,
         resume=resume,
+        executor=args.executor_spec,
         **kwargs,
     )
 
