@@ -23,9 +23,6 @@ from typing import Any
 from flashevolve.bench import throughput
 from flashevolve.bench.throughput import BenchConfig, get_config, register
 
-#: Evaluation threads of the synchronous rows: the same as the bench's ``sync`` row.
-SYNC_EVAL_CONCURRENCY: int = getattr(throughput, "SYNC_EVAL_CONCURRENCY", 8)
-
 COMBEE_ROWS = ("combee-k10", "combee-k40")
 
 
@@ -44,7 +41,7 @@ for _k in (10, 40):
         BenchConfig(
             f"combee-k{_k}",
             mode="sync",
-            extras=_options(_k, SYNC_EVAL_CONCURRENCY),
+            extras=_options(_k),  # the workflow's evaluation concurrency, as the sync row
             description=f"sync GEPA with Combee reflection over {_k} examples "
             f"(k={int(_k**0.5)} map calls + reduce, each level a barrier)",
         )

@@ -23,7 +23,13 @@ HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_profile_option(p)
-    p.add_argument("--minutes", type=float, default=30.0, help="simulated minutes per config")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="simulated minutes per config (default 30); with --peer, wall minutes per side "
+        "(default 5)",
+    )
     p.add_argument(
         "--configs",
         default=DEFAULT_CONFIGS,
@@ -87,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'fixedR/P/G/V@B':24s} rollout/propose/gate/validate workers, B jobs in flight")
         print(f"{'...+winddown':24s} a fixed row that winds down before the deadline (auto)")
         return 0
+    if args.minutes is None:
+        args.minutes = 5.0 if args.peer else 30.0
     if args.minutes <= 0:
         raise ConfigError("--minutes must be positive")
     get_profile(args.profile)  # fails early with the list of profiles
