@@ -25,7 +25,9 @@ class RuntimeHandle(Protocol):
 
     targets: dict[str, int]  # worker count per stage
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]: ...
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], name: str | None = None
+    ) -> asyncio.Task[Any]: ...
 
     async def judge_stale(self, view: StaleItem, *, stage: str) -> StaleDecision: ...
 
