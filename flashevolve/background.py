@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Coroutine
 from typing import Any, Self
 
 from flashevolve.runtime.clock import cancel_all_tasks
@@ -29,10 +30,12 @@ class BackgroundRun:
     _done: threading.Event
     _error: BaseException | None
     _loop: asyncio.AbstractEventLoop | None
-    _main: asyncio.Task | None
+    _main: asyncio.Task[Any] | None
     _pause_pending: bool
     _stop_requested: bool | None
     _thread: threading.Thread | None
+    run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]
+    summary: Callable[[], dict[str, Any]]
 
     workflow: Any
     config: Any

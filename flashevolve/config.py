@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flashevolve.errors import ConfigError
 from flashevolve.runtime.budget import Budget
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class RunConfig(BaseModel):
@@ -55,7 +57,7 @@ def coerce_budget(budget: Any) -> Budget:
     )
 
 
-def validated(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+def validated(model: type[ModelT], data: dict[str, Any], where: str) -> ModelT:
     """Validate ``data`` and turn pydantic's errors into one readable ConfigError."""
     try:
         return model.model_validate(data)

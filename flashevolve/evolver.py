@@ -124,7 +124,7 @@ class Evolver(BackgroundRun):
         self._in_flight = InFlight()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task | None = None  # the background run's task (start())
+        self._main: asyncio.Task[Any] | None = None  # the background run's task (start())
         # Set when the background thread is done. wait() blocks on this rather than on
         # Thread.join(): in CPython 3.11/3.12 a join() interrupted by Ctrl-C marks a still
         # running thread as stopped (is_alive() turns False), which would hide the run.
@@ -251,7 +251,7 @@ class Evolver(BackgroundRun):
         # Where a client has to queue requests, later stages go first: a child that passed the
         # gate gets validated before new jobs' rollouts (backends/gate.py).
         stages = [s.name for s in self.workflow.stages()]
-        priority = {"stage_priority": {name: -i for i, name in enumerate(stages)}}
+        priority: dict[str, Any] = {"stage_priority": {name: -i for i, name in enumerate(stages)}}
         ctx = StageContext(
             task=self.task,
             pool=self.pool,
@@ -268,6 +268,7 @@ class Evolver(BackgroundRun):
             workflow=self.workflow,
         )
         for llm in (ctx.task_llm, ctx.reflection_llm):
+            assert isinstance(llm, InstrumentedLLM)  # made just above
             llm.on_tokens = lambda n: setattr(tracker, "tokens", tracker.tokens + n)
         return ctx
 
@@ -473,13 +474,16 @@ class Evolver(BackgroundRun):
         a kill in between leaves the artifact without its event, never the reverse."""
         if self._dir is None or self._disk_error or (event.data or {}).get("recovered"):
             return
+        artifact_id = event.artifact_id
+        if artifact_id is None:  # admissions, scores and rollbacks always name their artifact
+            return
         try:
             if event.kind == Kind.ADMITTED:
-                self._dir.record_admission(self.pool, event.artifact_id, event.ts)
+                self._dir.record_admission(self.pool, artifact_id, event.ts)
             elif event.kind == Kind.SCORED:
-                self._dir.record_scores(self.pool, event.artifact_id, event.ts)
+                self._dir.record_scores(self.pool, artifact_id, event.ts)
             elif event.kind == Kind.SPECULATION_ROLLED_BACK:
-                self._dir.record_tombstone(event.artifact_id, event.ts)
+                self._dir.record_tombstone(artifact_id, event.ts)
         except OSError as err:
             self._disk_failed(err)
 
@@ -607,6 +611,6 @@ def starting_bound(workflow: Any, workers: dict[str, int], llm: Any) -> int:
     ``max_concurrency``: llama-server's slots, ``--concurrency``) -- a job keeps at least one
     request at the server, so jobs beyond that only wait in the client.  The adaptive
     controller sizes it from there, by the server's load."""
-    total = sum(workers.get(spec.name, spec.default_workers) for spec in workflow.stages())
+    total: int = sum(workers.get(spec.name, spec.default_workers) for spec in workflow.stages())
     cap = getattr(llm, "max_concurrency", None)
     return max(1, min(total, cap) if isinstance(cap, int) and cap > 0 else total)

@@ -12,9 +12,9 @@ Determinism note: nothing here iterates over a ``set`` of strings in a way that 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from flashevolve.artifacts import Artifact
 
@@ -30,7 +30,7 @@ class CandidateRecord:
     pool_version: int  # pool_version right after this admission
     status: str = ACTIVE
     patched_from: tuple[str, ...] = ()
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -344,7 +344,7 @@ class EpsilonGreedySelector:
         return pool.best()
 
 
-SELECTORS = {
+SELECTORS: dict[str, Callable[[], ParentSelector]] = {
     "pareto": ParetoSelector,
     "best": BestSelector,
     "epsilon_greedy": EpsilonGreedySelector,

@@ -94,7 +94,7 @@ class RunDirectory:
         if not self.state_path.exists():
             return {}
         try:
-            state = json.loads(self.state_path.read_text())
+            state: dict[str, Any] = json.loads(self.state_path.read_text())
         except json.JSONDecodeError as err:
             raise ConfigError(
                 f"{self.state_path} is not valid JSON ({err}); cannot resume"

@@ -100,7 +100,8 @@ def find_llama_server() -> Path | None:
 def build_info() -> dict[str, object] | None:
     """The stamp of the cached build (version, flags, build seconds), if there is one."""
     try:
-        return json.loads(_stamp_path().read_text())
+        stamp: dict[str, object] = json.loads(_stamp_path().read_text())
+        return stamp
     except (OSError, ValueError):
         return None
 

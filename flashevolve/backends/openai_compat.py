@@ -120,7 +120,9 @@ class OpenAICompatLLM:
         # The HTTP client and the gate belong to one event loop; a backend object is often
         # used from several (a preflight check, then one loop per background run), so each loop
         # gets its own pair.  Dead loops drop out of the weak map by themselves.
-        self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._per_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[Any, PriorityGate]
+        ] = weakref.WeakKeyDictionary()
         self._metrics_missing = False  # the server answered /metrics without load gauges
         self._caller = ResilientCaller(
             self._send,
@@ -276,7 +278,7 @@ class OpenAICompatLLM:
                 fault=Fault.TRUNCATED,
                 retryable=True,
             )
-        anomalies = [Fault.WRONG_MODEL] if wrong_model else []
+        anomalies: list[str] = [Fault.WRONG_MODEL] if wrong_model else []
         return self._streamed_result(
             request,
             parts,

@@ -195,7 +195,7 @@ class ManagedProcess:
             log_path = cache_dir() / "logs" / f"{name}-{self.port}.log"
         self.log_path = Path(log_path)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[..., ManagedProcess] | None = None
 
     # -- properties ------------------------------------------------------------------------------
     @property

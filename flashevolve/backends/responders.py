@@ -106,7 +106,7 @@ class ScriptedResponder:
         script = self.script
         if hasattr(script, "respond"):
             stage = get_workload().stage_of(request)  # a header-less client: guess the stage
-            return script.respond(request.messages, stage, rng)  # type: ignore[union-attr]
+            return script.respond(request.messages, stage, rng)
         if callable(script):
             return str(script(request))
         if not script:

@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 def backoff_delay(attempt: int, backoff_s: float, rng: random.Random) -> float:
     """``backoff_s * 2**attempt``, jittered by a factor in [0.5, 1.5) so clients do not sync up."""
-    return backoff_s * (2**attempt) * (0.5 + rng.random())
+    return backoff_s * (2.0**attempt) * (0.5 + rng.random())
 
 
 async def call_with_retries(

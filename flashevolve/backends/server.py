@@ -206,7 +206,7 @@ class OpenAICompatServer:
         }
         return web.json_response({"object": "list", "data": [model]})
 
-    async def _chat(self, http: web.Request) -> web.Response:
+    async def _chat(self, http: web.Request) -> web.StreamResponse:
         self.requests += 1
         try:
             body = await http.json()

@@ -20,7 +20,7 @@ import asyncio
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 from aiohttp import web
@@ -60,7 +60,7 @@ def split_pieces(text: str, tokens: int) -> list[str]:
     return [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
 
 
-async def paced(pieces: Sequence[str], duration_s: float) -> AsyncIterator[str]:
+async def paced(pieces: Sequence[str], duration_s: float) -> AsyncGenerator[str, None]:
     """Yield ``pieces`` spread evenly over ``duration_s``: piece ``i`` at ``(i + 1) / n`` of it,
     so the last one lands when a non-streamed answer would, and a client that leaves halfway has
     received about half."""
@@ -81,7 +81,8 @@ def reply_stream(responder: Responder, request: ChatRequest) -> AsyncIterator[st
     """The responder's own stream if it has one, else its whole answer replayed in pieces."""
     stream = getattr(responder, "respond_stream", None)
     if stream is not None:
-        return stream(request)
+        own: AsyncIterator[str | Reply] = stream(request)
+        return own
     return _replay(responder, request)
 
 

@@ -57,7 +57,9 @@ def _utilization(responder: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def run_gepa_side(minutes: float, speed: float, seed: int, n_train: int, n_val: int) -> dict:
+def run_gepa_side(
+    minutes: float, speed: float, seed: int, n_train: int, n_val: int
+) -> dict[str, Any]:
     from flashevolve.bench.peer_gepa import run_gepa_peer
 
     responder, server = _server(seed, speed)

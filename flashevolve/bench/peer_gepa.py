@@ -151,7 +151,8 @@ def run_gepa_peer(
 
     Give ``seconds`` (gepa's own timeout stop, checked between iterations, so the run ends after
     the iteration in flight) and/or ``max_metric_calls``."""
-    import gepa
+    from gepa.api import optimize  # what gepa.optimize is (re-exported without __all__)
+    from gepa.core.result import GEPAResult
     from gepa.utils.stop_condition import TimeoutStopCondition
     from openai import OpenAI
 
@@ -167,15 +168,18 @@ def run_gepa_peer(
     stops = [TimeoutStopCondition(seconds)] if seconds is not None else []
     t0 = time.perf_counter()
     try:
-        result = gepa.optimize(
+        result: GEPAResult[Any, Any] = optimize(
             seed_candidate=task.seed_artifact(),
             trainset=list(task.train),
             valset=list(task.val),
-            adapter=adapter,
+            # gepa's adapter Protocol is generic in types it cannot infer from a duck-typed
+            # adapter (they come out as Never)
+            adapter=adapter,  # type: ignore[arg-type]
             reflection_lm=adapter.reflect,
             max_metric_calls=max_metric_calls,
             stop_callbacks=stops or None,
-            callbacks=[counter],
+            # GEPACallback lists every hook; gepa calls only those a callback has (its own doc)
+            callbacks=[counter],  # type: ignore[list-item]
             logger=_Quiet(),
             seed=seed,
             **gepa_options,

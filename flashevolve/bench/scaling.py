@@ -49,12 +49,12 @@ class ScalingConfig:
 def run_point(n: int, seed: int, config: ScalingConfig) -> dict[str, Any]:
     """One run: async GEPA over a router of ``n`` simulated servers, on virtual time."""
     from flashevolve import Evolver
-    from flashevolve.backends import simulated
     from flashevolve.backends.router import Router
-    from flashevolve.backends.sim import SimulatedTask
+    from flashevolve.backends.sim import SimulatedLLM, SimulatedTask
     from flashevolve.backends.sim.calibrate import N_TRAIN, N_VAL
 
-    servers = [simulated(profile=config.profile, seed=seed) for _ in range(n)]
+    # what backends.simulated() builds without faults or resilience settings
+    servers = [SimulatedLLM(profile=config.profile, seed=seed) for _ in range(n)]
     router = Router(servers)
     workers = config.workers_per_endpoint * n
     evolver = Evolver(
@@ -142,7 +142,7 @@ def router_overhead(metric_calls: int = 20_000, seed: int = 0) -> list[dict[str,
     from flashevolve.bench.overhead import ZeroLatencyLLM
     from flashevolve.events.schema import Kind
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, endpoints in (("direct", 0), ("router, 1 endpoint", 1), ("router, 4 endpoints", 4)):
         backend: Any = ZeroLatencyLLM(seed)
         if endpoints:
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
+    payload: Any
     try:
         if args.overhead:
             from flashevolve.commands.common import format_table
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             result, _ = run_failover()
             print("SIMULATED servers (serve-sim processes over real HTTP)")
             print(format_failover(result))
-            payload: Any = result
+            payload = result
         else:
             if (
                 args.minutes <= 0

@@ -221,7 +221,8 @@ def run_bench(
     rows = []
     for name in configs:
         cfg = get_config(name)
-        for policy in staleness or [None]:
+        policies: list[str | None] = list(staleness) if staleness else [None]
+        for policy in policies:
             runs = []
             for s in seeds:
                 if progress:
@@ -252,9 +253,9 @@ def mean_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in runs[0].items():
         values = [r.get(key) for r in runs]
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        if numeric:
-            out[key] = sum(values) / len(values)
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(numbers) == len(values):
+            out[key] = sum(numbers) / len(numbers)
         else:
             out[key] = value if all(v == value for v in values) else None
     out["seed"] = "mean"

@@ -18,18 +18,22 @@ import polars as pl
 
 from flashevolve.events.schema import Kind
 
-SIZES_SCHEMA: dict[str, pl.DataType] = {
-    "ts": pl.Float64(),
-    "artifact_id": pl.Utf8(),
-    "size": pl.Float64(),
-    "size_unit": pl.Utf8(),
-}
+SIZES_SCHEMA = pl.Schema(
+    {
+        "ts": pl.Float64(),
+        "artifact_id": pl.Utf8(),
+        "size": pl.Float64(),
+        "size_unit": pl.Utf8(),
+    }
+)
 
-OPERATIONS_SCHEMA: dict[str, pl.DataType] = {
-    "ts": pl.Float64(),
-    "type": pl.Utf8(),
-    "status": pl.Utf8(),
-}
+OPERATIONS_SCHEMA = pl.Schema(
+    {
+        "ts": pl.Float64(),
+        "type": pl.Utf8(),
+        "status": pl.Utf8(),
+    }
+)
 
 _OPERATION = pl.Struct({"type": pl.Utf8, "status": pl.Utf8})
 

@@ -16,23 +16,27 @@ import polars as pl
 from flashevolve.events.frames import requests, run_end
 from flashevolve.events.schema import Kind
 
-ENDPOINTS_SCHEMA: dict[str, pl.DataType] = {
-    "endpoint": pl.Utf8(),
-    "requests": pl.Int64(),  # answered there
-    "failed": pl.Int64(),  # failed for good there
-    "cancelled": pl.Int64(),
-    "moved_away": pl.Int64(),  # sent there, then moved to another endpoint before an answer
-    "prompt_tokens": pl.Int64(),
-    "completion_tokens": pl.Int64(),
-    "mean_latency_s": pl.Float64(),
-    "downs": pl.Int64(),  # times a router took it out
-}
+ENDPOINTS_SCHEMA = pl.Schema(
+    {
+        "endpoint": pl.Utf8(),
+        "requests": pl.Int64(),  # answered there
+        "failed": pl.Int64(),  # failed for good there
+        "cancelled": pl.Int64(),
+        "moved_away": pl.Int64(),  # sent there, then moved to another endpoint before an answer
+        "prompt_tokens": pl.Int64(),
+        "completion_tokens": pl.Int64(),
+        "mean_latency_s": pl.Float64(),
+        "downs": pl.Int64(),  # times a router took it out
+    }
+)
 
-SERVED_SCHEMA: dict[str, pl.DataType] = {
-    "t_start": pl.Float64(),
-    "endpoint": pl.Utf8(),
-    "requests": pl.Int64(),
-}
+SERVED_SCHEMA = pl.Schema(
+    {
+        "t_start": pl.Float64(),
+        "endpoint": pl.Utf8(),
+        "requests": pl.Int64(),
+    }
+)
 
 
 def _data(raw: str | None) -> dict[str, Any]:

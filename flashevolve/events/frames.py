@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
@@ -46,7 +47,7 @@ def empty_events() -> pl.DataFrame:
     return pl.DataFrame(schema=SCHEMA)
 
 
-def _empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _empty(schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
@@ -375,7 +376,7 @@ def concurrency(df: pl.DataFrame) -> pl.DataFrame:
     if reqs.is_empty():
         return _empty(CONCURRENCY_SCHEMA)
     step = pl.when(pl.col("kind") == str(Kind.REQUEST_STARTED)).then(1).otherwise(-1)
-    types = {"ts": pl.Float64(), "in_flight": pl.Int64(), "held_step": pl.Int64()}
+    types = pl.Schema({"ts": pl.Float64(), "in_flight": pl.Int64(), "held_step": pl.Int64()})
     flight = reqs.select(
         "ts",
         pl.coalesce(pl.col("in_flight"), step.cum_sum().clip(lower_bound=0)).alias("in_flight"),

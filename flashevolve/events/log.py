@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -139,7 +139,7 @@ class EventLog:
     def __len__(self) -> int:
         return self._packed + len(self._events)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Event]:
         return iter(self.snapshot())
 
     def of_kind(self, *kinds: str) -> list[Event]:

@@ -52,14 +52,21 @@ def _non_seed(df: pl.DataFrame, kind: str) -> pl.DataFrame:
     return sub.filter(~is_seed)
 
 
+def _number(value: object) -> float:
+    """A polars min/max of a numeric column (typed by polars as any Python value) as a float."""
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number from a numeric column, got {value!r}")
+    return float(value)
+
+
 def run_duration(df: pl.DataFrame) -> float:
     """Run-clock seconds from ``run_started`` to ``run_finished`` (or the last event)."""
     if df.is_empty():
         return 0.0
     starts = df.filter(pl.col("kind") == Kind.RUN_STARTED)["ts"]
     ends = df.filter(pl.col("kind") == Kind.RUN_FINISHED)["ts"]
-    t0 = float(starts.min()) if len(starts) else float(df["ts"].min())
-    t1 = float(ends.max()) if len(ends) else float(df["ts"].max())
+    t0 = _number(starts.min()) if len(starts) else _number(df["ts"].min())
+    t1 = _number(ends.max()) if len(ends) else _number(df["ts"].max())
     return max(0.0, t1 - t0)
 
 
@@ -72,7 +79,7 @@ def concurrency_stats(
     series = concurrency(df)
     if series.is_empty():
         return 0.0, 0
-    t0 = float(df["ts"].min())
+    t0 = _number(df["ts"].min())
     end = t0 + (duration if duration is not None else run_duration(df))
     ts = series["ts"].to_list() + [end]
     level = series[column].to_list()
@@ -172,7 +179,7 @@ def summary(df: pl.DataFrame, duration: float | None = None) -> dict[str, Any]:
         "accepted_per_min": accepted / minutes,
         "improvements": improvements,
         "improvements_per_min": improvements / minutes,
-        "best_score": float(best["best_score"].max()) if best.height else None,
+        "best_score": _number(best["best_score"].max()) if best.height else None,
         "time_to_admission_s": to_admission,  # mean, job start -> admitted (confirmed)
         "time_to_pool_s": to_pool,  # mean, job start -> in the pool (speculatively, if so)
         "seed_score": seed,

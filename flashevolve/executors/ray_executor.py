@@ -165,7 +165,7 @@ class RayExecutor:
         self.counts["submitted"] += 1
         self._running.add(ref)
         try:
-            value = await ref
+            value: T = await ref
         except asyncio.CancelledError:
             self._cancel(ref)
             raise

@@ -309,11 +309,11 @@ class AdaptiveController:
             for s, n in workers.items()
             if s in rates and n < self.max_workers
         }
-        bound = None
+        bound: int | None = None
         if self.bound and now >= self._bound_hold_until:
             bound = getattr(runtime, "max_in_flight", None)
         new_bound = grow(bound, self.max_in_flight_cap) if bound is not None else None
-        if new_bound is not None and new_bound <= bound:
+        if new_bound is not None and bound is not None and new_bound <= bound:
             bound = new_bound = None  # at its cap: not part of this trial
         if not grown and new_bound is None:
             return {}

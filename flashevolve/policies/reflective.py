@@ -74,7 +74,7 @@ __all__ = [
 @dataclass(slots=True)
 class _Waiting:
     item: StaleItem
-    future: asyncio.Future
+    future: asyncio.Future[StaleDecision]
 
 
 class Reflective:
@@ -127,8 +127,8 @@ class Reflective:
         self.shuffle = shuffle
         self._reviewer_wrapped: tuple[Any, Any] | None = None
         self._waiting: list[_Waiting] = []
-        self._timer: asyncio.Task | None = None
-        self._calls: set[asyncio.Task] = set()
+        self._timer: asyncio.Task[Any] | None = None
+        self._calls: set[asyncio.Task[Any]] = set()
         self._batches = 0
 
     def __repr__(self) -> str:
@@ -147,7 +147,7 @@ class Reflective:
     async def decide(self, item: StaleItem, ctx: StageContext) -> StaleDecision:
         if item.artifact is None and item.subject_id is None:
             return StaleDecision(ACCEPT, reason="no proposal to review at this stage")
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[StaleDecision] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(item, future))
         if len(self._waiting) >= self._batch_size(item, ctx):
             self._flush(ctx)

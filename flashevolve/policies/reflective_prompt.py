@@ -40,10 +40,10 @@ class ItemDecision(BaseModel):
 
     @field_validator("item", mode="before")
     @classmethod
-    def _item_text(cls, v: Any) -> str:
+    def _item_text(cls, v: Any) -> object:
         if isinstance(v, int | float):
             return str(v)
-        return v
+        return v  # anything else goes on to pydantic's own str check
 
     @field_validator("decision", mode="before")
     @classmethod

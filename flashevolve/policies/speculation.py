@@ -69,7 +69,7 @@ class Speculation:
     max_tails: int = 16
     perfect_score: float = 1.0
     streak: dict[str, int] = field(default_factory=dict, repr=False)
-    tails: set[asyncio.Task] = field(default_factory=set, repr=False)
+    tails: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
     counters: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -159,7 +159,9 @@ class Speculation:
             self.streak[vid] = self.streak.get(vid, 0) + 1 if s >= self.perfect_score else 0
 
     # -- background work ----------------------------------------------------------------------
-    def spawn(self, ctx: StageContext, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+    def spawn(
+        self, ctx: StageContext, coro: Coroutine[Any, Any, Any], name: str
+    ) -> asyncio.Task[Any]:
         """Background work owned by the run: the runtime cancels it at shutdown."""
         task = ctx.spawn(coro, name=name)
         self.tails.add(task)

@@ -123,7 +123,7 @@ class FullAsync:
         return StaleDecision(ACCEPT, reason="full async accepts all stale work")
 
 
-POLICIES: dict[str, type] = {"full": FullAsync, "full_async": FullAsync}
+POLICIES: dict[str, type[StalenessPolicy]] = {"full": FullAsync, "full_async": FullAsync}
 
 
 def make_policy(spec: str | StalenessPolicy | None, **options: Any) -> StalenessPolicy:
@@ -135,7 +135,7 @@ def make_policy(spec: str | StalenessPolicy | None, **options: Any) -> Staleness
     return policy_class(spec)(**options)
 
 
-def policy_class(name: str) -> type:
+def policy_class(name: str) -> type[StalenessPolicy]:
     """The policy class registered under ``name`` (case, ``-`` and ``_`` alike)."""
     _register_optional()
     try:

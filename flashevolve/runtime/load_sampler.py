@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flashevolve.backends.base import BackendLoad
+from flashevolve.backends.base import LLM, BackendLoad
 from flashevolve.events.schema import Kind
 from flashevolve.runtime.context import StageContext
 
@@ -29,7 +29,7 @@ async def _loads(llm: Any) -> dict[str, BackendLoad]:
 
 
 async def sample_backend_load(ctx: StageContext, every_s: float) -> None:
-    backends = {}
+    backends: dict[int, LLM] = {}
     for llm in (ctx.task_llm, ctx.reflection_llm):
         inner = getattr(llm, "inner", llm)  # one server used for both roles is asked once
         backends.setdefault(id(inner), llm)

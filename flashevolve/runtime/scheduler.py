@@ -14,7 +14,7 @@ import asyncio
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from flashevolve.errors import ConfigError
 from flashevolve.events.schema import Kind
@@ -46,7 +46,7 @@ class RuntimeConfig:
     load_every_s: float | None = 5.0  # ask the backends for their load this often (None: never)
     #: cancel an item whose requests made no progress for this long (None: no watchdog)
     stall_s: float | None = 600.0
-    wind_down: float | str | None = None  # Budget.wind_down: "auto", seconds, or off
+    wind_down: float | Literal["auto"] | None = None  # Budget.wind_down: "auto", seconds, or off
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
@@ -119,11 +119,11 @@ class Runtime:
         self.max_in_flight = 1 if sync else bound
         self.state = "created"
         self.stop_reason: str | None = None
-        self._workers: dict[str, dict[asyncio.Task, bool]] = {n: {} for n in self.specs}
+        self._workers: dict[str, dict[asyncio.Task[Any], bool]] = {n: {} for n in self.specs}
         self._busy: dict[str, int] = dict.fromkeys(self.specs, 0)
         self._done_count: dict[str, int] = dict.fromkeys(self.specs, 0)
         self._job_items: dict[str, int] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self.watchdog = (
             Watchdog(config.stall_s, min(30.0, config.stall_s / 4))
             if config.stall_s is not None
@@ -174,13 +174,17 @@ class Runtime:
         if hasattr(self, "_slots"):
             self._slots.set_limit(n)
 
-    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task:
+    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
         """Background work owned by this run (e.g. a speculative validation tail): it is
         cancelled at shutdown together with the workers."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.append(task)
-        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+        task.add_done_callback(self._forget_task)
         return task
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     @property
     def jobs_in_flight(self) -> int:
@@ -208,7 +212,7 @@ class Runtime:
     # -- the run ------------------------------------------------------------------------------
     async def run(self) -> None:
         ctx = self.ctx
-        self._queues: dict[str, asyncio.Queue] = {n: asyncio.Queue() for n in self.specs}
+        self._queues: dict[str, asyncio.Queue[WorkItem]] = {n: asyncio.Queue() for n in self.specs}
         self._slots = JobSlots(self.max_in_flight)
         self._stop_source = asyncio.Event()
         self._finished = asyncio.Event()
@@ -392,6 +396,8 @@ class Runtime:
 
     async def _worker(self, stage: str) -> None:
         me = asyncio.current_task()
+        if me is None:
+            raise RuntimeError("a stage worker runs as an asyncio task")
         q = self._queues[stage]
         pool = self._workers[stage]
         while True:
@@ -526,6 +532,7 @@ class Runtime:
         else:
             decision = await self.policy.decide(view, ctx)
             policy = self.policy.name
+        result_id: str | None
         if decision.action == PATCH and decision.repair is not None:
             result_id = decision.repair.id
         elif decision.action == MERGED:

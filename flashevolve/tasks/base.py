@@ -63,9 +63,16 @@ class Rollout:
 @runtime_checkable
 class Task(Protocol):
     name: str
-    train: Sequence[Example]
-    val: Sequence[Example]
-    test: Sequence[Example]
+
+    # read-only to a run (a task may keep its splits in lists, tuples, ...)
+    @property
+    def train(self) -> Sequence[Example]: ...
+
+    @property
+    def val(self) -> Sequence[Example]: ...
+
+    @property
+    def test(self) -> Sequence[Example]: ...
 
     def seed_artifact(self) -> dict[str, str]: ...
 

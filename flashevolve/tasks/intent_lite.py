@@ -16,7 +16,7 @@ example) with feedback naming the predicted and the expected intent.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -170,7 +170,7 @@ class IntentLiteTask:
         train: Sequence[Example],
         val: Sequence[Example],
         test: Sequence[Example],
-        labels: Sequence[str],
+        labels: Iterable[str],
         *,
         allow_unsandboxed: bool = False,
     ) -> None:

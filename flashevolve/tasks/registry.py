@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from flashevolve.errors import ConfigError, UserError
 from flashevolve.tasks.base import Task
@@ -56,7 +56,7 @@ _BUILTINS: dict[str, Callable[..., Task]] = {
 }
 
 
-def _call(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> Any:
+def _call(name: str, factory: Callable[..., Task], options: dict[str, Any]) -> Task:
     """Turn an unknown keyword into a UserError that lists what the task accepts."""
     params = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -99,7 +99,8 @@ def resolve_task(task: Any) -> Task:
     for attr in ("train", "val", "seed_artifact", "rollout"):
         if not hasattr(task, attr):
             raise ConfigError(f"task object lacks {attr!r}: implement flashevolve.tasks.Task")
-    return task
+    # duck-typed: the members a run needs were checked by name above
+    return cast(Task, task)
 
 
 def load_task_file(path: str | Path, kind: str | None = None, **options: Any) -> Task:

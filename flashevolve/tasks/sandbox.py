@@ -45,7 +45,9 @@ def run_python(
 
 def extract_code(output: str, entry_point: str) -> str:
     """The fenced block defining ``entry_point`` (else the longest block, else the raw text)."""
-    blocks = re.findall(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", output, flags=re.S)
+    blocks: list[str] = re.findall(
+        r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", output, flags=re.S
+    )
     if not blocks:
         return output
     for block in blocks:

@@ -73,7 +73,7 @@ def token_f1(prediction: str, gold: str) -> float:
 
 def extract_answer(output: str) -> str:
     """Text after the last 'Answer:' marker, else the last non-empty line."""
-    marked = re.findall(r"answer\s*[:：]\s*(.+)", output, flags=re.IGNORECASE)
+    marked: list[str] = re.findall(r"answer\s*[:：]\s*(.+)", output, flags=re.IGNORECASE)
     if marked:
         return marked[-1].strip()
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]

@@ -26,7 +26,9 @@ use_offline_charts()  # in a notebook, charts draw without a CDN (see views/rend
 MAX_POINTS = 4000
 
 Runs = Mapping[str, pl.DataFrame] | pl.DataFrame
-AnyChart = alt.Chart | alt.LayerChart
+#: alt.layer() is typed as LayerChart | FacetChart (it facets when every layer has the same facet
+#: encoding; ours never do), so a chart function's result is any of the three to a type checker
+AnyChart = alt.Chart | alt.LayerChart | alt.FacetChart
 
 STALE_COLORS = {
     "accept": "#4c78a8",
@@ -45,7 +47,8 @@ EDGE_DASH = {
 # -- shared pieces ---------------------------------------------------------------------------
 def _values(df: pl.DataFrame) -> alt.Data:
     """Inline data: rows as plain dicts, so no URL and no max-rows transformer gets involved."""
-    return alt.Data(values=df.to_dicts())
+    # altair generates its schema classes without annotations
+    return alt.Data(values=df.to_dicts())  # type: ignore[no-untyped-call]
 
 
 def _title(text: str, simulated: bool, subtitle: str | None = None) -> alt.TitleParams:
@@ -58,12 +61,12 @@ def _title(text: str, simulated: bool, subtitle: str | None = None) -> alt.Title
 def _no_data(text: str, simulated: bool = False, width: int = 560, height: int = 200) -> alt.Chart:
     """A chart that renders with no data: a single centred message and a 'no data yet' title."""
     msg = pl.DataFrame({"message": ["no data yet"]})
-    return (
+    chart: alt.Chart = (  # altair types its mark_*/encode chain as Any
         alt.Chart(_values(msg), title=_title(f"{text} — no data yet", simulated))
         .mark_text(size=16, color="#888")
         .encode(text=alt.Text("message:N"))
-        .properties(width=width, height=height)
     )
+    return chart.properties(width=width, height=height)
 
 
 def _as_runs(runs: Runs, default: str = "run") -> dict[str, pl.DataFrame]:
@@ -161,7 +164,9 @@ def concurrency_chart(df: pl.DataFrame) -> AnyChart:
         # carry the last value to the end of the run so the step line covers the whole run
         data = pl.concat([data, last.with_columns(pl.lit(end).alias("ts"))])
     subtitle = "value holds until the next request event"
-    series = ["at_server"] + (["in_client"] if int(data["in_client"].max() or 0) else [])
+    waiting_peak = data["in_client"].max()
+    waiting = isinstance(waiting_peak, int) and waiting_peak != 0
+    series = ["at_server"] + (["in_client"] if waiting else [])
     long = data.unpivot(index="ts", on=series, variable_name="series", value_name="requests")
     if data.height > MAX_POINTS:
         long = pl.concat(
@@ -173,7 +178,7 @@ def concurrency_chart(df: pl.DataFrame) -> AnyChart:
         subtitle = f"peak per time slice ({MAX_POINTS} slices)"
     names = {"at_server": "at the server", "in_client": "waiting in the client"}
     long = long.with_columns(pl.col("series").replace_strict(names, default=pl.col("series")))
-    chart = (
+    chart: alt.Chart = (  # altair types its mark_*/encode chain as Any
         alt.Chart(_values(long), title=_title("Backend requests", sim, subtitle))
         .mark_line(interpolate="step-after")
         .encode(
@@ -203,7 +208,7 @@ def server_load_chart(df: pl.DataFrame) -> AnyChart:
     encoding: dict[str, Any] = {}
     if data["endpoint"].n_unique() > 1:
         encoding["strokeDash"] = alt.StrokeDash("endpoint:N", title="server")
-    chart = (
+    chart: alt.Chart = (  # altair types its mark_*/encode chain as Any
         alt.Chart(
             _values(long),
             title=_title("Server load", sim, "as the server reports it (requests)"),
@@ -329,7 +334,7 @@ def staleness_chart(df: pl.DataFrame, *, lag: str = "lag") -> AnyChart:
     decisions += sorted(set(counts["decision"].to_list()) - set(decisions))
     palette = [STALE_COLORS.get(d, "#999999") for d in decisions]
     axis_title = "pool versions behind (lag)" if lag == "lag" else "frontier versions behind"
-    chart = (
+    chart: alt.Chart = (  # altair types its mark_*/encode chain as Any
         alt.Chart(
             _values(counts),
             title=_title("Stale work decisions", sim, "what the staleness policy did, by lag"),
@@ -464,7 +469,8 @@ def dashboard_charts(df: pl.DataFrame, window_s: float | None = None) -> dict[st
 
 def chart_spec(chart: Any) -> dict[str, Any]:
     """The Vega-Lite spec of a chart as a plain dict (validated by Altair)."""
-    return chart.to_dict()
+    spec: dict[str, Any] = chart.to_dict()
+    return spec
 
 
 __all__ = [

@@ -21,7 +21,7 @@ def artifact_size_chart(df: pl.DataFrame) -> AnyChart:
     if data.is_empty():
         return _no_data("Artifact size", sim)
     unit = str(data["size_unit"].drop_nulls().first() or "size")
-    chart = (
+    chart: alt.Chart = (  # altair types its mark_*/encode chain as Any
         alt.Chart(
             _values(data), title=_title("Artifact size", sim, f"after each admission ({unit})")
         )
@@ -46,7 +46,7 @@ def operations_chart(df: pl.DataFrame) -> AnyChart:
     if data.is_empty():
         return _no_data("Edit operations", sim)
     counts = data.group_by("type", "status").agg(pl.len().alias("operations"))
-    chart = (
+    chart: alt.Chart = (  # altair types its mark_*/encode chain as Any
         alt.Chart(_values(counts), title=_title("Edit operations", sim, "by type and outcome"))
         .mark_bar()
         .encode(

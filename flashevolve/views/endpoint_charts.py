@@ -28,7 +28,7 @@ def endpoints_chart(df: pl.DataFrame, window_s: float | None = None) -> AnyChart
     if data.is_empty():
         return _no_data("Requests per endpoint", sim)
     data = data.with_columns((pl.col("requests") * 60.0 / window_s).alias("per_min"))
-    chart = (
+    chart: alt.Chart = (  # altair types its mark_*/encode chain as Any
         alt.Chart(
             _values(data),
             title=_title(

@@ -77,9 +77,10 @@ class LiveStatus(BaseModel):
     endpoints: dict[str, EndpointStatus] = Field(default_factory=dict)
 
 
-def _status_fn(source: Any) -> Callable[[], Any]:
-    if hasattr(source, "status") and callable(source.status):
-        return source.status
+def _status_fn(source: object) -> Callable[[], Any]:
+    status: object = getattr(source, "status", None)
+    if callable(status):
+        return status
     if callable(source):
         return source
     raise TypeError(
@@ -375,7 +376,7 @@ class Dashboard:
             from IPython.display import display
         except ImportError:  # plain Python: nothing to show, polling still feeds snapshot()
             return self.start()
-        display(self.widget)
+        display(self.widget)  # type: ignore[no-untyped-call]  # IPython leaves display unannotated
         self._shown_in_cell = _current_cell()
         return self.start()
 

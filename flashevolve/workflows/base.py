@@ -169,7 +169,7 @@ def make_workflow(spec: str | Workflow, **options: Any) -> Workflow:
     module, _, cls = target.partition(":")
     factory = getattr(importlib.import_module(module), cls)
     try:
-        workflow = factory(**options)
+        workflow: Workflow = factory(**options)
     except TypeError as err:
         raise ConfigError(f"workflow {key!r}: {err}") from None
     except ValueError as err:

@@ -15,12 +15,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
+from flashevolve.backends.base import LLM
 from flashevolve.runtime.context import StageContext
-from flashevolve.tasks.base import Example, Rollout, Task
+from flashevolve.tasks.base import Example, Rollout
 
 #: How often a rollout the infrastructure failed is run again (the client already retried).
 INFRASTRUCTURE_RETRIES = 1
+
+
+class RolloutRunner(Protocol):
+    """What a fan-out needs of a task: its ``rollout`` (a Task, or a workflow's view of one)."""
+
+    async def rollout(
+        self,
+        components: Mapping[str, str],
+        example: Example,
+        llm: LLM,
+        *,
+        stage: str,
+        item_id: str,
+        seed: int | None = None,
+    ) -> Rollout: ...
 
 
 def scored(rollouts: Sequence[Rollout]) -> list[Rollout]:
@@ -59,7 +76,7 @@ class Fanout:
         stage: str,
         item_id: str,
         concurrency: int,
-        task: Task | None = None,
+        task: RolloutRunner | None = None,
     ) -> None:
         self.ctx = ctx
         runner = task if task is not None else ctx.task  # a workflow's view of the task (ACE)
@@ -172,7 +189,7 @@ async def run_examples(
     stage: str,
     item_id: str,
     concurrency: int,
-    task: Task | None = None,
+    task: RolloutRunner | None = None,
 ) -> list[Rollout]:
     """Roll the artifact out on every example (at most ``concurrency`` at once); results come
     back in the examples' order.  If the caller is cancelled or a rollout raises, the rest are

@@ -38,11 +38,14 @@ class EpochSampler:
         return {"order": list(self.order), "epoch": self.epoch}
 
     def load_state(self, state: dict[str, object]) -> None:
-        order = [int(i) for i in state.get("order", [])]  # type: ignore[union-attr]
+        saved_order, saved_epoch = state.get("order", []), state.get("epoch", -1)
+        if not isinstance(saved_order, list) or not isinstance(saved_epoch, int):
+            raise ValueError("the saved minibatch state needs a list 'order' and an int 'epoch'")
+        order = [int(i) for i in saved_order]
         if any(not 0 <= i < self.n for i in order):
             raise ValueError("the saved minibatch order does not fit this train split")
         self.order = order
-        self.epoch = int(state.get("epoch", -1))  # type: ignore[arg-type]
+        self.epoch = saved_epoch
 
     def _reshuffle(self) -> None:
         order = list(range(self.n))

@@ -250,8 +250,8 @@ class ResilientCaller:
             tasks: list[asyncio.Future[Any]] = list(running)
             if hedger is not None:
                 tasks.append(hedger)
-            for task in tasks:
-                task.cancel()
+            for pending in tasks:
+                pending.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if winner is None and len(losers) > 1:  # cancelled from outside, with a hedge out:

@@ -34,9 +34,9 @@ class Health:
         self.settings = settings
         self.on_up = on_up
         self._pending: list[dict[str, Any]] = []  # changes no request has logged yet
-        self._checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[asyncio.Task]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._checks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, set[asyncio.Task[None]]
+        ] = weakref.WeakKeyDictionary()
 
     # -- what requests report ----------------------------------------------------------------
     def attempt_failed(self, endpoint: Endpoint, fault: str, request: ChatRequest) -> None:

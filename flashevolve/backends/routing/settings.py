@@ -39,30 +39,30 @@ class RouterSettings(BaseModel):
     #: the prompt, for tasks without a system message.  A callable ``request -> key | None``
     #: can be given to ``router()`` instead.
     affinity: Literal["none", "system", "prefix"] = "none"
-    affinity_chars: int = Field(2048, ge=16)
+    affinity_chars: int = Field(default=2048, ge=16)
     #: Affinity yields to balance: the preferred endpoint takes the request only while its load
     #: is at most ``(1 + affinity_slack) x`` the least load of the endpoints with room, plus
     #: ``affinity_extra`` requests (so under load every endpoint stays busy).
-    affinity_slack: float = Field(0.25, ge=0)
-    affinity_extra: int = Field(2, ge=0)
+    affinity_slack: float = Field(default=0.25, ge=0)
+    affinity_extra: int = Field(default=2, ge=0)
     #: Seconds (run clock) between health checks of each endpoint -- and between two looks at
     #: its ``/metrics`` load -- while requests are being routed.
-    check_every_s: float = Field(2.0, gt=0)
+    check_every_s: float = Field(default=2.0, gt=0)
     #: Consecutive failed attempts that take an endpoint out (a refused connection or an open
     #: circuit takes it out at once).
-    down_after: int = Field(3, ge=1)
+    down_after: int = Field(default=3, ge=1)
     #: A request that finds no usable endpoint waits for one to come back this long (run
     #: clock), then fails.
-    give_up_s: float = Field(600.0, gt=0)
+    give_up_s: float = Field(default=600.0, gt=0)
     #: A request moves to another endpoint when its endpoint's client is about to retry it
     #: (instead of waiting out the backoff there), at most this many times; after that its
     #: endpoint's own client retries it as usual.
-    max_moves: int = Field(8, ge=0)
+    max_moves: int = Field(default=8, ge=0)
     #: Order of requests waiting for a free endpoint: arrival order, or ``request.priority``
     #: (lower first: later pipeline stages) as the client's own ``queue="priority"``.
     queue: Literal["fifo", "priority"] = "fifo"
     #: A server's own load from ``/metrics`` older than this many check periods is ignored.
-    load_max_age_checks: int = Field(3, ge=1)
+    load_max_age_checks: int = Field(default=3, ge=1)
 
 
 def router_settings(value: RouterSettings | dict[str, Any] | None = None) -> RouterSettings:
@@ -80,7 +80,7 @@ class EndpointSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: str
-    max_concurrency: int | None = Field(None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
     api_key_env: str | None = None
     stream: bool | None = None
     name: str | None = None  # a label for events; default: the base URL

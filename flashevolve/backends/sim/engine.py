@@ -384,9 +384,9 @@ class ServingEngine:
             self._start_decoding(self._prefill.popleft(), now)
         while self._heap and self._heap[0][0] <= self._steps:
             _, sid = heapq.heappop(self._heap)
-            seq = self._decoding.pop(sid, None)
-            if seq is not None:
-                self._complete(seq, now)
+            finished = self._decoding.pop(sid, None)
+            if finished is not None:
+                self._complete(finished, now)
 
     def _start_decoding(self, seq: _Seq, now: float) -> None:
         """Its prompt is in: the step that finished it produced its first token."""

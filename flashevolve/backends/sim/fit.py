@@ -21,6 +21,7 @@ import asyncio
 import random
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 #: Where each series comes from (cited in docs/simulator.md).
 SOURCES: dict[str, str] = {
@@ -119,7 +120,7 @@ SHAREGPT_MEAN_PROMPT, SHAREGPT_MEAN_OUTPUT, SHAREGPT_SIGMA = 233, 221, 1.0
 
 def saturation_check(profile: str = "vllm-h100-qwen3-8b", seed: int = 0) -> dict[str, float]:
     """Replay the saturated run on the simulated engine: 1,000 requests at once."""
-    from flashevolve.backends.sim.engine import ServingEngine
+    from flashevolve.backends.sim.engine import ServingEngine, Timing
     from flashevolve.backends.sim.lengths import LengthDist
     from flashevolve.backends.sim.profiles import EngineProfile, get_profile
     from flashevolve.runtime.clock import run_virtual
@@ -134,7 +135,7 @@ def saturation_check(profile: str = "vllm-h100-qwen3-8b", seed: int = 0) -> dict
         prompt = prompts.sample(rng)
         sizes.append((prompt, min(outputs.sample(rng), 2048 - prompt)))
 
-    async def main() -> list:
+    async def main() -> list[Timing]:
         engine = ServingEngine(p)
         return list(await asyncio.gather(*(engine.generate(i, o) for i, o in sizes)))
 
@@ -151,7 +152,7 @@ def saturation_check(profile: str = "vllm-h100-qwen3-8b", seed: int = 0) -> dict
     }
 
 
-def closed_loop(profile: str, workers: int, minutes: float = 10.0, seed: int = 0) -> dict:
+def closed_loop(profile: str, workers: int, minutes: float = 10.0, seed: int = 0) -> dict[str, Any]:
     """``workers`` clients each sending GEPA evaluation requests back to back for ``minutes``
     of virtual time: the throughput and latency a simulated server gives at that concurrency."""
     from flashevolve.backends.base import ChatRequest

@@ -173,23 +173,21 @@ def _gpt_4o_mini(name: str, tier: int) -> ApiProfile:
     )
 
 
-PROFILES: dict[str, Profile] = {
-    p.name: p
-    for p in (
-        EngineProfile(
-            name="vllm-h100-qwen3-8b",
-            model="Qwen/Qwen3-8B (simulated)",
-            base_step_s=0.00727,
-            per_seq_s=0.0000445,
-            prefill_tokens_per_s=20_000.0,
-            max_batched_tokens=8192,
-            max_running=1024,
-            kv_capacity_tokens=400_000,
-        ),
-        _gpt_4o_mini("api-gpt-4o-mini", 2),
-        *(_gpt_4o_mini(f"api-gpt-4o-mini-tier{t}", t) for t in GPT_4O_MINI_TIERS),
-    )
-}
+_BUILT_IN: tuple[Profile, ...] = (
+    EngineProfile(
+        name="vllm-h100-qwen3-8b",
+        model="Qwen/Qwen3-8B (simulated)",
+        base_step_s=0.00727,
+        per_seq_s=0.0000445,
+        prefill_tokens_per_s=20_000.0,
+        max_batched_tokens=8192,
+        max_running=1024,
+        kv_capacity_tokens=400_000,
+    ),
+    _gpt_4o_mini("api-gpt-4o-mini", 2),
+    *(_gpt_4o_mini(f"api-gpt-4o-mini-tier{t}", t) for t in GPT_4O_MINI_TIERS),
+)
+PROFILES: dict[str, Profile] = {p.name: p for p in _BUILT_IN}
 
 
 def get_profile(profile: str | Profile) -> Profile:

@@ -67,7 +67,8 @@ class _Channel:
         finally:
             with self._pending_lock:
                 self._pending.pop(ident, None)
-        return slot[1]
+        reply: dict[str, Any] = slot[1]
+        return reply
 
     def _read_loop(self) -> None:
         while True:

@@ -168,7 +168,8 @@ def main() -> None:
     if spec["landlock"]["required"] and not landlock["applied"]:
         sys.stderr.write(f"sandbox: Landlock was expected but not applied: {landlock}\n")
         sys.exit(LANDLOCK_REQUIRED_BUT_FAILED)
-    import fe_llm
+    # fe_llm sits next to this file and is found on the sys.path set above, not as a package
+    import fe_llm  # type: ignore[import-not-found]
 
     channel = spec["channel"]
     fe_llm._connect(channel["read_fd"], channel["write_fd"], channel["max_bytes"])

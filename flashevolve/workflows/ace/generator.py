@@ -73,7 +73,8 @@ class GeneratorView:
         self.extra_body = extra_body
 
     def describe(self) -> str:
-        return self.task.describe()
+        description: str = self.task.describe()
+        return description
 
     async def rollout(
         self,
@@ -105,7 +106,7 @@ class GeneratorView:
             return Rollout(
                 example.id, "", 0.0, f"The model call failed: {err}", trace=trace, error=str(err)
             )
-        tokens = {
+        tokens: dict[str, Any] = {  # Rollout's two token-count fields, by name
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
         }

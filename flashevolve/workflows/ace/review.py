@@ -21,9 +21,9 @@ operation with the reflections that motivated it, and answers rebased operations
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flashevolve.policies.staleness import Repair, ReviewMaterial, StaleDecision, StaleItem
 from flashevolve.runtime.context import StageContext
@@ -41,6 +41,10 @@ from flashevolve.workflows.ace.operations import (
 )
 from flashevolve.workflows.ace.playbook import Playbook
 from flashevolve.workflows.ace.prompts import clip, playbook_block, render_reflection
+
+if TYPE_CHECKING:
+    from flashevolve.artifacts import Artifact
+    from flashevolve.pool import CandidateRecord
 
 CLEAN, CONFLICT, INVALID = "clean", "conflict", "invalid"
 
@@ -90,14 +94,21 @@ class AceReview:
     and ``_history`` (the operations applied per version, bounded).
     """
 
+    # what the workflow provides (annotations only: the mixin defines none of them)
+    _head: Callable[[StageContext], CandidateRecord]
+    _book: Callable[[Artifact], Playbook]
+    _next_id: int
+    _history: list[dict[str, Any]]
+    dedup_threshold: float | None
+
     def review_material(
         self, items: Sequence[StaleItem], ctx: StageContext, *, limits: Mapping[str, int]
     ) -> ReviewMaterial:
         artifact_chars = int(limits.get("artifact_chars", 4000))
         feedback_chars = int(limits.get("feedback_chars", 300))
         history_chars = int(limits.get("history_tokens", 2000)) * 4
-        head = self._head(ctx)  # type: ignore[attr-defined]
-        now: Playbook = self._book(head.artifact)  # type: ignore[attr-defined]
+        head = self._head(ctx)
+        now: Playbook = self._book(head.artifact)
         since = min(it.version_stamp for it in items)
         rendered = {it.item_id: self._render_item(it, now, feedback_chars) for it in items}
         return ReviewMaterial(
@@ -165,7 +176,7 @@ class AceReview:
         return "\n".join(lines)
 
     def _render_history(self, since: int, budget: int) -> str:
-        entries = [h for h in self._history if h["version"] > since]  # type: ignore[attr-defined]
+        entries = [h for h in self._history if h["version"] > since]
         lines: list[str] = []
         used = 0
         for n, entry in enumerate(reversed(entries)):
@@ -187,8 +198,8 @@ class AceReview:
         raw = patched.get("operations") if isinstance(patched, Mapping) else patched
         if not isinstance(raw, list) or not raw:
             return "'patched' holds no 'operations' list"
-        head = self._head(ctx)  # type: ignore[attr-defined]
-        now: Playbook = self._book(head.artifact)  # type: ignore[attr-defined]
+        head = self._head(ctx)
+        now: Playbook = self._book(head.artifact)
         sops: list[StampedOp] = []
         invalid: list[str] = []
         for k, entry in enumerate(raw):
@@ -211,7 +222,7 @@ class AceReview:
             now,
             sops,
             self._next_id,
-            dedup_threshold=self.dedup_threshold,  # type: ignore[attr-defined]
+            dedup_threshold=self.dedup_threshold,
         )
         ok = {o.op_id for o in trial.applied}
         invalid += [f"{o.op_id}: {o.reason}" for o in trial.rejected]
@@ -248,5 +259,5 @@ class AceReview:
             batch.reflections,
             self._head(ctx).id,
             stamp,
-            batch.rejected,  # type: ignore[attr-defined]
+            batch.rejected,
         )

@@ -268,8 +268,8 @@ class AceContent:
     def _edits(self, book: Playbook, rng: random.Random) -> list[dict[str, Any]]:
         """DELETE, UPDATE and MERGE proposals from the bullets' markers and counters."""
         ops: list[dict[str, Any]] = []
-        rated = [(b, bullet_quality(b.text)) for _, b in book.bullets()]
-        rated = [(b, u) for b, u in rated if u is not None]
+        qualities = [(b, bullet_quality(b.text)) for _, b in book.bullets()]
+        rated = [(b, u) for b, u in qualities if u is not None]
         for b, _u in rated:
             if b.harmful > b.helpful and rng.random() < 0.6:
                 ops.append({"type": "DELETE", "id": b.id})

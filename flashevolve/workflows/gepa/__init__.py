@@ -12,8 +12,9 @@ docs/gepa.md lists what is kept from gepa and every difference.
 """
 
 from flashevolve.workflows.gepa.combee import Combee
+from flashevolve.workflows.gepa.events import emit_admitted
 from flashevolve.workflows.gepa.items import GatedChild, Job, MergeInfo, Proposal, Reflectable
-from flashevolve.workflows.gepa.workflow import GepaWorkflow, emit_admitted
+from flashevolve.workflows.gepa.workflow import GepaWorkflow
 
 __all__ = [
     "Combee",

@@ -31,7 +31,7 @@ async def reflect(
     text, reason, finish = await ask(
         wf, ctx, item, prompt, stage=MAP_STAGE, metadata={"component": job.component}
     )
-    data = {} if finish in (None, "stop") else {"finish_reason": finish}
+    data: dict[str, Any] = {} if finish in (None, "stop") else {"finish_reason": finish}
     if wf.combee is not None:  # fewer than 4 records: gepa's single-call fallback
         data["combee"] = {"k": 1, "n": len(records), "fallback": True}
     return Reflected(text, reason, data)

@@ -485,7 +485,10 @@ class GepaWorkflow(ArtifactReview):
             raise ValueError("a GEPA patch decision must carry a repaired Artifact")
         patched: Artifact = repair.value
         base_id = repair.parent_id
-        base = ctx.pool.get(base_id) if base_id in ctx.pool else ctx.pool.best()
+        if base_id is not None and base_id in ctx.pool:
+            base = ctx.pool.get(base_id)
+        else:
+            base = ctx.pool.best()
         job = replace(prop.job, parent=base.artifact, child_pointer=self._pointer(base, ctx))
         return Proposal(
             job,

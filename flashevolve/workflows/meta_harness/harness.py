@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from flashevolve.tasks.base import Example, MetricResult
 
@@ -90,7 +90,8 @@ def check_harness_task(task: Any) -> HarnessTask:
             "the meta-harness workflow needs one such as 'intent-lite' "
             "(see flashevolve.workflows.meta_harness.HarnessTask)"
         )
-    return task
+    # the harness-specific members were checked by name above; the rest is the generic Task's
+    return cast(HarnessTask, task)
 
 
 # -- what an evaluation reports -------------------------------------------------------------------

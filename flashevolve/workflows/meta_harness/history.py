@@ -138,7 +138,7 @@ class History:
         ts: float,
     ) -> Attempt:
         by_id = {ex.id: (ex, inp) for ex, inp in zip(examples, inputs, strict=True)}
-        failures = []
+        failures: list[Failure] = []
         for outcome in report.outcomes:
             if outcome.score < 1.0 and len(failures) < self.keep_failures:
                 example, task_input = by_id.get(outcome.example_id, (None, ""))

@@ -134,7 +134,7 @@ def build_proposer_prompt(
         (r for r in pool.alive() if r.scored and r.id != parent.id),
         key=lambda r: (-r.mean_score, r.index),
     )
-    extra = []
+    extra: list[str] = []
     for record in others:
         code = record.artifact.components.get(main_file, "")
         block = f"### {record.id} (validation score {_score(record.mean_score)})\n" + _code_block(

@@ -155,7 +155,7 @@ class SimulatedRunner:
                         )
             first = answer.split("\n", 1)[0]
             found = ANSWER_RE.search(first)
-            passed = bool(found) and found.group(1).lower() == "pass"
+            passed = found is not None and found.group(1).lower() == "pass"
             feedback = (
                 "Correct (simulated)."
                 if passed

@@ -113,7 +113,7 @@ class MetaHarnessWorkflow(ArtifactReview):
         self.proposer_extra_body = proposer_extra_body
         self.eval_concurrency = eval_concurrency
         self.allow_unsandboxed = allow_unsandboxed
-        self.sandbox_options = {
+        self.sandbox_options: dict[str, Any] = {
             "processes": processes,
             "check_timeout_s": check_timeout_s,
             "setup_timeout_s": setup_timeout_s,
@@ -448,7 +448,10 @@ class MetaHarnessWorkflow(ArtifactReview):
         if repair is None or not isinstance(repair.value, Artifact):
             raise ValueError("a Meta-Harness patch decision must carry a repaired Artifact")
         base_id = repair.parent_id
-        base = ctx.pool.get(base_id) if base_id in ctx.pool else ctx.pool.best()
+        if base_id is not None and base_id in ctx.pool:
+            base = ctx.pool.get(base_id)
+        else:
+            base = ctx.pool.best()
         job = replace(prop.job, parent=base.artifact, parent_score=base.mean_score)
         return Proposal(
             job,

@@ -26,7 +26,8 @@ class _BoundedText(io.TextIOBase):
     """Keeps the first ``limit`` characters written to it and counts the rest."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.parts, self.kept, self.dropped = limit, [], 0, 0
+        self.limit, self.kept, self.dropped = limit, 0, 0
+        self.parts: list[str] = []
 
     def writable(self) -> bool:
         return True
