@@ -45,7 +45,8 @@ def stage_medians(events: pl.DataFrame, stages: tuple[str, ...]) -> dict[str, fl
     out: dict[str, float | None] = {}
     for stage in stages:
         sub = done.filter(pl.col("stage") == stage)["latency_s"].drop_nulls()
-        out[f"{stage}_s"] = float(sub.cast(pl.Float64).median() or 0.0) if len(sub) else None
+        median = sub.cast(pl.Float64).median()
+        out[f"{stage}_s"] = float(median) if isinstance(median, int | float) else None
     return out
 
 

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     given = args.configs
     if args.combee and given == DEFAULT_CONFIGS:
         given = "sync,combee-k10,combee-k40,async"
-    configs = []
+    configs: list[str] = []
     for c in (c.strip() for c in given.split(",")):
         configs += FIXED_GRID if c == "grid" else [c] if c else []
     for name in configs:

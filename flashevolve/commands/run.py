@@ -6,10 +6,8 @@ import argparse
 import contextlib
 import json
 import shutil
-import threading
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flashevolve.commands.common import (
     add_backend_arguments,
@@ -31,6 +29,9 @@ from flashevolve.commands.workflow_options import (
 )
 from flashevolve.errors import ConfigError
 from flashevolve.executors import NAMES, executor_from_options
+
+if TYPE_CHECKING:
+    from flashevolve import Evolver
 
 NAME = "run"
 HELP = "evolve a task (GEPA, ACE or Meta-Harness) in sync and/or async mode and compare them"
@@ -244,7 +245,7 @@ def _load_task(args: argparse.Namespace) -> Any:
 
 def _make_evolver(
     task: Any, backend: Any, mode: str, args: argparse.Namespace, out: Path, workers: dict[str, int]
-) -> Any:
+) -> Evolver:
     from flashevolve import Evolver
 
     kwargs: dict[str, Any] = {}
@@ -270,7 +271,7 @@ def _make_evolver(
     )
 
 
-def _run_one(evolver: Any, minutes: float, simulated: bool) -> dict[str, Any]:
+def _run_one(evolver: Evolver, minutes: float, simulated: bool) -> dict[str, Any]:
     if simulated:
         return evolver.run_virtual()
     from tqdm import tqdm
@@ -283,29 +284,28 @@ def _run_one(evolver: Any, minutes: float, simulated: bool) -> dict[str, Any]:
         unit="s",
         bar_format="{desc}: {bar} {n:.0f}/{total:.0f}s {postfix}",
     ) as bar:
-        done = threading.Event()
-        while not done.is_set():
-            st = evolver.status()
-            bar.n = min(total, st["elapsed_s"])
-            best = st["best_score"]
-            bar.set_postfix_str(
-                f"proposals {st['proposals']} accepted {st['accepted']} "
-                f"best {best if best is None else round(best, 3)}"
-            )
-            if st["state"] in ("finished", "stopped", "failed") or not evolver._thread.is_alive():
-                done.set()
-            else:
-                time.sleep(0.5)
+        while True:
+            try:
+                summary = evolver.wait(timeout=0.5)  # re-raises the run's own failure
+                break
+            except TimeoutError:
+                st = evolver.status()
+                bar.n = min(total, st["elapsed_s"])
+                best = st["best_score"]
+                bar.set_postfix_str(
+                    f"proposals {st['proposals']} accepted {st['accepted']} "
+                    f"best {best if best is None else round(best, 3)}"
+                )
         bar.n = total
         bar.refresh()
-    return evolver.wait()
+    return summary
 
 
 def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
     modes = list(summaries)
     rows = []
     for key, label, fmt in SUMMARY_ROWS:
-        row = {"metric": label}
+        row: dict[str, Any] = {"metric": label}
         for m in modes:
             row[m] = summaries[m].get(key)
         rows.append((row, fmt))
