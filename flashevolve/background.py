@@ -2,8 +2,8 @@
 stop, pause, resume, and live changes to the worker counts and the job bound.
 
 ``BackgroundRun`` is mixed into :class:`flashevolve.Evolver`, which owns the state it uses
-(``run()``, ``runtime``, ``state``, ``name``, ``summary()``, the thread/loop handles and the
-stop/pause flags set up in its ``__init__``).  Everything that touches the run from another
+(``run()``, ``runtime``, ``state``, ``name``, ``summary()``) and calls :meth:`_init_background`
+from its ``__init__`` to set up the thread/loop handles and the stop/pause flags.  Everything that touches the run from another
 thread goes through :meth:`_in_loop`, which posts it to the run's own event loop.
 """
 
@@ -26,19 +26,26 @@ class BackgroundRun:
     name: str
     state: str
     runtime: Any
-    _active: bool
-    _done: threading.Event
-    _error: BaseException | None
-    _loop: asyncio.AbstractEventLoop | None
-    _main: asyncio.Task[Any] | None
-    _pause_pending: bool
-    _stop_requested: bool | None
-    _thread: threading.Thread | None
     run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]
     summary: Callable[[], dict[str, Any]]
 
     workflow: Any
     config: Any
+
+    def _init_background(self) -> None:
+        """The handles of a background run and the flags stop()/pause() leave for it."""
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[Any] | None = None  # the background run's task (start())
+        # Set when the background thread is done. wait() blocks on this rather than on
+        # Thread.join(): in CPython 3.11/3.12 a join() interrupted by Ctrl-C marks a still
+        # running thread as stopped (is_alive() turns False), which would hide the run.
+        self._done = threading.Event()
+        self._done.set()
+        self._stop_requested: bool | None = None  # None, or the ``graceful`` of stop()
+        self._pause_pending = False
+        self._error: BaseException | None = None
+        self._active = False  # inside run(), in whichever thread
 
     # -- live control (any thread) --------------------------------------------------------------
     def set_workers(self, **counts: int) -> None:

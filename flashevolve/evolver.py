@@ -1,10 +1,15 @@
 """The public entry point: ``Evolver`` wires task -> workflow -> runtime -> backend -> pool ->
-events, runs in the caller's loop, in a background thread (notebooks), or on virtual time."""
+events, runs in the caller's loop, in a background thread (notebooks), or on virtual time.
+
+Its run-directory side (persistence, resume) is :mod:`flashevolve.run_persistence`, the live
+counters behind ``status()`` are :mod:`flashevolve.run_status`, the choices made before a run
+(policy, controller, backends, job bound) :mod:`flashevolve.run_setup`, and the background
+thread :mod:`flashevolve.background`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,31 +17,37 @@ from typing import Any
 import polars as pl
 
 from flashevolve.artifacts import Artifact
-from flashevolve.backends import backend_from_spec
 from flashevolve.backends.base import LLM
 from flashevolve.background import BackgroundRun
 from flashevolve.config import RunConfig, coerce_budget, validated
-from flashevolve.errors import ConfigError
 from flashevolve.events import frames, metrics
 from flashevolve.events.log import EventLog
 from flashevolve.events.schema import Event, Kind
 from flashevolve.executors import resolve_executor, run_scope
-from flashevolve.policies.staleness import DECISIONS, make_policy
 from flashevolve.pool import ArtifactPool
-from flashevolve.rundir import RunDirectory, task_fingerprint
+from flashevolve.run_persistence import RunPersistence
+from flashevolve.run_setup import (
+    backend_facts,
+    close_backends,
+    default_control,
+    open_backends,
+    staleness_policy,
+    starting_bound,
+)
+from flashevolve.run_status import LiveCounters
+from flashevolve.rundir import RunDirectory
 from flashevolve.runtime.budget import BudgetTracker
 from flashevolve.runtime.clock import LoopClock, run_virtual
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.instrument import InFlight, InstrumentedLLM
 from flashevolve.runtime.scheduler import Runtime, RuntimeConfig, resolve_workers
 from flashevolve.tasks.registry import resolve_task
-from flashevolve.workflows.base import Simulated, check_supports, make_workflow
+from flashevolve.workflows.base import check_supports, make_workflow
 
-#: Events counted per endpoint in ``status()["endpoints"]``.
-_ENDPOINT_KINDS = frozenset({Kind.REQUEST_FINISHED, Kind.REQUEST_FAILED, Kind.ENDPOINT_STATE})
+__all__ = ["Evolver", "backend_facts", "default_control", "starting_bound"]
 
 
-class Evolver(BackgroundRun):
+class Evolver(RunPersistence, BackgroundRun):
     """Evolve a task's artifact with a workflow (GEPA by default) against an LLM backend.
 
     ``backend`` is an :class:`~flashevolve.backends.LLM`, a dict ``{"task": llm, "reflection":
@@ -79,6 +90,7 @@ class Evolver(BackgroundRun):
         executor: Any = None,
         **workflow_options: Any,
     ) -> None:
+        # The keywords are the notebook-first API (README, docs); RunConfig validates them.
         self.task = resolve_task(task)
         self.workflow = make_workflow(workflow, **workflow_options)
         self.config: RunConfig = validated(
@@ -96,10 +108,7 @@ class Evolver(BackgroundRun):
             },
             "Evolver",
         )
-        try:
-            self.policy = make_policy(staleness)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"staleness: {err}") from None
+        self.policy = staleness_policy(staleness)
         check_supports(self.workflow, speculation=speculation, policy=self.policy)
         self.speculation = speculation
         self.control = default_control(control, self.config.mode)
@@ -108,32 +117,19 @@ class Evolver(BackgroundRun):
         self.resume = resume
         self._dir = RunDirectory(self.run_dir, resume=resume) if self.run_dir else None
         self.executor, self._owns_executor = resolve_executor(executor)
-        self._backend_spec = backend
-        self._reflection_spec = reflection_backend
+        self._backend_spec, self._reflection_spec = backend, reflection_backend
         self.pool = ArtifactPool([ex.id for ex in self.task.val])
+        self._init_run_state()
+        self._init_background()
+
+    def _init_run_state(self) -> None:
+        """What a run fills in as it goes; the counters are replayed over the history on resume."""
         self._log = EventLog()
         self.runtime: Runtime | None = None
         self.state = "created"
-        self._counts = {"proposals": 0, "accepted": 0, "generated_tokens": 0}
-        self._attainable: float | None = None  # the backend's attainable tokens/s, if it says
-        self._stale = dict.fromkeys(DECISIONS, 0)
-        self._best: float | None = None
-        self._server_load: dict[str, dict[str, Any]] = {}  # endpoint -> its latest load report
-        self._endpoints: dict[str, dict[str, Any]] = {}  # endpoint -> answered, failed, state
+        self._live = LiveCounters()
         self._clock: LoopClock | None = None
         self._in_flight = InFlight()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task[Any] | None = None  # the background run's task (start())
-        # Set when the background thread is done. wait() blocks on this rather than on
-        # Thread.join(): in CPython 3.11/3.12 a join() interrupted by Ctrl-C marks a still
-        # running thread as stopped (is_alive() turns False), which would hide the run.
-        self._done = threading.Event()
-        self._done.set()
-        self._stop_requested: bool | None = None  # None, or the ``graceful`` of stop()
-        self._pause_pending = False
-        self._error: BaseException | None = None
-        self._active = False
         self._ctx: StageContext | None = None
         self._tracker = BudgetTracker(self.config.budget)
         self._fingerprint: str | None = None
@@ -158,7 +154,43 @@ class Evolver(BackgroundRun):
         task_llm, reflection_llm, owned = self._open_backends()
         offset, history, saved = self._dir.prepare(self.pool) if self._dir else (0.0, [], {})
         for e in history:
-            self._count(e)
+            self._live.count(e)
+        clock, log, tracker = self._open_log(offset, history)
+        self._in_flight = InFlight()
+        ctx = self._context(log, clock, tracker, task_llm, reflection_llm)
+        if saved:
+            self._restore(saved, ctx, tracker)
+        self._tracker = tracker
+        self._ctx = ctx
+        self.runtime = runtime = self._make_runtime(ctx, task_llm, offset)
+        ctx.runtime = runtime
+        ctx.emit(Kind.RUN_STARTED, data=self._run_info(task_llm, reflection_llm, bool(history)))
+        if self._dir:
+            self._announce_recovered(ctx, history)
+        try:
+            await self._drive(ctx, runtime)
+        finally:
+            ctx.emit(Kind.RUN_FINISHED, reason=runtime.stop_reason, data={"state": self.state})
+            self._finish_directory()
+            log.close()
+            await close_backends(owned, task_llm, reflection_llm)
+        if self._dir is not None and self._disk_error is not None:
+            self.state = "failed"
+            raise self._dir.failure(self._disk_error)
+        return self.summary()
+
+    def _open_backends(self) -> tuple[LLM, LLM, list[LLM]]:
+        task_llm, reflection, owned = open_backends(
+            self._backend_spec, self._reflection_spec, self.workflow, self.config.seed
+        )
+        self._backend_spec, self._reflection_spec = task_llm, reflection  # reuse on resume
+        return task_llm, reflection or task_llm, owned
+
+    def _open_log(
+        self, offset: float, history: list[Event]
+    ) -> tuple[LoopClock, EventLog, BudgetTracker]:
+        """The run clock (continuing at ``offset`` on resume), the event log (appending to the
+        run directory's events.jsonl, if any) and the budget tracker that watches it."""
         self._clock = clock = LoopClock(offset)
         clock.start()
         path = self._dir.events_path if self._dir else None
@@ -167,41 +199,37 @@ class Evolver(BackgroundRun):
         log.subscribe(self._on_event)
         tracker = BudgetTracker(self.config.budget)
         log.subscribe(tracker.observe)
-        self._in_flight = InFlight()
-        ctx = self._context(log, clock, tracker, task_llm, reflection_llm)
-        if saved:
-            self._restore(saved, ctx, tracker)
-        self._tracker = tracker
-        self._ctx = ctx
-        b = self.config.budget
-        seconds = None if b.seconds is None else offset + b.seconds
-        self.runtime = Runtime(
+        return clock, log, tracker
+
+    def _make_runtime(self, ctx: StageContext, task_llm: LLM, offset: float) -> Runtime:
+        config, budget = self.config, self.config.budget
+        runtime_config = RuntimeConfig(
+            mode=config.mode,
+            workers=config.workers,
+            max_in_flight=config.max_in_flight
+            or starting_bound(self.workflow, config.workers, task_llm),
+            staleness_counter=config.staleness_counter,
+            seconds=None if budget.seconds is None else offset + budget.seconds,
+            load_every_s=config.load_every_s,
+            stall_s=config.stall_s,
+            wind_down=budget.wind_down,
+        )
+        return Runtime(
             self.workflow,
             ctx,
-            RuntimeConfig(
-                mode=self.config.mode,
-                workers=self.config.workers,
-                max_in_flight=self.config.max_in_flight
-                or starting_bound(self.workflow, self.config.workers, task_llm),
-                staleness_counter=self.config.staleness_counter,
-                seconds=seconds,
-                load_every_s=self.config.load_every_s,
-                stall_s=self.config.stall_s,
-                wind_down=b.wind_down,
-            ),
+            runtime_config,
             self.policy,
             controller=self.control,
             on_job=self._checkpoint,
         )
-        ctx.runtime = self.runtime
-        ctx.emit(Kind.RUN_STARTED, data=self._run_info(task_llm, reflection_llm, bool(history)))
-        if self._dir:
-            self._announce_recovered(ctx, history)
+
+    async def _drive(self, ctx: StageContext, runtime: Runtime) -> None:
+        """Run the runtime to its end; ``state`` says how it ended."""
         self.state = "paused" if self._pause_pending else "running"
         try:
             # a stop() that came before the runtime existed is not lost
             if self._stop_requested is None:
-                await self.runtime.run()
+                await runtime.run()
             self.state = "stopped" if self._stop_requested is not None else "finished"
         except BaseException as err:
             if isinstance(err, asyncio.CancelledError):
@@ -210,35 +238,6 @@ class Evolver(BackgroundRun):
                 self.state = "failed"
                 ctx.emit(Kind.ERROR, reason=f"{type(err).__name__}: {err}")
             raise
-        finally:
-            ctx.emit(Kind.RUN_FINISHED, reason=self.runtime.stop_reason, data={"state": self.state})
-            self._finish_directory()
-            log.close()
-            for llm in owned:
-                await llm.aclose()
-            for llm in {id(b): b for b in (task_llm, reflection_llm) if b not in owned}.values():
-                release = getattr(llm, "release_loop", None)  # a caller's client: this loop's part
-                if release is not None:
-                    await release()
-        if self._dir is not None and self._disk_error is not None:
-            self.state = "failed"
-            raise self._dir.failure(self._disk_error)
-        return self.summary()
-
-    def _finish_directory(self) -> None:
-        if self._dir is None:
-            return
-        if self._disk_error is None:
-            self._checkpoint()
-        if self._disk_error is None:
-            try:
-                self._dir.write_outputs(self.pool, self.summary())
-            except OSError as err:
-                self._disk_failed(err)
-        try:
-            self._dir.close()
-        except OSError as err:
-            self._disk_failed(err)
 
     def _context(
         self,
@@ -295,49 +294,6 @@ class Evolver(BackgroundRun):
             "budget": self.config.budget.model_dump(exclude_none=True),
             "executor": self.executor.name,
         }
-
-    def _restore(self, saved: dict[str, Any], ctx: StageContext, tracker: BudgetTracker) -> None:
-        """Continue a run from its run directory's state.json (pool already rebuilt)."""
-        if saved.get("workflow_name") not in (None, self.workflow.name):
-            raise ConfigError(
-                f"{self.run_dir} holds a {saved['workflow_name']!r} run; resume it with "
-                f"workflow={saved['workflow_name']!r}, not {self.workflow.name!r}"
-            )
-        if saved.get("task") not in (None, self._task_fingerprint()):
-            raise ConfigError(
-                f"{self.run_dir}: the task changed since the run was written (its examples or "
-                "seed differ); resume with the same task, or start a new run directory"
-            )
-        ctx.restore(saved.get("context", {}))
-        self.workflow.restore(saved.get("workflow", {}), ctx)
-        tracker.restore(saved.get("budget", {}))
-        if self.speculation is not None and hasattr(self.speculation, "restore"):
-            self.speculation.restore(saved.get("speculation", {}))
-
-    def _checkpoint(self) -> None:
-        """Save what a resume needs besides the pool (called after each job and admission)."""
-        if self._dir is None or self._ctx is None or self._disk_error is not None:
-            return
-        state: dict[str, Any] = {
-            "workflow_name": self.workflow.name,
-            "task": self._task_fingerprint(),
-            "pool_version": self.pool.pool_version,
-            "context": self._ctx.snapshot(),
-            "workflow": self.workflow.snapshot(),
-            "budget": self._tracker.snapshot(),
-        }
-        if self.speculation is not None and hasattr(self.speculation, "snapshot"):
-            state["speculation"] = self.speculation.snapshot()
-        try:
-            self._dir.save_state(state)
-        except OSError as err:
-            self._disk_failed(err)
-
-    def _task_fingerprint(self) -> str:
-        """A short hash of the task's examples and seed: a resume refuses a changed task."""
-        if self._fingerprint is None:
-            self._fingerprint = task_fingerprint(self.task)
-        return self._fingerprint
 
     def run_virtual(self) -> dict[str, Any]:
         """Run on virtual time (for the serving simulator): a 30-minute budget takes seconds.
@@ -429,17 +385,11 @@ class Evolver(BackgroundRun):
 
     def status(self) -> dict[str, Any]:
         """Live numbers for dashboards; cheap, safe to call from another thread."""
-        elapsed = 0.0
-        if self._clock is not None and self.state in ("running", "paused"):
-            try:
-                elapsed = self._clock.wall()
-            except RuntimeError:
-                elapsed = 0.0
-        elif len(self._log):
-            elapsed = self._log.tail(1)[0].ts
+        elapsed = self._elapsed()
         minutes = max(elapsed / 60.0, 1e-9)
         rt = self.runtime
         runtime_status = rt.status() if rt else {"stages": {}, "jobs_in_flight": 0}
+        live = self._live
         return {
             "name": self.name,
             "mode": self.config.mode,
@@ -452,165 +402,36 @@ class Evolver(BackgroundRun):
             "jobs_in_flight": runtime_status["jobs_in_flight"],
             "wind_down_at": runtime_status.get("wind_down_at"),  # new jobs stopped (run clock)
             "max_in_flight": rt.max_in_flight if rt else self.config.max_in_flight,
-            "proposals": self._counts["proposals"],
-            "accepted": self._counts["accepted"],
-            "proposals_per_min": self._counts["proposals"] / minutes,
-            "accepted_per_min": self._counts["accepted"] / minutes,
-            "best_score": self._best,
-            # generated tokens per second over what the server can attain (when it says)
-            "utilization": None
-            if self._attainable is None or elapsed <= 0
-            else self._counts["generated_tokens"] / elapsed / self._attainable,
-            "stale": dict(self._stale),
+            "proposals": live.proposals,
+            "accepted": live.accepted,
+            "proposals_per_min": live.proposals / minutes,
+            "accepted_per_min": live.accepted / minutes,
+            "best_score": live.best,
+            "utilization": live.utilization(elapsed),
+            "stale": dict(live.stale),
             "pool_version": self.pool.pool_version,
             "frontier_version": self.pool.frontier_version,
-            "server_load": {k: dict(v) for k, v in self._server_load.items()},
-            "endpoints": {k: dict(v) for k, v in self._endpoints.items()},
+            "server_load": {k: dict(v) for k, v in live.server_load.items()},
+            "endpoints": {k: dict(v) for k, v in live.endpoints.items()},
         }
 
+    def _elapsed(self) -> float:
+        """Run-clock seconds: live while running or paused, else the last event's time."""
+        if self._clock is not None and self.state in ("running", "paused"):
+            try:
+                return self._clock.wall()
+            except RuntimeError:
+                return 0.0
+        if len(self._log):
+            return self._log.tail(1)[0].ts
+        return 0.0
+
     # -- internals -------------------------------------------------------------------------------
-    def _persist(self, event: Event) -> None:
-        """Before an admission, a new score or a rollback is logged, it is on disk (fsync'd):
-        a kill in between leaves the artifact without its event, never the reverse."""
-        if self._dir is None or self._disk_error or (event.data or {}).get("recovered"):
-            return
-        artifact_id = event.artifact_id
-        if artifact_id is None:  # admissions, scores and rollbacks always name their artifact
-            return
-        try:
-            if event.kind == Kind.ADMITTED:
-                self._dir.record_admission(self.pool, artifact_id, event.ts)
-            elif event.kind == Kind.SCORED:
-                self._dir.record_scores(self.pool, artifact_id, event.ts)
-            elif event.kind == Kind.SPECULATION_ROLLED_BACK:
-                self._dir.record_tombstone(artifact_id, event.ts)
-        except OSError as err:
-            self._disk_failed(err)
-
-    def _disk_failed(self, err: OSError) -> None:
-        """Writing the run directory failed (a full disk, ...): write nothing more -- so what is
-        on disk stays consistent -- and stop the run; run() then raises one clear error."""
-        if self._disk_error is not None:
-            return
-        self._disk_error = err
-        self._log.stop_writing(err)
-        if self.runtime is not None:
-            self.runtime.request_stop(f"run directory write failed: {err}", graceful=False)
-
-    def _announce_recovered(self, ctx: StageContext, history: list[Event]) -> None:
-        """Admissions that reached artifacts.jsonl but whose event a kill cut off: logged now
-        (``data.recovered``), so the log and the pool agree again."""
-        logged = {e.artifact_id for e in history if e.kind == Kind.ADMITTED}
-        for record in self.pool.records:
-            if record.id not in logged:
-                ctx.emit(
-                    Kind.ADMITTED,
-                    artifact_id=record.id,
-                    parent_id=record.parents[0] if record.parents else None,
-                    score=record.mean_score if record.scored else None,
-                    reason="admitted before the process was killed; its event was lost",
-                    data={
-                        "origin": record.artifact.origin,
-                        "parents": list(record.parents),
-                        "patched_from": list(record.patched_from),
-                        "val_scores": record.val_scores,
-                        "recovered": True,
-                    },
-                )
-
     def _on_event(self, event: Event) -> None:
         if self._pause_pending:
             self._apply_pause()  # a pause() that came before the runtime was running
         if self._log.write_error is not None and self._disk_error is None:
             self._disk_failed(self._log.write_error)
-        self._count(event)
+        self._live.count(event)
         if self._dir is not None and event.kind in (Kind.ADMITTED, Kind.SCORED):
             self._checkpoint()
-
-    def _count(self, event: Event) -> None:
-        """Live counters for status(); also replayed over the history on resume."""
-        kind = event.kind
-        if kind in (Kind.REQUEST_FINISHED, Kind.REQUEST_CANCELLED):
-            self._counts["generated_tokens"] += event.completion_tokens or 0
-        if kind == Kind.PROPOSAL_MADE:
-            self._counts["proposals"] += 1
-        elif kind in (Kind.ADMITTED, Kind.SCORED):
-            if kind == Kind.ADMITTED and (event.data or {}).get("origin") != "seed":
-                self._counts["accepted"] += 1
-            if event.score is not None and (self._best is None or event.score > self._best):
-                self._best = event.score
-        elif kind == Kind.STALE_DETECTED and event.decision:
-            self._stale[event.decision] = self._stale.get(event.decision, 0) + 1
-        elif kind == Kind.RUN_STARTED:
-            backend = (event.data or {}).get("backend") or {}
-            self._attainable = backend.get("attainable_tokens_per_s")
-        elif kind == Kind.BACKEND_LOAD and event.endpoint:
-            self._server_load[event.endpoint] = dict(event.data or {})
-        elif kind in _ENDPOINT_KINDS and event.endpoint:  # per endpoint, for the dashboard
-            counts = self._endpoints.setdefault(
-                event.endpoint, {"requests": 0, "failed": 0, "state": "up"}
-            )
-            if kind == Kind.ENDPOINT_STATE:
-                counts["state"] = (event.data or {}).get("state", counts["state"])
-            else:
-                counts["requests" if kind == Kind.REQUEST_FINISHED else "failed"] += 1
-
-    def _open_backends(self) -> tuple[LLM, LLM, list[LLM]]:
-        spec, owned = self._backend_spec, []
-        reflection = self._reflection_spec
-        if isinstance(spec, dict):
-            reflection = spec.get("reflection", reflection)
-            spec = spec.get("task")
-        workload = self.workflow.sim_workload() if isinstance(self.workflow, Simulated) else None
-        if isinstance(spec, str):
-            spec = backend_from_spec(spec, self.config.seed, workload=workload)
-            owned.append(spec)
-        if spec is None:
-            raise ConfigError("Evolver needs a backend: an LLM object, 'local', or 'sim[:profile]'")
-        if isinstance(reflection, str):
-            reflection = backend_from_spec(reflection, self.config.seed, workload=workload)
-            owned.append(reflection)
-        self._backend_spec, self._reflection_spec = spec, reflection  # reuse on resume
-        return spec, reflection or spec, owned
-
-
-def backend_facts(llm: Any) -> dict[str, Any]:
-    """What ``run_started`` says about a backend: where it is, and what the views need to read
-    the log without it -- the throughput it can attain (``utilization``'s denominator, when it
-    says: the simulator's profiles do) and the client's own cap on requests in flight."""
-    facts: dict[str, Any] = {"endpoint": llm.endpoint, "model": llm.model}
-    profile = getattr(llm, "profile", None)
-    attainable = getattr(llm, "attainable_tokens_per_s", None)
-    if attainable is None and profile is not None:
-        attainable = getattr(profile, "attainable_tokens_per_s", None)
-    if isinstance(attainable, int | float) and attainable > 0:
-        facts["attainable_tokens_per_s"] = float(attainable)
-    cap = getattr(llm, "max_concurrency", None)
-    if isinstance(cap, int) and cap > 0:
-        facts["max_concurrency"] = cap
-        facts["queue"] = getattr(llm, "queue", None)
-    return facts
-
-
-def default_control(control: Any, mode: str) -> Any:
-    """``control="auto"``: the adaptive controller for async runs (measured to make more
-    accepted proposals per minute than fixed settings found in hindsight, docs/benchmarks.md
-    section 4), nothing for sync (one worker per stage is what sync means)."""
-    if not (isinstance(control, str) and control == "auto"):
-        return control
-    if mode != "async":
-        return None
-    from flashevolve.policies.control import AdaptiveController
-
-    return AdaptiveController()
-
-
-def starting_bound(workflow: Any, workers: dict[str, int], llm: Any) -> int:
-    """Jobs in flight when the user did not say: one per worker (fewer leave workers idle from
-    the first minute), but no more than the client lets reach the server at once (its
-    ``max_concurrency``: llama-server's slots, ``--concurrency``) -- a job keeps at least one
-    request at the server, so jobs beyond that only wait in the client.  The adaptive
-    controller sizes it from there, by the server's load."""
-    total: int = sum(workers.get(spec.name, spec.default_workers) for spec in workflow.stages())
-    cap = getattr(llm, "max_concurrency", None)
-    return max(1, min(total, cap) if isinstance(cap, int) and cap > 0 else total)

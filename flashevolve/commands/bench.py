@@ -78,33 +78,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flashevolve.backends.sim import get_profile
-    from flashevolve.bench.throughput import available_configs, format_rows, get_config, run_bench
-    from flashevolve.errors import ConfigError
-
-    if args.list and args.workflow != "gepa":
-        for name, config in _bench_of(args).configs.items():
-            print(f"{name:24s} {config.description}")
-        return 0
     if args.list:
-        for name in available_configs():
-            print(f"{name:24s} {get_config(name).description}")
-        print(f"{'fixedW@B':24s} W workers in every stage, B jobs in flight, no controller")
-        print(f"{'fixedR/P/G/V@B':24s} rollout/propose/gate/validate workers, B jobs in flight")
-        print(f"{'...+winddown':24s} a fixed row that winds down before the deadline (auto)")
-        return 0
-    if args.minutes is None:
-        args.minutes = 5.0 if args.peer else 30.0
-    if args.minutes <= 0:
-        raise ConfigError("--minutes must be positive")
-    get_profile(args.profile)  # fails early with the list of profiles
+        return _list(args)
+    _check_budget(args)
     if args.overhead:
         return _overhead(args)
     if args.peer:
         return _peer(args)
     if args.workflow != "gepa":
         return _workflow_bench(args)
-    from flashevolve.bench.throughput import FIXED_GRID
+    return _gepa_bench(args)
+
+
+def _list(args: argparse.Namespace) -> int:
+    """``--list``: the configurations of the chosen workflow's bench."""
+    if args.workflow != "gepa":
+        for name, config in _bench_of(args).configs.items():
+            print(f"{name:24s} {config.description}")
+        return 0
+    from flashevolve.bench.throughput import available_configs, get_config
+
+    for name in available_configs():
+        print(f"{name:24s} {get_config(name).description}")
+    print(f"{'fixedW@B':24s} W workers in every stage, B jobs in flight, no controller")
+    print(f"{'fixedR/P/G/V@B':24s} rollout/propose/gate/validate workers, B jobs in flight")
+    print(f"{'...+winddown':24s} a fixed row that winds down before the deadline (auto)")
+    return 0
+
+
+def _check_budget(args: argparse.Namespace) -> None:
+    """``--minutes`` (its default depends on ``--peer``) and ``--profile``, checked early."""
+    from flashevolve.backends.sim import get_profile
+    from flashevolve.errors import ConfigError
+
+    if args.minutes is None:
+        args.minutes = 5.0 if args.peer else 30.0
+    if args.minutes <= 0:
+        raise ConfigError("--minutes must be positive")
+    get_profile(args.profile)  # fails early with the list of profiles
+
+
+def _gepa_configs(args: argparse.Namespace) -> list[str]:
+    """``--configs`` (``grid`` expanded; the Combee rows with ``--combee``), each checked."""
+    from flashevolve.bench.throughput import FIXED_GRID, get_config
 
     given = args.configs
     if args.combee and given == DEFAULT_CONFIGS:
@@ -114,6 +130,14 @@ def run(args: argparse.Namespace) -> int:
         configs += FIXED_GRID if c == "grid" else [c] if c else []
     for name in configs:
         get_config(name)
+    return configs
+
+
+def _gepa_bench(args: argparse.Namespace) -> int:
+    """GEPA's rows (with ``--staleness``, one per policy too): a table, and ``--json``."""
+    from flashevolve.bench.throughput import format_rows, run_bench
+
+    configs = _gepa_configs(args)
     policies = [s.strip() for s in args.staleness.split(",")] if args.staleness else None
     seeds = _seeds(args.seeds) if args.seeds else [args.seed]
     print(
@@ -132,17 +156,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"# flashevolve bench --profile {args.profile} --minutes {args.minutes:g} (simulated)")
     print(format_rows(rows, staleness=bool(policies)))
     if args.json:
-        Path(args.json).write_text(
-            dumps_readable(
-                {
-                    "profile": args.profile,
-                    "minutes": args.minutes,
-                    "seeds": seeds,
-                    "simulated": True,
-                    "rows": rows,
-                }
-            )
-        )
+        payload = {
+            "profile": args.profile,
+            "minutes": args.minutes,
+            "seeds": seeds,
+            "simulated": True,
+            "rows": rows,
+        }
+        Path(args.json).write_text(dumps_readable(payload))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

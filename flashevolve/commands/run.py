@@ -60,6 +60,19 @@ SUMMARY_ROWS = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    _add_task_options(p)
+    _add_run_options(p)
+    _add_async_options(p)
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    _add_token_options(p)
+    p.add_argument("--list-tasks", action="store_true", help="list built-in tasks and exit")
+    _add_executor_options(p)
+    add_workflow_arguments(p)
+    add_policy_arguments(p)
+    add_backend_arguments(p)
+
+
+def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         default="ifeval-lite",
@@ -72,6 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--n-train", type=int, default=None, help="use only this many train examples")
     p.add_argument("--n-val", type=int, default=None, help="use only this many val examples")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Modes, budget, where the run goes and what it writes."""
     p.add_argument("--mode", default="sync,async", help="comma list of sync and/or async")
     p.add_argument("--minutes", type=float, default=3.0, help="run-clock budget per mode")
     p.add_argument("--out", default=None, help="run directory (default runs/<task>)")
@@ -88,6 +105,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", default=None, help="also write the per-mode summary here")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_async_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", default=None, help="async worker counts, e.g. rollout=4,propose=2,evaluate=4"
     )
@@ -98,7 +118,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="async: jobs in flight at once (default: one per worker, at most the client's "
         "concurrency; the adaptive controller then sizes it from the server's load)",
     )
-    p.add_argument("--no-report", action="store_true", help="skip report.html")
+
+
+def _add_token_options(p: argparse.ArgumentParser) -> None:
+    """What the model may write: reflection grammar and token caps."""
     p.add_argument(
         "--reflection-grammar",
         choices=("auto", "on", "off"),
@@ -118,7 +141,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="token cap of a task answer (default: the task's own, 200 for ifeval-lite)",
     )
-    p.add_argument("--list-tasks", action="store_true", help="list built-in tasks and exit")
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--executor",
         choices=NAMES,
@@ -131,9 +156,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="with --executor ray: auto or HOST:PORT of a running cluster (default: a local one)",
     )
-    add_workflow_arguments(p)
-    add_policy_arguments(p)
-    add_backend_arguments(p)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -158,14 +180,31 @@ def run(args: argparse.Namespace) -> int:
     if args.list_tasks:
         print("\n".join(available_tasks()))
         return 0
+    modes = _modes(args)
+    _check_arguments(args)
+    task = _load_task(args)
+    out = _run_directory(args, task)
+    workers = parse_workers(args.workers)
+    evolvers, summaries = _run_modes(task, modes, args, out, workers)
+    _print_results(evolvers, summaries)
+    _write_outputs(args, out, task, evolvers, summaries)
+    return 0
+
+
+def _modes(args: argparse.Namespace) -> list[str]:
+    """``--mode`` as a list (checked, with ``--minutes``)."""
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
     bad = [m for m in modes if m not in ("sync", "async")]
     if bad or not modes:
         raise ConfigError(f"--mode takes sync and/or async, got {args.mode!r}")
     if args.minutes <= 0:
         raise ConfigError("--minutes must be positive")
-    _check_arguments(args)
-    task = _load_task(args)
+    return modes
+
+
+def _run_directory(args: argparse.Namespace, task: Any) -> Path:
+    """Where the run goes: ``--resume``'s directory, ``--out``, or runs/<task> (emptied first
+    with ``--overwrite``)."""
     out = Path(args.resume or args.out or f"runs/{task.name}")
     if args.resume and not out.exists():
         raise ConfigError(f"--resume {out}: no such run directory")
@@ -173,9 +212,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--overwrite and --resume contradict each other; choose one")
     if args.overwrite and out.exists():
         shutil.rmtree(out)
-    workers = parse_workers(args.workers)
+    return out
+
+
+def _run_modes(
+    task: Any, modes: list[str], args: argparse.Namespace, out: Path, workers: dict[str, int]
+) -> tuple[dict[str, Evolver], dict[str, dict[str, Any]]]:
+    """Each mode's run on one backend (closed afterwards): the evolvers and their summaries."""
     backend = make_backend(args)
     simulated = str(backend.endpoint).startswith("sim:")
+    summaries: dict[str, dict[str, Any]] = {}
+    evolvers: dict[str, Evolver] = {}
     try:
         if not simulated:
             run_preflight(backend)
@@ -184,14 +231,17 @@ def run(args: argparse.Namespace) -> int:
             f"backend {backend.endpoint} ({backend.model}); {args.minutes:g} min per mode"
             + (" [SIMULATED backend, virtual time]" if simulated else "")
         )
-        summaries: dict[str, dict[str, Any]] = {}
-        evolvers = {}
         for mode in modes:
             evolver = _make_evolver(task, backend, mode, args, out, workers)
             evolvers[mode] = evolver
             summaries[mode] = _run_one(evolver, args.minutes, simulated)
     finally:
         _close(backend)
+    return evolvers, summaries
+
+
+def _print_results(evolvers: dict[str, Evolver], summaries: dict[str, dict[str, Any]]) -> None:
+    """The modes side by side, then each mode's best artifact."""
     print()
     print(_side_by_side(summaries))
     for mode, ev in evolvers.items():
@@ -205,6 +255,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nbest {mode} artifact ({best.mean_score:.3f}):")
         for name, text in best.artifact.components.items():
             print(f"  [{name}] {text[:400]}")
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    out: Path,
+    task: Any,
+    evolvers: dict[str, Evolver],
+    summaries: dict[str, dict[str, Any]],
+) -> None:
+    """summary.json (and ``--json``), report.html unless ``--no-report``."""
     if args.json:
         Path(args.json).write_text(json.dumps(summaries, indent=2, default=str))
     (out / "summary.json").write_text(json.dumps(summaries, indent=2, default=str))
@@ -218,7 +278,6 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"\nreport: {path}")
     print(f"run directory: {out}")
-    return 0
 
 
 def _load_task(args: argparse.Namespace) -> Any:

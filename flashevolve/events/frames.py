@@ -182,20 +182,34 @@ def artifacts(df: pl.DataFrame) -> pl.DataFrame:
     ``score`` is the latest validation score known for it (at admission, confirmation, or a
     later ``scored`` event).
     """
-    kinds = [
-        str(k)
-        for k in (
-            Kind.ADMITTED,
-            Kind.SPECULATIVE_ADMITTED,
-            Kind.SPECULATION_CONFIRMED,
-            Kind.SPECULATION_ROLLED_BACK,
-            Kind.SCORED,
-        )
-    ]
-    events = df.filter(pl.col("kind").is_in(kinds) & pl.col("artifact_id").is_not_null())
+    events = df.filter(pl.col("kind").is_in(_ARTIFACT_KINDS) & pl.col("artifact_id").is_not_null())
     if events.is_empty():
         return _empty(ARTIFACTS_SCHEMA)
-    is_ = {k: pl.col("kind") == str(k) for k in kinds}
+    out = _with_parents(_artifact_rows(events), df)
+    return (
+        out.select(list(ARTIFACTS_SCHEMA))
+        .cast(ARTIFACTS_SCHEMA)
+        .sort("admitted_ts", nulls_last=True, maintain_order=True)
+    )
+
+
+#: The kinds that say something about an admitted (or speculatively admitted) artifact.
+_ARTIFACT_KINDS = [
+    str(k)
+    for k in (
+        Kind.ADMITTED,
+        Kind.SPECULATIVE_ADMITTED,
+        Kind.SPECULATION_CONFIRMED,
+        Kind.SPECULATION_ROLLED_BACK,
+        Kind.SCORED,
+    )
+]
+
+
+def _artifact_rows(events: pl.DataFrame) -> pl.DataFrame:
+    """One row per artifact from its own events: what its admission said, its latest score,
+    and the speculation flags."""
+    is_ = {k: pl.col("kind") == str(k) for k in _ARTIFACT_KINDS}
     admitted = is_[str(Kind.ADMITTED)]
     data = pl.col("data").fill_null("{}")
 
@@ -209,7 +223,7 @@ def artifacts(df: pl.DataFrame) -> pl.DataFrame:
         # a rolled-back sweep's score is not the artifact's standing score
         pl.when(~is_[str(Kind.SPECULATION_ROLLED_BACK)]).then(pl.col("score")).alias("_score"),
     )
-    out = rows.group_by("artifact_id", maintain_order=True).agg(
+    return rows.group_by("artifact_id", maintain_order=True).agg(
         pl.col("parent_id").filter(admitted).last().alias("parent_id"),
         pl.col("_parents").filter(admitted).last().alias("parents"),
         pl.col("_origin").filter(admitted).last().alias("origin"),
@@ -226,7 +240,11 @@ def artifacts(df: pl.DataFrame) -> pl.DataFrame:
         is_[str(Kind.SPECULATION_ROLLED_BACK)].any().alias("tombstoned"),
         pl.col("_patched_from").filter(admitted).last().alias("patched_from"),
     )
-    # Parents of speculative-only rows come from the proposal that made them.
+
+
+def _with_parents(out: pl.DataFrame, df: pl.DataFrame) -> pl.DataFrame:
+    """``parent_id`` and ``parents`` for every row: speculative-only rows take theirs from the
+    proposal that made them; ``patched_from`` is never null."""
     proposals = _of(df, Kind.PROPOSAL_MADE, Kind.GATE_PASSED, Kind.GATE_FAILED).filter(
         pl.col("artifact_id").is_not_null() & pl.col("parent_id").is_not_null()
     )
@@ -234,7 +252,7 @@ def artifacts(df: pl.DataFrame) -> pl.DataFrame:
         pl.col("parent_id").first().alias("_proposed_parent")
     )
     out = out.join(made_from, on="artifact_id", how="left")
-    out = out.with_columns(
+    return out.with_columns(
         pl.coalesce("parent_id", pl.col("parents").list.first(), "_proposed_parent").alias(
             "parent_id"
         ),
@@ -248,11 +266,6 @@ def artifacts(df: pl.DataFrame) -> pl.DataFrame:
         )
         .otherwise(pl.col("parents"))
         .alias("parents")
-    )
-    return (
-        out.select(list(ARTIFACTS_SCHEMA))
-        .cast(ARTIFACTS_SCHEMA)
-        .sort("admitted_ts", nulls_last=True, maintain_order=True)
     )
 
 

@@ -235,29 +235,8 @@ class Reflective:
         if sorted(order) != list(range(len(items))):
             raise ValueError(f"order {order} is not a permutation of the {len(items)} items")
         shown = [items[i] for i in order]
-        position = {it.item_id: p for p, it in enumerate(shown)}
-        workflow = _repairable(ctx)
-        material = workflow.review_material(
-            shown,
-            ctx,
-            limits={
-                "history_tokens": self.history_tokens,
-                "artifact_chars": self.artifact_chars,
-                "feedback_chars": self.feedback_chars,
-                "patch_chars": self.patch_chars,
-            },
-        )
-        prompt = build_patch_prompt(shown, material)
-        request = ChatRequest(
-            messages=[{"role": "user", "content": prompt}],
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            seed=ctx.rng("seed:patch").randrange(2**31),
-            stage="patch",
-            item_id=items[0].item_id,
-            metadata={"items": [it.item_id for it in items]},
-            extra_body=self._schema_body(shown, material) if self.review_schema else None,
-        )
+        material = _repairable(ctx).review_material(shown, ctx, limits=self._limits())
+        request = self._request(items, shown, material, ctx)
         base = {
             "batch": batch_id,
             "batch_size": len(items),
@@ -270,15 +249,31 @@ class Reflective:
         parsed = parse_answer(result.text, result.finish_reason)
         if parsed.answer is None:
             data = {**base, "malformed": True, "answer_head": (result.text or "")[:300]}
-            return [
-                StaleDecision(
-                    DISCARD,
-                    reason=f"unusable review answer ({parsed.reason})",
-                    data={**data, "position": position[it.item_id]},
-                )
-                for it in items
-            ]
+            return _all_discarded(items, shown, f"unusable review answer ({parsed.reason})", data)
         return self._apply(items, shown, parsed.answer, ctx, base)
+
+    def _limits(self) -> dict[str, int]:
+        """How much of the history, artifacts, feedback and patch the reviewer is shown."""
+        return {
+            "history_tokens": self.history_tokens,
+            "artifact_chars": self.artifact_chars,
+            "feedback_chars": self.feedback_chars,
+            "patch_chars": self.patch_chars,
+        }
+
+    def _request(
+        self, items: list[StaleItem], shown: list[StaleItem], material: Any, ctx: StageContext
+    ) -> ChatRequest:
+        return ChatRequest(
+            messages=[{"role": "user", "content": build_patch_prompt(shown, material)}],
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            seed=ctx.rng("seed:patch").randrange(2**31),
+            stage="patch",
+            item_id=items[0].item_id,
+            metadata={"items": [it.item_id for it in items]},
+            extra_body=self._schema_body(shown, material) if self.review_schema else None,
+        )
 
     def _schema_body(self, items: list[StaleItem], material: Any) -> dict[str, Any]:
         schema = review_json_schema(
@@ -315,57 +310,69 @@ class Reflective:
         base: dict[str, Any],
     ) -> list[StaleDecision]:
         by_id, matched = _match_decisions(items, shown, answer)
-        patch_ids = [it.item_id for it in items if _said(by_id, it) == PATCH]
-        repair: Repair | str | None = None
-        if patch_ids:
-            patching = [it for it in items if it.item_id in patch_ids]
-            repair = _repairable(ctx).make_repair(patching, answer.patched, ctx)
-            if isinstance(repair, Repair):
-                self._emit_patch(ctx, repair, patch_ids)
+        patch = self._shared_patch(items, by_id, answer, ctx)
         position = {it.item_id: p for p, it in enumerate(shown)}
         out: list[StaleDecision] = []
         for it in items:
             said = by_id.get(it.item_id)
-            why = said.rationale if said else ""
             data = {
                 **base,
                 "position": position[it.item_id],
                 "matched_by": matched,
-                "rationale": why,
+                "rationale": said.rationale if said else "",
                 "answered": said.decision if said else DISCARD,
             }
-            out.append(self._one(it, said, why, repair, patch_ids, out, data))
+            carried = any(d.action == PATCH for d in out)
+            out.append(self._one(said, patch, carried, data))
         return out
+
+    def _shared_patch(
+        self,
+        items: list[StaleItem],
+        by_id: dict[str, ItemDecision],
+        answer: PatchAnswer,
+        ctx: StageContext,
+    ) -> _SharedPatch:
+        """The one repair made for every item the reviewer said to patch (a ``patch_made``
+        event when the workflow could make it)."""
+        ids = [it.item_id for it in items if _said(by_id, it) == PATCH]
+        if not ids:
+            return _SharedPatch(None, ids)
+        patching = [it for it in items if it.item_id in ids]
+        repair = _repairable(ctx).make_repair(patching, answer.patched, ctx)
+        if isinstance(repair, Repair):
+            self._emit_patch(ctx, repair, ids)
+        return _SharedPatch(repair, ids)
 
     def _one(
         self,
-        item: StaleItem,
         said: ItemDecision | None,
-        why: str,
-        repair: Repair | str | None,
-        patch_ids: list[str],
-        earlier: list[StaleDecision],
+        patch: _SharedPatch,
+        carried: bool,
         data: dict[str, Any],
     ) -> StaleDecision:
-        """The decision for one item of a reviewed batch."""
+        """The decision for one item of a reviewed batch; ``carried``: an earlier item of the
+        batch already carries the shared patch, so this one merges into it."""
         if said is None:
             return StaleDecision(
                 DISCARD, reason="the reviewer gave no decision for this item", data=data
             )
+        why = said.rationale
         if said.decision != PATCH:
             return StaleDecision(
                 said.decision, reason=why or f"reviewer said {said.decision}", data=data
             )
+        repair = patch.repair
         if not isinstance(repair, Repair):
             return StaleDecision(DISCARD, reason=f"patch not usable: {repair}", data=data)
-        if not any(d.action == PATCH for d in earlier):  # the first patched item carries it
+        if not carried:  # the first patched item carries it
             return StaleDecision(
                 PATCH,
                 reason=why or "patched into the current state",
                 repair=repair,
-                patched_from=tuple(patch_ids),
+                patched_from=tuple(patch.item_ids),
                 recheck=self.gate_patches,
-                data={**data, "patched_from": patch_ids},
+                data={**data, "patched_from": patch.item_ids},
             )
         return StaleDecision(
             MERGED,
@@ -393,6 +400,26 @@ class Reflective:
             frontier_stamp=ctx.pool.frontier_version,
             data={"patched_from": patch_ids, "stale_artifacts": list(repair.absorbed), **details},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedPatch:
+    """A batch's one repair (or why there is none: a message, or None when nobody said patch)
+    and the items it was made for."""
+
+    repair: Repair | str | None
+    item_ids: list[str]
+
+
+def _all_discarded(
+    items: list[StaleItem], shown: list[StaleItem], reason: str, data: dict[str, Any]
+) -> list[StaleDecision]:
+    """Every item of a batch discarded for one reason (an unusable answer)."""
+    position = {it.item_id: p for p, it in enumerate(shown)}
+    return [
+        StaleDecision(DISCARD, reason=reason, data={**data, "position": position[it.item_id]})
+        for it in items
+    ]
 
 
 def _repairable(ctx: StageContext) -> Any:

@@ -12,78 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from flashevolve.errors import ConfigError
 from flashevolve.events.schema import Kind
-from flashevolve.policies.staleness import (
-    ACCEPT,
-    DISCARD,
-    MERGED,
-    PATCH,
-    StaleDecision,
-    StaleItem,
-    StalenessPolicy,
-)
+from flashevolve.policies.staleness import StaleDecision, StaleItem, StalenessPolicy
 from flashevolve.policies.wind_down import WindDown
+from flashevolve.runtime.config import RuntimeConfig, resolve_workers
 from flashevolve.runtime.context import StageContext
 from flashevolve.runtime.items import StageSpec, WorkItem
 from flashevolve.runtime.load_sampler import sample_backend_load
+from flashevolve.runtime.slots import JobSlots
+from flashevolve.runtime.stale import apply_decision, judge
 from flashevolve.runtime.watchdog import Watchdog
 
-
-@dataclass
-class RuntimeConfig:
-    mode: str = "async"
-    workers: dict[str, int] = field(default_factory=dict)
-    #: jobs (proposal lines) in the pipeline at once; None: one per worker (the sum of the
-    #: stages' worker counts) -- the adaptive controller moves it from there
-    max_in_flight: int | None = None
-    staleness_counter: str = "pool"  # which lag makes an item stale: "pool" or "frontier"
-    seconds: float | None = None  # hard run-clock deadline
-    load_every_s: float | None = 5.0  # ask the backends for their load this often (None: never)
-    #: cancel an item whose requests made no progress for this long (None: no watchdog)
-    stall_s: float | None = 600.0
-    wind_down: float | Literal["auto"] | None = None  # Budget.wind_down: "auto", seconds, or off
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("sync", "async"):
-            raise ConfigError(f"mode must be 'sync' or 'async', not {self.mode!r}")
-        if self.staleness_counter not in ("pool", "frontier"):
-            raise ConfigError("staleness_counter must be 'pool' or 'frontier'")
-        if self.max_in_flight is not None and self.max_in_flight < 1:
-            raise ConfigError("max_in_flight must be at least 1")
-        if self.load_every_s is not None and self.load_every_s <= 0:
-            raise ConfigError("load_every_s must be positive (or None to not ask)")
-        if self.stall_s is not None and self.stall_s <= 0:
-            raise ConfigError("stall_s must be positive (or None for no watchdog)")
-
-
-class JobSlots:
-    """The bound on jobs in flight: a semaphore whose size may change while jobs hold slots
-    (the adaptive controller moves it).  Shrinking never interrupts a job; new jobs wait until
-    enough old ones have finished.  One waiter at a time (the job source), so one event will do."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._changed = asyncio.Event()
-
-    async def acquire(self) -> None:
-        while self.used >= self.limit:
-            self._changed.clear()
-            await self._changed.wait()
-        self.used += 1
-
-    def release(self) -> None:
-        self.used -= 1
-        self._changed.set()
-
-    def set_limit(self, n: int) -> None:
-        self.limit = n
-        self._changed.set()
+# Settings and the job bound live in their own modules; imported from here as before.
+__all__ = ["JobSlots", "Runtime", "RuntimeConfig", "resolve_workers"]
 
 
 class Runtime:
@@ -287,51 +230,63 @@ class Runtime:
         self.state = "stopped"
 
     async def _source(self) -> None:
-        ctx = self.ctx
+        """Make jobs while a slot is free, until stopped, out of budget, or winding down."""
         while not self._stop_source.is_set():
             await self._resume.wait()
             await self._slots.acquire()
-            if self._stop_source.is_set():
+            if not self._may_start_job():
                 self._slots.release()
                 break
-            reason = ctx.tracker.exhausted()
-            if reason is not None:
-                self._slots.release()
-                self.request_stop(reason, graceful=True)
-                break
-            if self._winding_down():
-                self._slots.release()
-                break  # the jobs in flight finish; the deadline ends the run
             try:
-                payload = await self.workflow.make_job(ctx)
+                payload = await self.workflow.make_job(self.ctx)
             except Exception as err:  # the job source must not die silently (a hung run)
                 self._slots.release()
-                ctx.emit(
-                    Kind.ERROR,
-                    reason=f"the workflow could not make a job: {type(err).__name__}: {err}",
-                    data={"traceback": traceback.format_exc(limit=8)},
-                )
-                self.request_stop(f"the workflow could not make a job ({err})", graceful=True)
+                self._job_failed(err)
                 break
             if payload is None:  # nothing to do right now; the workflow said so
                 self._slots.release()
-                await ctx.clock.sleep(0.1)
+                await self.ctx.clock.sleep(0.1)
                 continue
-            if self.on_job is not None:
-                self.on_job()
-            job_id = ctx.new_id("j")
-            self._job_items[job_id] = 0
-            self._enqueue(
-                WorkItem(
-                    item_id=ctx.new_id("i"),
-                    stage=self.entry,
-                    payload=payload,
-                    version_stamp=ctx.pool.pool_version,
-                    frontier_stamp=ctx.pool.frontier_version,
-                    created_at=ctx.now(),
-                    job_id=job_id,
-                )
+            self._start_job(payload)
+
+    def _may_start_job(self) -> bool:
+        """False once the source should end: a stop was asked, the budget is spent, or too
+        little time is left (then the jobs in flight finish and the deadline ends the run)."""
+        if self._stop_source.is_set():
+            return False
+        reason = self.ctx.tracker.exhausted()
+        if reason is not None:
+            self.request_stop(reason, graceful=True)
+            return False
+        return not self._winding_down()
+
+    def _job_failed(self, err: Exception) -> None:
+        self.ctx.emit(
+            Kind.ERROR,
+            reason=f"the workflow could not make a job: {type(err).__name__}: {err}",
+            data={"traceback": traceback.format_exc(limit=8)},
+        )
+        self.request_stop(f"the workflow could not make a job ({err})", graceful=True)
+
+    def _start_job(self, payload: Any) -> None:
+        """A new job: saved state first (``on_job``), then its first item, stamped with both
+        pool counters, on the entry stage's queue."""
+        ctx = self.ctx
+        if self.on_job is not None:
+            self.on_job()
+        job_id = ctx.new_id("j")
+        self._job_items[job_id] = 0
+        self._enqueue(
+            WorkItem(
+                item_id=ctx.new_id("i"),
+                stage=self.entry,
+                payload=payload,
+                version_stamp=ctx.pool.pool_version,
+                frontier_stamp=ctx.pool.frontier_version,
+                created_at=ctx.now(),
+                job_id=job_id,
             )
+        )
 
     def _winding_down(self) -> bool:
         """True (and a ``wind_down`` event) once too little time is left to start a job."""
@@ -420,40 +375,13 @@ class Runtime:
         ctx, spec = self.ctx, self.specs[stage]
         lag = ctx.pool.pool_version - item.version_stamp
         flag = ctx.pool.frontier_version - item.frontier_stamp
-        ctx.emit(
-            Kind.ITEM_DEQUEUED,
-            stage=stage,
-            item_id=item.item_id,
-            version_stamp=item.version_stamp,
-            frontier_stamp=item.frontier_stamp,
-            lag=lag,
-            frontier_lag=flag,
-            data={
-                "queue_depth": self._queues[stage].qsize(),
-                "wait_s": ctx.now() - item.enqueued_at,
-            },
-        )
+        self._emit_dequeued(stage, item, lag, flag)
         stale = (lag if self.config.staleness_counter == "pool" else flag) > 0
         checked = spec.check_staleness and stale and not item.patched
         if checked and not await self._apply_staleness(stage, item, lag, flag):
             return
         t0 = ctx.now()
-        try:
-            outputs = await self._handle(spec, item)
-        except _Stalled:
-            ctx.emit(Kind.ITEM_DROPPED, stage=stage, item_id=item.item_id, reason="watchdog")
-            outputs = []
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:  # one bad item must not take the run down
-            ctx.emit(
-                Kind.ERROR,
-                stage=stage,
-                item_id=item.item_id,
-                reason=f"{type(err).__name__}: {err}",
-                data={"traceback": traceback.format_exc(limit=8)},
-            )
-            outputs = []
+        outputs = await self._outputs(spec, item)
         self._done_count[stage] += 1
         ctx.emit(
             Kind.ITEM_DONE,
@@ -463,20 +391,59 @@ class Runtime:
             data={"outputs": len(outputs)},
         )
         for next_stage, payload in outputs:
-            if next_stage not in self.specs:
-                raise ValueError(f"stage {stage!r} emitted to unknown stage {next_stage!r}")
-            self._enqueue(
-                WorkItem(
-                    item_id=ctx.new_id("i"),
-                    stage=next_stage,
-                    payload=payload,
-                    version_stamp=item.version_stamp,
-                    frontier_stamp=item.frontier_stamp,
-                    created_at=item.created_at,
-                    job_id=item.job_id,
-                    patched=item.patched,
-                )
+            self._forward(item, stage, next_stage, payload)
+
+    def _emit_dequeued(self, stage: str, item: WorkItem, lag: int, flag: int) -> None:
+        self.ctx.emit(
+            Kind.ITEM_DEQUEUED,
+            stage=stage,
+            item_id=item.item_id,
+            version_stamp=item.version_stamp,
+            frontier_stamp=item.frontier_stamp,
+            lag=lag,
+            frontier_lag=flag,
+            data={
+                "queue_depth": self._queues[stage].qsize(),
+                "wait_s": self.ctx.now() - item.enqueued_at,
+            },
+        )
+
+    async def _outputs(self, spec: StageSpec, item: WorkItem) -> Any:
+        """The handler's ``(next_stage, payload)`` pairs; none when it stalled or failed (one
+        bad item must not take the run down: the failure is an ``error`` event)."""
+        ctx, stage = self.ctx, spec.name
+        try:
+            return await self._handle(spec, item)
+        except _Stalled:
+            ctx.emit(Kind.ITEM_DROPPED, stage=stage, item_id=item.item_id, reason="watchdog")
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            ctx.emit(
+                Kind.ERROR,
+                stage=stage,
+                item_id=item.item_id,
+                reason=f"{type(err).__name__}: {err}",
+                data={"traceback": traceback.format_exc(limit=8)},
             )
+        return []
+
+    def _forward(self, item: WorkItem, stage: str, next_stage: str, payload: Any) -> None:
+        """One output of ``item`` onto the next stage's queue, with ``item``'s stamps."""
+        if next_stage not in self.specs:
+            raise ValueError(f"stage {stage!r} emitted to unknown stage {next_stage!r}")
+        self._enqueue(
+            WorkItem(
+                item_id=self.ctx.new_id("i"),
+                stage=next_stage,
+                payload=payload,
+                version_stamp=item.version_stamp,
+                frontier_stamp=item.frontier_stamp,
+                created_at=item.created_at,
+                job_id=item.job_id,
+                patched=item.patched,
+            )
+        )
 
     async def _handle(self, spec: StageSpec, item: WorkItem) -> Any:
         """Run the stage's handler as its own task, watched for progress."""
@@ -499,23 +466,9 @@ class Runtime:
 
     async def _apply_staleness(self, stage: str, item: WorkItem, lag: int, flag: int) -> bool:
         """Ask the policy about a stale item; returns False when the item is dropped."""
-        ctx = self.ctx
-        view = self.workflow.stale_view(item, ctx, lag=lag, frontier_lag=flag)
+        view = self.workflow.stale_view(item, self.ctx, lag=lag, frontier_lag=flag)
         decision = await self.judge_stale(view, stage=stage)
-        if decision.action in (DISCARD, MERGED):
-            ctx.emit(
-                Kind.ITEM_DROPPED,
-                stage=stage,
-                item_id=item.item_id,
-                reason=f"stale: {decision.action}",
-            )
-            return False
-        if decision.action == PATCH:
-            item.payload = self.workflow.apply_patch(item, decision, ctx)
-            item.version_stamp = ctx.pool.pool_version
-            item.frontier_stamp = ctx.pool.frontier_version
-            item.patched = True
-        return True
+        return apply_decision(self.workflow, item, decision, self.ctx, stage=stage)
 
     async def judge_stale(self, view: StaleItem, *, stage: str) -> StaleDecision:
         """The policy's decision on one stale piece of work, logged as ``stale_detected``.
@@ -525,56 +478,8 @@ class Runtime:
         through ``ctx.runtime``.  A view the workflow marked ``clean`` (stale by the counter,
         but nothing it depends on changed) is accepted without asking the policy.
         """
-        ctx = self.ctx
-        if view.clean:
-            decision = StaleDecision(ACCEPT, reason="nothing it depends on changed since its stamp")
-            policy = "workflow"
-        else:
-            decision = await self.policy.decide(view, ctx)
-            policy = self.policy.name
-        result_id: str | None
-        if decision.action == PATCH and decision.repair is not None:
-            result_id = decision.repair.id
-        elif decision.action == MERGED:
-            result_id = decision.merged_into
-        else:
-            result_id = view.subject_id
-        ctx.emit(
-            Kind.STALE_DETECTED,
-            stage=stage,
-            item_id=view.item_id,
-            artifact_id=result_id,
-            version_stamp=view.version_stamp,
-            frontier_stamp=ctx.pool.frontier_version - view.frontier_lag,
-            lag=view.lag,
-            frontier_lag=view.frontier_lag,
-            decision=decision.action,
-            reason=decision.reason,
-            data={"policy": policy, "conflict": view.conflict, **decision.data},
-        )
-        return decision
+        return await judge(self.policy, view, self.ctx, stage=stage)
 
 
 class _Stalled(Exception):
     """The watchdog cancelled an item."""
-
-
-def resolve_workers(workers: Mapping[str, int] | None, workflow: Any) -> dict[str, int]:
-    """Worker counts per stage: aliases expanded (GEPA's ``evaluate`` -> ``gate`` and
-    ``validate``); an unknown stage or a count below one is a clear error."""
-    aliases: Mapping[str, tuple[str, ...]] = getattr(workflow, "worker_aliases", {})
-    out: dict[str, int] = {}
-    for key, n in (workers or {}).items():
-        for stage in aliases.get(key, (key,)):
-            out[stage] = int(n)
-    stages = [spec.name for spec in workflow.stages()]
-    unknown = sorted(set(out) - set(stages))
-    if unknown:
-        raise ConfigError(
-            f"workers given for unknown stages {unknown}; this workflow's stages are "
-            f"{stages}" + (f" (aliases: {sorted(aliases)})" if aliases else "")
-        )
-    low = {stage: n for stage, n in out.items() if n < 1}
-    if low:
-        raise ConfigError(f"every stage needs at least one worker, got {low}")
-    return out

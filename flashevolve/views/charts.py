@@ -369,17 +369,7 @@ def lineage_chart(df: pl.DataFrame, *, x: str = "time") -> AnyChart:
     xcol, xtitle = (
         ("admitted_ts", "admitted at (s)") if x == "time" else ("pool_version", "pool version")
     )
-    nodes = nodes.with_columns(
-        pl.col("origin").fill_null("speculative"),
-        pl.col("parents").list.join(", ").alias("parents_text"),
-        pl.col("patched_from").list.join(", ").alias("patched_from_text"),
-        pl.when(pl.col("tombstoned"))
-        .then(pl.lit("rolled back"))
-        .when(pl.col("speculative") & ~pl.col("confirmed") & ~pl.col("admitted"))
-        .then(pl.lit("speculative"))
-        .otherwise(pl.lit("admitted"))
-        .alias("status"),
-    ).drop("parents", "patched_from")
+    nodes = _lineage_nodes(nodes)
     pos = nodes.select(
         "artifact_id", pl.col(xcol).cast(pl.Float64).alias("x"), pl.col("score").alias("y")
     )
@@ -390,29 +380,54 @@ def lineage_chart(df: pl.DataFrame, *, x: str = "time") -> AnyChart:
     title = _title("Candidate lineage", sim, "parent → child; dashed: patch / merge edges")
     layers: list[alt.Chart] = []
     if not edges.is_empty():
-        styles = [s for s in EDGE_DASH if s in set(edges["edge"].to_list())]
-        layers.append(
-            alt.Chart(_values(edges))
-            .mark_rule(color="#999", strokeWidth=1.2)
-            .encode(
-                x=alt.X("x0:Q", title=xtitle),
-                y=alt.Y("y0:Q", title="validation score", scale=alt.Scale(zero=False)),
-                x2="x1:Q",
-                y2="y1:Q",
-                strokeDash=alt.StrokeDash(
-                    "edge:N",
-                    title="edge",
-                    scale=alt.Scale(domain=styles, range=[EDGE_DASH[s] for s in styles]),
-                ),
-                tooltip=[
-                    alt.Tooltip("parent_id:N", title="parent"),
-                    alt.Tooltip("child_id:N", title="child"),
-                    alt.Tooltip("edge:N"),
-                ],
-            )
+        layers.append(_lineage_edge_layer(edges, xtitle))
+    layers.append(_lineage_node_layer(nodes, xcol, xtitle))
+    return alt.layer(*layers, title=title).properties(width=560, height=300)
+
+
+def _lineage_nodes(nodes: pl.DataFrame) -> pl.DataFrame:
+    """The artifacts frame as the chart's points: a status, and lists as tooltip text."""
+    return nodes.with_columns(
+        pl.col("origin").fill_null("speculative"),
+        pl.col("parents").list.join(", ").alias("parents_text"),
+        pl.col("patched_from").list.join(", ").alias("patched_from_text"),
+        pl.when(pl.col("tombstoned"))
+        .then(pl.lit("rolled back"))
+        .when(pl.col("speculative") & ~pl.col("confirmed") & ~pl.col("admitted"))
+        .then(pl.lit("speculative"))
+        .otherwise(pl.lit("admitted"))
+        .alias("status"),
+    ).drop("parents", "patched_from")
+
+
+def _lineage_edge_layer(edges: pl.DataFrame, xtitle: str) -> alt.Chart:
+    styles = [s for s in EDGE_DASH if s in set(edges["edge"].to_list())]
+    chart: alt.Chart = (
+        alt.Chart(_values(edges))
+        .mark_rule(color="#999", strokeWidth=1.2)
+        .encode(
+            x=alt.X("x0:Q", title=xtitle),
+            y=alt.Y("y0:Q", title="validation score", scale=alt.Scale(zero=False)),
+            x2="x1:Q",
+            y2="y1:Q",
+            strokeDash=alt.StrokeDash(
+                "edge:N",
+                title="edge",
+                scale=alt.Scale(domain=styles, range=[EDGE_DASH[s] for s in styles]),
+            ),
+            tooltip=[
+                alt.Tooltip("parent_id:N", title="parent"),
+                alt.Tooltip("child_id:N", title="child"),
+                alt.Tooltip("edge:N"),
+            ],
         )
+    )
+    return chart
+
+
+def _lineage_node_layer(nodes: pl.DataFrame, xcol: str, xtitle: str) -> alt.Chart:
     zoom = alt.selection_interval(bind="scales")
-    points = (
+    chart: alt.Chart = (
         alt.Chart(_values(nodes))
         .mark_point(size=70, strokeWidth=2)
         .encode(
@@ -436,8 +451,7 @@ def lineage_chart(df: pl.DataFrame, *, x: str = "time") -> AnyChart:
         )
         .add_params(zoom)
     )
-    layers.append(points)
-    return alt.layer(*layers, title=title).properties(width=560, height=300)
+    return chart
 
 
 def dashboard_charts(df: pl.DataFrame, window_s: float | None = None) -> dict[str, AnyChart]:

@@ -122,6 +122,98 @@ def _bar(busy: int, workers: int) -> str:
     )
 
 
+def _header_html(status: LiveStatus, name: str) -> str:
+    color = STATE_COLORS.get(status.state, "#616161")
+    return (
+        f"<b>{html.escape(name)}</b> · {html.escape(status.mode)} · "
+        f'<span data-fe="state" style="color:{color};font-weight:bold">'
+        f"{html.escape(status.state)}</span>"
+        f" · {_fmt_elapsed(status.elapsed_s)}"
+    )
+
+
+def _stages_html(status: LiveStatus) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(stage)}</td><td align=right>{s.queue_depth}</td>"
+        f'<td align=right data-fe="workers-{html.escape(stage)}">{s.busy}/{s.workers}</td>'
+        f"<td>{_bar(s.busy, s.workers)}</td></tr>"
+        for stage, s in status.stages.items()
+    )
+    return (
+        '<table style="font-size:12px"><tr><th align=left>stage</th><th>queue</th>'
+        f"<th>busy/workers</th><th></th></tr>{rows}</table>"
+        if rows
+        else "<i>no stages yet</i>"
+    )
+
+
+def _counters_html(status: LiveStatus, stale: dict[str, int]) -> str:
+    best = "–" if status.best_score is None else f"{status.best_score:.4f}"
+    stale_text = " · ".join(f"{d} {n}" for d, n in stale.items())
+    return (
+        '<table style="font-size:12px">'
+        "<tr><td>requests at server / waiting in client</td><td align=right data-fe=in_flight><b>"
+        f"{status.in_flight - status.in_client if status.at_server is None else status.at_server}"
+        f"</b> / {status.in_client}"
+        + ("" if status.utilization is None else f" · utilization {status.utilization:.0%}")
+        + "</td></tr>"
+        f"<tr><td>jobs in flight / bound</td><td align=right>{status.jobs_in_flight} / "
+        f"{'–' if status.max_in_flight is None else status.max_in_flight}"
+        + (
+            ""
+            if status.wind_down_at is None
+            else f" · winding down since {_fmt_elapsed(status.wind_down_at)}: no new jobs"
+        )
+        + "</td></tr>"
+        f"<tr><td>accepted</td><td align=right data-fe=accepted><b>{status.accepted} "
+        f"({status.accepted_per_min:.2f}/min)</b></td></tr>"
+        f"<tr><td>proposals</td><td align=right data-fe=proposals>{status.proposals} "
+        f"({status.proposals_per_min:.1f}/min)</td></tr>"
+        f"<tr><td>best val score</td><td align=right data-fe=best_score><b>{best}</b></td></tr>"
+        f"<tr><td>pool / frontier version</td><td align=right>{status.pool_version} / "
+        f"{status.frontier_version}</td></tr>"
+        f"<tr><td>stale work</td><td align=right>{stale_text}</td></tr>"
+        + "".join(
+            f"<tr><td>server {html.escape(_short_endpoint(endpoint))}</td><td align=right>"
+            f"{load.running} running · {load.waiting} waiting"
+            + ("" if load.kv_usage is None else f" · KV {load.kv_usage:.0%}")
+            + "</td></tr>"
+            for endpoint, load in status.server_load.items()
+        )
+        + _endpoint_rows(status.endpoints)
+        + "</table>"
+    )
+
+
+def _shown(status: LiveStatus, name: str, stale: dict[str, int]) -> dict[str, Any]:
+    """What the panel shows, as plain data (what ``show()`` returns)."""
+    return {
+        "name": name,
+        "mode": status.mode,
+        "state": status.state,
+        "elapsed_s": status.elapsed_s,
+        "stages": {k: v.model_dump() for k, v in status.stages.items()},
+        "in_flight": status.in_flight,
+        "at_server": status.at_server,
+        "in_client": status.in_client,
+        "utilization": status.utilization,
+        "jobs_in_flight": status.jobs_in_flight,
+        "max_in_flight": status.max_in_flight,
+        "wind_down_at": status.wind_down_at,
+        "proposals": status.proposals,
+        "accepted": status.accepted,
+        "proposals_per_min": status.proposals_per_min,
+        "accepted_per_min": status.accepted_per_min,
+        "best_score": status.best_score,
+        "stale": stale,
+        "pool_version": status.pool_version,
+        "frontier_version": status.frontier_version,
+        "server_load": {k: v.model_dump() for k, v in status.server_load.items()},
+        "endpoints": {k: v.model_dump() for k, v in status.endpoints.items()},
+        "error": None,
+    }
+
+
 class SourcePanel:
     """The widgets of one source: a header line, a per-stage table and a counters table, and
     -- when the source can take them (an ``Evolver``) -- a pause / resume button and live worker
@@ -159,86 +251,11 @@ class SourcePanel:
 
     def show(self, status: LiveStatus) -> dict[str, Any]:
         name = status.name or self.name
-        color = STATE_COLORS.get(status.state, "#616161")
-        best = "–" if status.best_score is None else f"{status.best_score:.4f}"
-        self.header.value = (
-            f"<b>{html.escape(name)}</b> · {html.escape(status.mode)} · "
-            f'<span data-fe="state" style="color:{color};font-weight:bold">'
-            f"{html.escape(status.state)}</span>"
-            f" · {_fmt_elapsed(status.elapsed_s)}"
-        )
-        rows = "".join(
-            f"<tr><td>{html.escape(stage)}</td><td align=right>{s.queue_depth}</td>"
-            f'<td align=right data-fe="workers-{html.escape(stage)}">{s.busy}/{s.workers}</td>'
-            f"<td>{_bar(s.busy, s.workers)}</td></tr>"
-            for stage, s in status.stages.items()
-        )
-        self.stages.value = (
-            '<table style="font-size:12px"><tr><th align=left>stage</th><th>queue</th>'
-            f"<th>busy/workers</th><th></th></tr>{rows}</table>"
-            if rows
-            else "<i>no stages yet</i>"
-        )
         stale = {d: int(status.stale.get(d, 0)) for d in STALE_DECISIONS}
-        stale_text = " · ".join(f"{d} {n}" for d, n in stale.items())
-        self.counters.value = (
-            '<table style="font-size:12px">'
-            "<tr><td>requests at server / waiting in client</td><td align=right data-fe=in_flight><b>"
-            f"{status.in_flight - status.in_client if status.at_server is None else status.at_server}"
-            f"</b> / {status.in_client}"
-            + ("" if status.utilization is None else f" · utilization {status.utilization:.0%}")
-            + "</td></tr>"
-            f"<tr><td>jobs in flight / bound</td><td align=right>{status.jobs_in_flight} / "
-            f"{'–' if status.max_in_flight is None else status.max_in_flight}"
-            + (
-                ""
-                if status.wind_down_at is None
-                else f" · winding down since {_fmt_elapsed(status.wind_down_at)}: no new jobs"
-            )
-            + "</td></tr>"
-            f"<tr><td>accepted</td><td align=right data-fe=accepted><b>{status.accepted} "
-            f"({status.accepted_per_min:.2f}/min)</b></td></tr>"
-            f"<tr><td>proposals</td><td align=right data-fe=proposals>{status.proposals} "
-            f"({status.proposals_per_min:.1f}/min)</td></tr>"
-            f"<tr><td>best val score</td><td align=right data-fe=best_score><b>{best}</b></td></tr>"
-            f"<tr><td>pool / frontier version</td><td align=right>{status.pool_version} / "
-            f"{status.frontier_version}</td></tr>"
-            f"<tr><td>stale work</td><td align=right>{stale_text}</td></tr>"
-            + "".join(
-                f"<tr><td>server {html.escape(_short_endpoint(endpoint))}</td><td align=right>"
-                f"{load.running} running · {load.waiting} waiting"
-                + ("" if load.kv_usage is None else f" · KV {load.kv_usage:.0%}")
-                + "</td></tr>"
-                for endpoint, load in status.server_load.items()
-            )
-            + _endpoint_rows(status.endpoints)
-            + "</table>"
-        )
-        self.shown = {
-            "name": name,
-            "mode": status.mode,
-            "state": status.state,
-            "elapsed_s": status.elapsed_s,
-            "stages": {k: v.model_dump() for k, v in status.stages.items()},
-            "in_flight": status.in_flight,
-            "at_server": status.at_server,
-            "in_client": status.in_client,
-            "utilization": status.utilization,
-            "jobs_in_flight": status.jobs_in_flight,
-            "max_in_flight": status.max_in_flight,
-            "wind_down_at": status.wind_down_at,
-            "proposals": status.proposals,
-            "accepted": status.accepted,
-            "proposals_per_min": status.proposals_per_min,
-            "accepted_per_min": status.accepted_per_min,
-            "best_score": status.best_score,
-            "stale": stale,
-            "pool_version": status.pool_version,
-            "frontier_version": status.frontier_version,
-            "server_load": {k: v.model_dump() for k, v in status.server_load.items()},
-            "endpoints": {k: v.model_dump() for k, v in status.endpoints.items()},
-            "error": None,
-        }
+        self.header.value = _header_html(status, name)
+        self.stages.value = _stages_html(status)
+        self.counters.value = _counters_html(status, stale)
+        self.shown = _shown(status, name, stale)
         if self.pause is not None:
             self.pause.sync(status)
         if self.controls is not None:
