@@ -286,3 +286,37 @@ def test_the_bench_rows_are_labelled_simulated_and_compare_with_sync(tmp_path) -
     assert sync["propose_s"] > sync["evaluate_s"] > sync["validate_s"]  # propose-dominated
     with pytest.raises(ConfigError, match="unknown meta-harness bench config"):
         bench.get_config("fastest")
+
+
+def test_a_prompt_the_server_refuses_stops_the_run_with_what_to_change() -> None:
+    """A 400 on the proposer's prompt (too long for the server's context) would come back for
+    every proposal at once: the run stops, saying which option to change, instead of looping
+    through thousands of refused proposals."""
+    from flashevolve.backends.openai_compat import OpenAICompatLLM
+    from flashevolve.backends.server import ScriptedResponder, serve_in_thread
+    from flashevolve.workflows.base import sim_workload_of
+
+    def refuse_proposals(request, index):  # noqa: ANN001, ANN202
+        return 400 if request.stage == "propose" else None
+
+    responder = ScriptedResponder(
+        sim_workload_of("meta-harness").content, error_fn=refuse_proposals
+    )
+    with serve_in_thread(responder) as url:
+        llm = OpenAICompatLLM(url, responder.model)
+        ev = Evolver(
+            get_task("intent-lite", n_val=6, n_train=12),
+            llm,
+            workflow="meta-harness",
+            runner="simulated",
+            mode="sync",
+            budget=120,
+            load_every_s=None,
+        )
+        ev.start()
+        ev.wait()
+    rejected = kinds(ev, Kind.PROPOSAL_REJECTED)
+    assert 1 <= rejected.height <= 2  # the refused one (and at most one already on its way)
+    assert "HTTP 400" in rejected["reason"][0]
+    stop = ev.events.filter(pl.col("kind") == Kind.RUN_FINISHED)["reason"][0]
+    assert "--proposer-context" in stop and "--ctx-per-slot" in stop

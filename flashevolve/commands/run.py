@@ -24,6 +24,7 @@ from flashevolve.commands.policy_options import (
 )
 from flashevolve.commands.workflow_options import (
     add_workflow_arguments,
+    apply_backend_defaults,
     check_workflow_arguments,
     workflow_kwargs,
 )
@@ -219,6 +220,7 @@ def _run_modes(
     task: Any, modes: list[str], args: argparse.Namespace, out: Path, workers: dict[str, int]
 ) -> tuple[dict[str, Evolver], dict[str, dict[str, Any]]]:
     """Each mode's run on one backend (closed afterwards): the evolvers and their summaries."""
+    apply_backend_defaults(args)
     backend = make_backend(args)
     simulated = str(backend.endpoint).startswith("sim:")
     summaries: dict[str, dict[str, Any]] = {}

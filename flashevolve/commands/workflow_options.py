@@ -110,6 +110,13 @@ def check_workflow_arguments(args: argparse.Namespace) -> None:
         )
 
 
+def apply_backend_defaults(args: argparse.Namespace) -> None:
+    """Server settings a workflow needs from the embedded server, unless the user gave them."""
+    local = args.backend.partition(":")[0] == "local"
+    if args.workflow == "meta-harness" and local and args.ctx_per_slot is None:
+        args.ctx_per_slot = mh_cli.local_ctx_per_slot(args)
+
+
 def workflow_kwargs(args: argparse.Namespace, mode: str, backend_kind: str) -> dict[str, Any]:
     """``Evolver`` keyword arguments of the chosen workflow for one mode."""
     if args.workflow == "meta-harness":

@@ -59,6 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The proposer's budget on the embedded server: history in the prompt, and the answer.
+LOCAL_CONTEXT_TOKENS = 2500
+LOCAL_PROPOSER_MAX_TOKENS = 1500
+
+
+def local_ctx_per_slot(args: argparse.Namespace) -> int:
+    """Context per llama-server slot that holds the proposer's prompt and its answer (the
+    server's default of 2048 refuses the prompt; SmolLM2 reads 8192), with room to spare for
+    the prompt's estimate of its own length."""
+    context = getattr(args, "proposer_context", None) or LOCAL_CONTEXT_TOKENS
+    return context + LOCAL_PROPOSER_MAX_TOKENS + 512
+
+
 def proposal_grammar(max_code_chars: int = 4000) -> str:
     """A llama.cpp GBNF grammar: a ``HYPOTHESIS:`` line, then one closed ```python block.
 
@@ -97,8 +110,8 @@ def evolver_options(
     local = backend_kind == "local"
     if local:
         options["proposer_extra_body"] = {"grammar": proposal_grammar()}
-        options["proposer_max_tokens"] = 1500
-    options["context_tokens"] = context or (2500 if local else 12_000)
+        options["proposer_max_tokens"] = LOCAL_PROPOSER_MAX_TOKENS
+    options["context_tokens"] = context or (LOCAL_CONTEXT_TOKENS if local else 12_000)
     if mode == "async":
         options["workers"] = {"propose": 2, "validate": 1, "evaluate": 2}
         options["max_in_flight"] = max(4, slots)

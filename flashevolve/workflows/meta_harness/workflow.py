@@ -260,6 +260,16 @@ class MetaHarnessWorkflow(ArtifactReview):
         try:
             result = await ctx.reflection_llm.complete(request)
         except LLMError as err:
+            if not err.infrastructure and ctx.runtime is not None:
+                # The server refused the prompt itself (too long for its context, invalid):
+                # every next proposal would be refused the same way, at once -- a hot loop that
+                # proposes nothing.  Stop the run and say what to change.
+                ctx.runtime.request_stop(
+                    f"Meta-Harness: the server refused the proposer's prompt ({err}); lower "
+                    "--proposer-context (context_tokens) or give the server more context per "
+                    "request (--ctx-per-slot for --backend local)",
+                    graceful=True,
+                )
             return self._reject(ctx, item, job, f"the proposer's call failed: {err}")
         parsed = parse_proposal(result.text)
         if parsed.code is None:
