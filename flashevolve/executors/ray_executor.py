@@ -7,8 +7,11 @@ in a thread.  What comes back is what a local call would give: the function's va
 exception it raised (unwrapped from Ray's ``RayTaskError``), so a metric that fails on a worker
 is an evaluator failure exactly as it is locally.  A worker or node that dies is an
 :class:`~flashevolve.executors.base.ExecutorError`.  Cancelling the awaiting task cancels the Ray
-task (``ray.cancel``: a running one gets a ``KeyboardInterrupt``, or is killed with
-``force_cancel=True``).
+task (``ray.cancel``).  By default a running task's worker is killed (``force_cancel=True``):
+the gentle form raises ``KeyboardInterrupt`` in the worker only when it next runs Python code,
+and a metric waiting on its sandboxed program can sit through the whole program's timeout (a
+full test run here once saw a cancelled 120 s program still running after 60 s).  Ray starts a
+new worker; ``force_cancel=False`` keeps the gentle form.
 
 Where Ray runs (``address``):
 
@@ -84,7 +87,7 @@ class RayExecutor:
         runtime_env: dict[str, Any] | None = None,
         task_options: dict[str, Any] | None = None,
         init_options: dict[str, Any] | None = None,
-        force_cancel: bool = False,
+        force_cancel: bool = True,
     ) -> None:
         require_ray()
         self.address = address or None
