@@ -84,6 +84,16 @@ def get_config(name: str) -> BenchConfig:
     return BENCH.config(name)
 
 
+def build_evolver(name: str, *, profile: str, minutes: float, seed: int = 0) -> tuple[Any, Any]:
+    """(evolver, simulated server) of one configuration, ready for ``run_virtual()``."""
+    return workflow_bench.build_evolver(BENCH, name, profile=profile, minutes=minutes, seed=seed)
+
+
+def row_of(evolver: Any, llm: Any, *, profile: str, seed: int) -> dict[str, Any]:
+    """The bench row of a finished run."""
+    return workflow_bench.row_of(BENCH, evolver, llm, profile=profile, seed=seed)
+
+
 def run_row(name: str, *, profile: str, minutes: float, seed: int = 0) -> dict[str, Any]:
     """One configuration on a fresh simulated server (virtual time)."""
     return workflow_bench.run_row(BENCH, name, profile=profile, minutes=minutes, seed=seed)
