@@ -127,7 +127,7 @@ def test_cancelling_the_caller_cancels_the_ray_task(ray_executor) -> None:
         for _ in range(1000):  # until the call is submitted (bounded)
             if ray_executor.in_flight():
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # polling a real Ray cluster, bounded; not timing
         (ref,) = ray_executor.in_flight()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -26,6 +26,7 @@ from flashevolve.artifacts import Artifact
 
 if TYPE_CHECKING:
     from flashevolve.runtime.context import StageContext
+    from flashevolve.runtime.items import WorkItem
 
 ACCEPT, DISCARD, PATCH, MERGED = "accept", "discard", "patch", "merged"
 DECISIONS = (ACCEPT, DISCARD, PATCH, MERGED)
@@ -57,6 +58,22 @@ class StaleItem:
     #: Judged together with others from one worker (ACE: the operations of one batch), rather
     #: than each holding a worker of ``stage`` while it waits.
     shares_worker: bool = False
+
+    @classmethod
+    def of_item(
+        cls, item: WorkItem, now: float, *, lag: int, frontier_lag: int, **view: Any
+    ) -> StaleItem:
+        """The view of a whole queue item: what the runtime knows about it (id, stage, stamp,
+        age at ``now``) plus the workflow's own fields in ``view``."""
+        return cls(
+            item_id=item.item_id,
+            stage=item.stage,
+            lag=lag,
+            frontier_lag=frontier_lag,
+            age_s=now - item.created_at,
+            version_stamp=item.version_stamp,
+            **view,
+        )
 
 
 @dataclass(slots=True)

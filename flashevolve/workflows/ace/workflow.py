@@ -420,13 +420,11 @@ class AceWorkflow(AceReview):
                 kind, reason = classify(s, then, now, self.dedup_threshold)
                 if kind == CONFLICT and reason:
                     conflicts.append(f"{s.op_id}: {reason}")
-        return StaleItem(
-            item_id=item.item_id,
-            stage=item.stage,
+        return StaleItem.of_item(
+            item,
+            ctx.now(),
             lag=lag,
             frontier_lag=frontier_lag,
-            age_s=ctx.now() - item.created_at,
-            version_stamp=item.version_stamp,
             artifact=None,
             parent=None,
             payload=payload,

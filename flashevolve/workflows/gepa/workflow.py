@@ -462,13 +462,11 @@ class GepaWorkflow(ArtifactReview):
                 feedback = reflective_records(payload.job.minibatch, payload.parent_rollouts)
         elif isinstance(payload, Job | Reflectable):
             parent = payload.parent if isinstance(payload, Job) else payload.job.parent
-        return StaleItem(
-            item_id=item.item_id,
-            stage=item.stage,
+        return StaleItem.of_item(
+            item,
+            ctx.now(),
             lag=lag,
             frontier_lag=frontier_lag,
-            age_s=ctx.now() - item.created_at,
-            version_stamp=item.version_stamp,
             artifact=artifact,
             parent=parent,
             feedback=feedback,

@@ -436,13 +436,11 @@ class MetaHarnessWorkflow(ArtifactReview):
                 ]
         elif isinstance(payload, Job):
             parent = payload.parent
-        return StaleItem(
-            item_id=item.item_id,
-            stage=item.stage,
+        return StaleItem.of_item(
+            item,
+            ctx.now(),
             lag=lag,
             frontier_lag=frontier_lag,
-            age_s=ctx.now() - item.created_at,
-            version_stamp=item.version_stamp,
             artifact=artifact,
             parent=parent,
             feedback=feedback,
